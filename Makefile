@@ -1,0 +1,47 @@
+# Two commands on a fresh machine: `make run` and `make test`. Both install and start what is
+# missing (Debian's nats-server and postgresql) through scripts/services.sh.
+
+CARGO ?= cargo
+export NATS_URL ?= nats://127.0.0.1:4222
+export DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/attendance
+
+.PHONY: run test bench services services-stop build lint fmt clean-local
+
+## run: the whole system locally (NATS, PostgreSQL, gateway, worker, sweeper); Ctrl-C stops it
+run: build
+	scripts/run.sh
+
+## test: services, then every test of the workspace against real NATS and PostgreSQL
+test: services
+	$(CARGO) fmt --all -- --check
+	$(CARGO) build --workspace --bins
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		$(CARGO) nextest run --workspace --no-fail-fast; \
+	else \
+		$(CARGO) test --workspace --no-fail-fast; \
+	fi
+
+## bench: the gateway under load from the workspace's load generator (release build)
+bench: services
+	$(CARGO) build --release --bins
+	scripts/bench.sh
+
+## lint: clippy with warnings as errors
+lint:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+build:
+	$(CARGO) build --workspace --bins
+
+services:
+	scripts/services.sh start
+
+services-stop:
+	scripts/services.sh stop
+
+## clean-local: stop the project-local servers and delete their data (.local/)
+clean-local: services-stop
+	rm -rf .local

@@ -1,0 +1,28 @@
+//! The gateway's configuration: environment variables (or flags), validated at start-up.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use shared::config::{LiveKitKeyArgs, NatsArgs, WebhookStreamArgs, parse_duration};
+
+/// LiveKit webhook gateway: verifies, stores in JetStream, then answers.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "gateway", version)]
+pub struct GatewayConfig {
+    /// Address the HTTP server listens on.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8080")]
+    pub listen_addr: SocketAddr,
+    /// Largest webhook body accepted, in bytes; larger ones get 413.
+    #[arg(long, env = "WEBHOOK_BODY_LIMIT", default_value_t = 1024 * 1024)]
+    pub body_limit: usize,
+    /// How long to wait for JetStream's acknowledgement before answering 503 (LiveKit retries).
+    /// LiveKit drops events that wait 30 s in its per-room queue, so keep this short.
+    #[arg(long, env = "PUBLISH_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub publish_timeout: Duration,
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    #[command(flatten)]
+    pub stream: WebhookStreamArgs,
+    #[command(flatten)]
+    pub keys: LiveKitKeyArgs,
+}

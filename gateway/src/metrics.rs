@@ -1,0 +1,66 @@
+//! The gateway's Prometheus metrics.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+pub struct GatewayMetrics {
+    /// Webhook requests by outcome: stored, duplicate, or the error code.
+    pub webhook_requests: Family<OutcomeLabel, Counter>,
+    /// Verification failures by reason (`token_expired`, `body_hash_mismatch`, …).
+    pub verification_failures: Family<ReasonLabel, Counter>,
+    /// Time from publish to JetStream's acknowledgement (or failure).
+    pub publish_duration: Histogram,
+    /// Webhook requests being handled now (they hold LiveKit's per-room queue).
+    pub in_flight: Gauge,
+}
+
+impl GatewayMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = GatewayMetrics {
+            webhook_requests: Family::default(),
+            verification_failures: Family::default(),
+            // 0.25 ms … ~4 s
+            publish_duration: Histogram::new(exponential_buckets(0.000_25, 2.0, 15)),
+            in_flight: Gauge::default(),
+        };
+        registry.register(
+            "gateway_webhook_requests",
+            "LiveKit webhook requests by outcome",
+            metrics.webhook_requests.clone(),
+        );
+        registry.register(
+            "gateway_webhook_verification_failures",
+            "Webhook requests refused by the signature check, by reason",
+            metrics.verification_failures.clone(),
+        );
+        registry.register(
+            "gateway_jetstream_publish_duration_seconds",
+            "Time from publishing an event to JetStream's acknowledgement",
+            metrics.publish_duration.clone(),
+        );
+        registry.register(
+            "gateway_webhook_requests_in_flight",
+            "Webhook requests being handled now",
+            metrics.in_flight.clone(),
+        );
+        metrics
+    }
+
+    pub fn count(&self, outcome: &'static str) {
+        self.webhook_requests.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+}

@@ -1,0 +1,111 @@
+//! Building and running the gateway. `build` binds the listener first (so tests can use port 0
+//! and ask for the port) and `run` takes the shutdown signal as an argument.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::post;
+use prometheus_client::registry::Registry;
+use shared::config::StartupError;
+use shared::ops::{self, ReadinessCheck};
+use shared::stream::WebhookStream;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower_http::trace::TraceLayer;
+
+use crate::config::GatewayConfig;
+use crate::error::ApiError;
+use crate::metrics::GatewayMetrics;
+use crate::webhook::{self, WebhookState};
+
+/// A gateway bound to its port, ready to run.
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    nats: async_nats::Client,
+    stream: WebhookStream,
+}
+
+impl Application {
+    pub async fn build(config: GatewayConfig) -> Result<Self, StartupError> {
+        let keys = config.keys.key_set()?;
+        tracing::info!(api_keys = ?keys.key_ids().collect::<Vec<_>>(), "LiveKit keys loaded");
+        let listener = shared::config::bind(config.listen_addr).await?;
+        let nats = config.nats.connect("attendance-gateway").await?;
+        let stream = WebhookStream::new(nats.clone(), config.stream.clone());
+
+        let mut registry = Registry::default();
+        let metrics = GatewayMetrics::register(&mut registry);
+        let state = Arc::new(WebhookState {
+            keys,
+            stream: stream.clone(),
+            body_limit: config.body_limit,
+            publish_timeout: config.publish_timeout,
+            metrics,
+        });
+        let readiness = readiness_check(nats.clone(), stream.clone());
+        let router = Router::new()
+            .route("/webhooks/livekit", post(webhook::receive))
+            .with_state(state)
+            .merge(ops::router(Arc::new(registry), readiness))
+            .fallback(|| async { ApiError::NotFound })
+            .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+            .layer(TraceLayer::new_for_http());
+        Ok(Application { listener, router, nats, stream })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    /// Serves until `shutdown` is cancelled, then lets in-flight requests finish (each is bounded
+    /// by the publish timeout) and flushes what is still buffered for NATS.
+    pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
+        let tasks = TaskTracker::new();
+        tasks.spawn(ensure_stream(self.stream.clone(), shutdown.clone()));
+        tracing::info!(addr = %self.local_addr(), "gateway listening");
+        let served =
+            axum::serve(self.listener, self.router).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await;
+        shutdown.cancel();
+        tasks.close();
+        tasks.wait().await;
+        if let Err(error) = self.nats.flush().await {
+            tracing::warn!(%error, "could not flush NATS on shutdown");
+        }
+        tracing::info!("gateway stopped");
+        served
+    }
+}
+
+fn readiness_check(nats: async_nats::Client, stream: WebhookStream) -> ReadinessCheck {
+    Arc::new(move || {
+        let (nats, stream) = (nats.clone(), stream.clone());
+        Box::pin(async move {
+            ops::nats_connected(&nats)?;
+            if stream.is_present().await { Ok(()) } else { Err(format!("stream {} is not present", stream.name())) }
+        })
+    })
+}
+
+/// Creates or updates the stream, retrying with a capped backoff while NATS is unreachable, so
+/// that the gateway can start during an outage (and reports not ready until this succeeds).
+async fn ensure_stream(stream: WebhookStream, shutdown: CancellationToken) {
+    let mut delay = Duration::from_millis(250);
+    loop {
+        match stream.ensure().await {
+            Ok(()) => {
+                tracing::info!(stream = stream.name(), "stream ready");
+                return;
+            }
+            Err(error) => tracing::warn!(%error, retry_in = ?delay, "stream set-up failed"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
+}

@@ -1,0 +1,132 @@
+//! `POST /webhooks/livekit`: verify, store in JetStream, then answer.
+//!
+//! Invariant: a 2xx is sent only after JetStream acknowledged the event (or reported it as a
+//! duplicate of one it holds). Anything that could succeed later gets a 5xx so that LiveKit
+//! retries; a 4xx, which LiveKit never retries, is kept for requests that can never succeed.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, header};
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, LengthLimitError, Limited};
+use prometheus_client::metrics::gauge::Gauge;
+use serde::Serialize;
+use shared::livekit::{KeySet, ReceiveError, webhook};
+use shared::stream::WebhookStream;
+use shared::trace::{TRACEPARENT, TraceParent};
+use tracing::{Span, instrument};
+
+use crate::error::ApiError;
+use crate::metrics::{GatewayMetrics, ReasonLabel};
+
+/// What the webhook handler needs, shared by all requests.
+pub struct WebhookState {
+    pub keys: KeySet,
+    pub stream: WebhookStream,
+    pub body_limit: usize,
+    pub publish_timeout: Duration,
+    pub metrics: GatewayMetrics,
+}
+
+/// The answer to LiveKit once the event is stored.
+#[derive(Debug, Serialize)]
+pub struct Stored {
+    pub event_id: String,
+    /// JetStream sequence of the stored event.
+    pub sequence: u64,
+    /// True when this event id had been stored before (a retry).
+    pub duplicate: bool,
+}
+
+#[instrument(name = "webhook", skip_all, fields(event_id, event_type, room, trace_id))]
+pub async fn receive(
+    State(state): State<Arc<WebhookState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Stored>, ApiError> {
+    let _in_flight = InFlight::enter(&state.metrics.in_flight);
+    let result = receive_inner(&state, &headers, body).await;
+    match &result {
+        Ok(stored) => state.metrics.count(if stored.duplicate { "duplicate" } else { "stored" }),
+        Err(error) => {
+            state.metrics.count(error.code());
+            if let ApiError::Unauthorized(reason) = error {
+                state.metrics.verification_failures.get_or_create(&ReasonLabel { reason: reason.code() }).inc();
+                // The reason only: never the token or the body of a request that failed verification.
+                tracing::warn!(reason = reason.code(), "webhook refused");
+            } else {
+                tracing::warn!(error = error.code(), "webhook not stored");
+            }
+        }
+    }
+    result.map(Json)
+}
+
+async fn receive_inner(state: &WebhookState, headers: &HeaderMap, body: Body) -> Result<Stored, ApiError> {
+    let received_at_ms = shared::now_unix_ms();
+    let body = read_body(body, headers, state.body_limit).await?;
+    let authorization = headers.get(header::AUTHORIZATION).map(|value| value.as_bytes());
+    let event =
+        webhook::receive(authorization, body, &state.keys, received_at_ms / 1000, received_at_ms).map_err(|error| {
+            match error {
+                ReceiveError::Unauthorized(reason) => ApiError::Unauthorized(reason),
+                ReceiveError::Invalid(reason) => ApiError::InvalidEvent(reason),
+            }
+        })?;
+
+    let trace = TraceParent::child_of(headers.get(TRACEPARENT).and_then(|v| v.to_str().ok()));
+    let span = Span::current();
+    span.record("event_id", event.id());
+    span.record("event_type", event.event_type());
+    span.record("room", event.room_name());
+    span.record("trace_id", trace.trace_id_hex());
+
+    let started = Instant::now();
+    let published = state.stream.publish(&event, &trace, state.publish_timeout).await;
+    state.metrics.publish_duration.observe(started.elapsed().as_secs_f64());
+    match published {
+        Ok(stored) => {
+            tracing::info!(sequence = stored.sequence, duplicate = stored.duplicate, "event stored");
+            Ok(Stored { event_id: event.id().to_owned(), sequence: stored.sequence, duplicate: stored.duplicate })
+        }
+        Err(error) => {
+            tracing::error!(%error, "event not stored, answering 503 so that LiveKit retries");
+            Err(ApiError::Unavailable)
+        }
+    }
+}
+
+/// Reads the whole body as raw bytes (the signature covers them exactly), up to `limit`.
+async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::PayloadTooLarge { limit }),
+        Err(_) => Err(ApiError::UnreadableBody),
+    }
+}
+
+/// Counts a request as in flight until dropped, even if the client goes away and the handler's
+/// future is dropped mid-way.
+struct InFlight<'a>(&'a Gauge);
+
+impl<'a> InFlight<'a> {
+    fn enter(gauge: &'a Gauge) -> Self {
+        gauge.inc();
+        InFlight(gauge)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

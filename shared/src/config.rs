@@ -1,0 +1,120 @@
+//! Configuration pieces every service flattens into its own typed config.
+//!
+//! Everything comes from environment variables (flags work too, `--help` lists them all), using
+//! LiveKit's and NATS's own names where they exist. Secrets are never printed, not even by
+//! `--help`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use humantime::parse_duration;
+
+use crate::livekit::keys::{KeyError, KeySet, KeySources};
+
+/// How to reach NATS.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NatsArgs {
+    /// NATS server URL(s), comma-separated; credentials may be given in the URL.
+    #[arg(
+        id = "nats_url",
+        long = "nats-url",
+        env = "NATS_URL",
+        default_value = "nats://127.0.0.1:4222",
+        hide_env_values = true
+    )]
+    pub url: String,
+    /// Name this client reports to the NATS server (shows in its monitoring).
+    #[arg(long = "nats-client-name", env = "NATS_CLIENT_NAME")]
+    pub client_name: Option<String>,
+}
+
+impl NatsArgs {
+    /// Connects, retrying in the background when NATS is not up yet, so that a service can start
+    /// (and report itself not ready) during a NATS outage instead of crash-looping.
+    pub async fn connect(&self, default_name: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
+        async_nats::ConnectOptions::new()
+            .name(self.client_name.as_deref().unwrap_or(default_name))
+            .retry_on_initial_connect()
+            .connection_timeout(Duration::from_secs(5))
+            // Keep reconnecting forever: a service without NATS is useless, and readiness shows it.
+            .max_reconnects(None)
+            .connect(self.url.as_str())
+            .await
+    }
+}
+
+/// The JetStream stream that holds verified webhook events.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WebhookStreamArgs {
+    /// Name of the stream of verified webhook events.
+    #[arg(long = "webhook-stream", env = "WEBHOOK_STREAM", default_value = "LIVEKIT_WEBHOOKS")]
+    pub stream: String,
+    /// Subject prefix; an event is published on `<prefix>.<event type>`.
+    #[arg(long = "webhook-subject-prefix", env = "WEBHOOK_SUBJECT_PREFIX", default_value = "livekit.webhook")]
+    pub subject_prefix: String,
+    /// Stream replicas (3 on a production JetStream cluster).
+    #[arg(long = "webhook-stream-replicas", env = "WEBHOOK_STREAM_REPLICAS", default_value_t = 1)]
+    pub replicas: usize,
+    /// JetStream de-duplication window on the event id. A resent request only verifies until its
+    /// token expires (5 min + 60 s leeway after signing), so 6 minutes covers every retry.
+    #[arg(long = "webhook-duplicate-window", env = "WEBHOOK_DUPLICATE_WINDOW", default_value = "6m", value_parser = humantime::parse_duration)]
+    pub duplicate_window: Duration,
+    /// How long events stay in the stream after they were published.
+    #[arg(long = "webhook-stream-max-age", env = "WEBHOOK_STREAM_MAX_AGE", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub max_age: Duration,
+}
+
+/// Where the LiveKit API keys come from; at least one source must give a key.
+#[derive(Clone, clap::Args)]
+pub struct LiveKitKeyArgs {
+    /// LiveKit API key (with LIVEKIT_API_SECRET).
+    #[arg(long = "livekit-api-key", env = "LIVEKIT_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// LiveKit API secret (at least 32 bytes).
+    #[arg(long = "livekit-api-secret", env = "LIVEKIT_API_SECRET", hide_env_values = true)]
+    pub api_secret: Option<String>,
+    /// More keys, in LiveKit's format: one `key: secret` pair per line.
+    #[arg(long = "livekit-keys", env = "LIVEKIT_KEYS", hide_env_values = true)]
+    pub keys: Option<String>,
+    /// A file of `key: secret` lines, like livekit-server's key_file.
+    #[arg(long = "livekit-keys-file", env = "LIVEKIT_KEYS_FILE")]
+    pub keys_file: Option<PathBuf>,
+}
+
+impl LiveKitKeyArgs {
+    pub fn key_set(&self) -> Result<KeySet, KeyError> {
+        KeySet::from_sources(&KeySources {
+            api_key: self.api_key.as_deref(),
+            api_secret: self.api_secret.as_deref(),
+            keys_text: self.keys.as_deref(),
+            keys_file: self.keys_file.as_deref(),
+        })
+    }
+}
+
+impl std::fmt::Debug for LiveKitKeyArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveKitKeyArgs")
+            .field("api_key", &self.api_key)
+            .field("keys_file", &self.keys_file)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a service could not start. Each variant names the setting to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error("cannot connect to NATS: {0}")]
+    Nats(#[from] async_nats::ConnectError),
+    #[error("invalid DATABASE_URL: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// Binds a TCP listener, naming the address on failure.
+pub async fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener, StartupError> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|source| StartupError::Bind { addr, source })
+}

@@ -1,0 +1,40 @@
+//! PostgreSQL connection settings and the pool every service uses.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DatabaseArgs {
+    /// PostgreSQL URL.
+    #[arg(
+        long = "database-url",
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/attendance",
+        hide_env_values = true
+    )]
+    pub url: String,
+    /// Most connections this process opens.
+    #[arg(long = "database-max-connections", env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
+    pub max_connections: u32,
+    /// How long to wait for a free connection before the operation fails (and is retried later).
+    #[arg(long = "database-acquire-timeout", env = "DATABASE_ACQUIRE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub acquire_timeout: Duration,
+}
+
+impl DatabaseArgs {
+    /// A pool that connects on first use, so that a service starts (not ready) while PostgreSQL
+    /// is down rather than crash-looping.
+    pub fn pool(&self) -> Result<PgPool, sqlx::Error> {
+        PgPoolOptions::new()
+            .max_connections(self.max_connections)
+            .acquire_timeout(self.acquire_timeout)
+            .connect_lazy(&self.url)
+    }
+}
+
+/// Readiness of the database: one round trip.
+pub async fn ping(pool: &PgPool) -> Result<(), String> {
+    sqlx::query("SELECT 1").execute(pool).await.map(|_| ()).map_err(|e| format!("PostgreSQL: {e}"))
+}

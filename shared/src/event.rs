@@ -1,0 +1,135 @@
+//! The webhook event as it travels from the gateway to the workers.
+//!
+//! A [`VerifiedEvent`] can only be made by [`crate::livekit::webhook::receive`], after the
+//! signature and body hash were checked, so an unverified request cannot reach the stream by
+//! mistake. Its payload is the body LiveKit sent, with `room.turnPassword` removed: that secret
+//! must never leave the gateway. Event types this code does not interpret are kept as they are.
+
+use bytes::Bytes;
+use serde_json::Value;
+
+/// Why an authentic body is not a usable event; such a request can never succeed (4xx).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventError {
+    #[error("the body is not a JSON object")]
+    NotJson,
+    #[error("the event has no `event` type")]
+    MissingType,
+    #[error("the event has no `id`")]
+    MissingId,
+    #[error("the event type may only hold ASCII letters, digits, `_` and `-`")]
+    InvalidType,
+}
+
+impl EventError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            EventError::NotJson => "invalid_json",
+            EventError::MissingType => "missing_event_type",
+            EventError::MissingId => "missing_event_id",
+            EventError::InvalidType => "invalid_event_type",
+        }
+    }
+}
+
+/// A LiveKit webhook event whose signature was verified, ready to be stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedEvent {
+    id: String,
+    event_type: String,
+    room_name: Option<String>,
+    payload: Bytes,
+    received_at_ms: i64,
+}
+
+impl VerifiedEvent {
+    /// Crate-private: only the webhook verifier calls it, after verification.
+    pub(crate) fn parse(body: Bytes, received_at_ms: i64) -> Result<Self, EventError> {
+        let mut json: Value = serde_json::from_slice(&body).map_err(|_| EventError::NotJson)?;
+        let object = json.as_object_mut().ok_or(EventError::NotJson)?;
+        let event_type = non_empty_str(object.get("event")).ok_or(EventError::MissingType)?;
+        if !is_subject_token(event_type) {
+            return Err(EventError::InvalidType);
+        }
+        let event_type = event_type.to_owned();
+        let id = non_empty_str(object.get("id")).ok_or(EventError::MissingId)?.to_owned();
+        let room = object.get_mut("room").and_then(Value::as_object_mut);
+        let room_name = room.as_ref().and_then(|r| non_empty_str(r.get("name"))).map(str::to_owned);
+        let redacted = room.is_some_and(|r| r.remove("turnPassword").is_some());
+        // Re-serialize only when something was removed: otherwise keep LiveKit's exact bytes.
+        let payload = if redacted {
+            Bytes::from(serde_json::to_vec(&json).expect("a parsed JSON value serializes"))
+        } else {
+            body
+        };
+        Ok(VerifiedEvent { id, event_type, room_name, payload, received_at_ms })
+    }
+
+    /// LiveKit's event id (`EV_…`), unique per event and identical across retries.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// `participant_joined`, `room_finished`, … (a valid NATS subject token).
+    pub fn event_type(&self) -> &str {
+        &self.event_type
+    }
+
+    pub fn room_name(&self) -> Option<&str> {
+        self.room_name.as_deref()
+    }
+
+    /// The JSON body to store, with secrets removed.
+    pub fn payload(&self) -> &Bytes {
+        &self.payload
+    }
+
+    pub fn received_at_ms(&self) -> i64 {
+        self.received_at_ms
+    }
+}
+
+fn non_empty_str(value: Option<&Value>) -> Option<&str> {
+    value.and_then(Value::as_str).filter(|s| !s.is_empty())
+}
+
+fn is_subject_token(s: &str) -> bool {
+    s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<VerifiedEvent, EventError> {
+        VerifiedEvent::parse(Bytes::copy_from_slice(json.as_bytes()), 0)
+    }
+
+    #[test]
+    fn keeps_the_exact_bytes_when_there_is_nothing_to_redact() {
+        let body = r#"{"event":"room_started", "id":"EV_1","room":{"name":"r"},"extra":[1, 2]}"#;
+        let event = parse(body).unwrap();
+        assert_eq!(event.payload().as_ref(), body.as_bytes());
+        assert_eq!((event.id(), event.event_type(), event.room_name()), ("EV_1", "room_started", Some("r")));
+    }
+
+    #[test]
+    fn removes_the_turn_password_and_keeps_everything_else() {
+        let event =
+            parse(r#"{"event":"room_started","id":"EV_1","room":{"name":"r","turnPassword":"s3cret"},"x":1}"#).unwrap();
+        let stored: Value = serde_json::from_slice(event.payload()).unwrap();
+        assert_eq!(stored, serde_json::json!({"event":"room_started","id":"EV_1","room":{"name":"r"},"x":1}));
+    }
+
+    #[test]
+    fn refuses_what_is_not_an_event() {
+        assert_eq!(parse("not json"), Err(EventError::NotJson));
+        assert_eq!(parse("[1]"), Err(EventError::NotJson));
+        assert_eq!(parse(r#"{"id":"EV_1"}"#), Err(EventError::MissingType));
+        assert_eq!(parse(r#"{"event":"","id":"EV_1"}"#), Err(EventError::MissingType));
+        assert_eq!(parse(r#"{"event":"room_started"}"#), Err(EventError::MissingId));
+        assert_eq!(parse(r#"{"event":"room_started","id":7}"#), Err(EventError::MissingId));
+        assert_eq!(parse(r#"{"event":"a.b","id":"EV_1"}"#), Err(EventError::InvalidType));
+        assert_eq!(parse(r#"{"event":"a>","id":"EV_1"}"#), Err(EventError::InvalidType));
+    }
+}

@@ -1,0 +1,71 @@
+//! The operational HTTP surface every service exposes: `/healthz` (the process is alive),
+//! `/readyz` (its dependencies are usable) and `/metrics` (Prometheus text format).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use prometheus_client::registry::Registry;
+
+/// A readiness check: resolves to `Err(reason)` when the service should not receive traffic.
+pub type ReadinessCheck = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+
+#[derive(Clone)]
+struct OpsState {
+    registry: Arc<Registry>,
+    readiness: ReadinessCheck,
+}
+
+/// `/healthz`, `/readyz` and `/metrics`, to merge into a service's router or serve alone.
+pub fn router(registry: Arc<Registry>, readiness: ReadinessCheck) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(OpsState { registry, readiness })
+}
+
+async fn readyz(State(state): State<OpsState>) -> Response {
+    match (state.readiness)().await {
+        Ok(()) => axum::Json(serde_json::json!({"status": "ready"})).into_response(),
+        Err(reason) => {
+            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(serde_json::json!({"error": "not_ready", "message": reason})))
+                .into_response()
+        }
+    }
+}
+
+async fn metrics(State(state): State<OpsState>) -> Response {
+    let mut text = String::new();
+    match prometheus_client::encoding::text::encode(&mut text, &state.registry) {
+        Ok(()) => ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
+            .into_response(),
+        Err(error) => {
+            tracing::error!(%error, "cannot encode metrics");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+/// Readiness of a NATS connection, for services' checks.
+pub fn nats_connected(client: &async_nats::Client) -> Result<(), String> {
+    match client.connection_state() {
+        async_nats::connection::State::Connected => Ok(()),
+        state => Err(format!("NATS is {state}")),
+    }
+}
+
+/// Serves the ops router alone on `listener` until `shutdown` is cancelled (worker, sweeper).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    registry: Arc<Registry>,
+    readiness: ReadinessCheck,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(registry, readiness)).with_graceful_shutdown(shutdown.cancelled_owned()).await
+}

@@ -1,0 +1,20 @@
+use anyhow::Context as _;
+use clap::Parser as _;
+use sweeper::{Application, Config};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    shared::telemetry::init();
+    let config = Config::parse();
+    let shutdown = shared::shutdown::on_signal();
+    let app = Application::build(config).await.context("sweeper start-up failed")?;
+    app.run(shutdown).await.context("sweeper failed")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_consistent() {
+        <sweeper::Config as clap::CommandFactory>::command().debug_assert();
+    }
+}

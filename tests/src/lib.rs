@@ -1,0 +1,30 @@
+//! The kit every test in the workspace shares, so that each test talks to real servers in
+//! isolation: unique stream names and subjects on the shared NATS, private servers for tests that
+//! kill or stop one, and webhook requests signed the way LiveKit signs them.
+//!
+//! The end-to-end tests that drive the real binaries live in this crate's `tests/` folder.
+
+pub mod binaries;
+pub mod livekit;
+pub mod nats;
+
+/// A short random lowercase hex string for unique names.
+pub fn unique_suffix() -> String {
+    format!("{:012x}", fastrand::u64(..) & 0xffff_ffff_ffff)
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, or panics after `timeout` with `what`.
+pub async fn eventually<T, F, Fut>(timeout: std::time::Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

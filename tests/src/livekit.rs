@@ -1,0 +1,44 @@
+//! Webhook requests signed the way LiveKit's server signs them (HS256, `iss` = API key,
+//! `nbf` = now, `exp` = now + 5 min, `sha256` = base64(SHA-256(body))).
+
+use shared::livekit::token::{self, Claims};
+use shared::livekit::{KeySet, webhook};
+
+/// The key pair the tests configure (secrets of 32+ bytes, as the gateway requires).
+pub const TEST_KEYS: &str =
+    "APItestAlpha: test-alpha-secret-0123456789abcdef0123\nAPItestBravo: test-bravo-secret-fedcba9876543210fedc\n";
+
+pub fn test_keys() -> KeySet {
+    KeySet::parse(TEST_KEYS).expect("test keys are valid")
+}
+
+/// A LiveKit webhook token for `body`, signed with `api_key` from `keys` at `issued_at`.
+pub fn webhook_token(keys: &KeySet, api_key: &str, body: &[u8], issued_at: i64) -> String {
+    let secret = keys.secret(api_key).expect("the key is configured");
+    let claims = Claims {
+        iss: api_key.to_owned(),
+        nbf: Some(issued_at),
+        exp: Some(issued_at + 5 * 60),
+        sha256: Some(webhook::body_hash(body)),
+        ..Default::default()
+    };
+    token::sign(&claims, secret)
+}
+
+/// A token for `body` signed now with the first test key.
+pub fn sign_now(body: &[u8]) -> String {
+    webhook_token(&test_keys(), "APItestAlpha", body, shared::now_unix_ms() / 1000)
+}
+
+/// A protojson-like `participant_joined` event with a `turnPassword` to redact.
+pub fn participant_joined(event_id: &str, room: &str, identity: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "event": "participant_joined",
+        "id": event_id,
+        "createdAt": (shared::now_unix_ms() / 1000).to_string(),
+        "room": {"sid": format!("RM_{room}"), "name": room, "turnPassword": "turn-secret-must-be-redacted"},
+        "participant": {"sid": format!("PA_{identity}"), "identity": identity, "state": "ACTIVE",
+                         "joinedAt": (shared::now_unix_ms() / 1000).to_string()},
+    }))
+    .expect("JSON serializes")
+}

@@ -1,0 +1,98 @@
+//! NATS for tests: the shared server (isolated by unique stream names and subjects) and private
+//! servers for tests that stop or kill one.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use shared::config::WebhookStreamArgs;
+
+/// The shared NATS (`NATS_URL`, default `nats://127.0.0.1:4222`).
+pub fn shared_url() -> String {
+    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+/// A webhook stream definition no other test uses.
+pub fn unique_stream() -> WebhookStreamArgs {
+    let suffix = crate::unique_suffix();
+    WebhookStreamArgs {
+        stream: format!("TEST_WEBHOOKS_{suffix}"),
+        subject_prefix: format!("test{suffix}.webhook"),
+        replicas: 1,
+        duplicate_window: Duration::from_secs(120),
+        // Streams left behind by a failed test expire on their own.
+        max_age: Duration::from_secs(3600),
+    }
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local address").port()
+}
+
+/// A private `nats-server -js` on its own port and store directory, killed on drop.
+pub struct PrivateNats {
+    pub port: u16,
+    store: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl PrivateNats {
+    pub async fn start() -> Self {
+        let store = tempfile::tempdir().expect("temporary directory");
+        let mut nats = PrivateNats { port: free_port(), store, child: None };
+        nats.restart().await;
+        nats
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server again (same port, same store) after [`PrivateNats::kill`].
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "the server is already running");
+        let child = Command::new(nats_server_binary())
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
+            .arg(self.store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nats-server (is it installed? `make test` installs it)");
+        self.child = Some(child);
+        let port = self.port;
+        crate::eventually(Duration::from_secs(10), "the private nats-server to listen", || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok().map(|_| ())
+        })
+        .await;
+    }
+
+    /// Pauses (`STOP`) or resumes (`CONT`) the server.
+    pub fn signal(&self, signal: &str) {
+        crate::binaries::signal_pid(self.child.as_ref().expect("running").id(), signal);
+    }
+
+    /// Kills the server (SIGKILL) and waits until it is gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateNats {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn nats_server_binary() -> PathBuf {
+    ["/usr/sbin/nats-server", "/usr/bin/nats-server", "/usr/local/bin/nats-server"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|path| path.exists())
+        .unwrap_or_else(|| PathBuf::from("nats-server"))
+}
