@@ -6,6 +6,7 @@
 //! must never leave the gateway. Event types this code does not interpret are kept as they are.
 
 use bytes::Bytes;
+use serde::Deserialize as _;
 use serde_json::Value;
 
 /// Why an authentic body is not a usable event; such a request can never succeed (4xx).
@@ -132,4 +133,73 @@ mod tests {
         assert_eq!(parse(r#"{"event":"a.b","id":"EV_1"}"#), Err(EventError::InvalidType));
         assert_eq!(parse(r#"{"event":"a>","id":"EV_1"}"#), Err(EventError::InvalidType));
     }
+}
+
+/// The fields of a LiveKit webhook body that attendance reads (protojson: lowerCamelCase, int64
+/// values as strings, zero values omitted). Unknown fields are ignored.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct WebhookEvent {
+    pub event: String,
+    pub id: String,
+    /// Unix seconds.
+    #[serde(deserialize_with = "int64")]
+    pub created_at: Option<i64>,
+    pub room: Option<Room>,
+    pub participant: Option<Participant>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Room {
+    pub sid: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Participant {
+    pub sid: String,
+    pub identity: String,
+    pub name: String,
+    pub metadata: String,
+    /// STANDARD when absent (protojson omits zero values).
+    pub kind: Option<String>,
+    /// Unix seconds.
+    #[serde(deserialize_with = "int64")]
+    pub joined_at: Option<i64>,
+    #[serde(deserialize_with = "int64")]
+    pub joined_at_ms: Option<i64>,
+}
+
+impl WebhookEvent {
+    /// Parses a stored payload.
+    pub fn parse(payload: &[u8]) -> Result<Self, EventError> {
+        let event: WebhookEvent = serde_json::from_slice(payload).map_err(|_| EventError::NotJson)?;
+        if event.event.is_empty() {
+            return Err(EventError::MissingType);
+        }
+        if event.id.is_empty() {
+            return Err(EventError::MissingId);
+        }
+        Ok(event)
+    }
+}
+
+/// protojson writes int64 as a string; accept a number too, and treat 0 and "" as absent.
+fn int64<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Int64 {
+        Number(i64),
+        Text(String),
+    }
+    let value = Option::<Int64>::deserialize(deserializer)?;
+    let parsed = match value {
+        None => None,
+        Some(Int64::Number(n)) => Some(n),
+        Some(Int64::Text(text)) if text.is_empty() => None,
+        Some(Int64::Text(text)) => Some(text.parse().map_err(serde::de::Error::custom)?),
+    };
+    Ok(parsed.filter(|&n| n != 0))
 }

@@ -4,6 +4,7 @@
 //! Domain logic lives here as plain functions over plain types so that it can be tested without
 //! a socket; the service crates only wire it to the network.
 
+pub mod attendance;
 pub mod config;
 pub mod db;
 pub mod event;

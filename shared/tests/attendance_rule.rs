@@ -1,0 +1,274 @@
+//! The attendance rule: one hand-written case per rule, then property tests showing that
+//! duplicates and arrival order never change the result.
+
+use proptest::prelude::*;
+use shared::attendance::{
+    Attendance, ClosedBy, Cycle, Fact, FactKind, ParticipantInfo, participant_attendance, room_attendance, union_ms,
+};
+
+const ROOM: &str = "algebra";
+
+fn info(identity: &str, sid: &str) -> ParticipantInfo {
+    ParticipantInfo {
+        sid: sid.into(),
+        identity: identity.into(),
+        name: format!("{identity} name"),
+        metadata: String::new(),
+        kind: "STANDARD".into(),
+    }
+}
+
+fn joined(id: &str, identity: &str, sid: &str, room_sid: &str, at: i64) -> Fact {
+    Fact {
+        event_id: id.into(),
+        created_at_ms: at,
+        room_name: ROOM.into(),
+        room_sid: room_sid.into(),
+        kind: FactKind::Joined { participant: info(identity, sid), joined_at_ms: at },
+    }
+}
+
+fn left(id: &str, identity: &str, sid: &str, room_sid: &str, joined_at: Option<i64>, at: i64) -> Fact {
+    Fact {
+        event_id: id.into(),
+        created_at_ms: at,
+        room_name: ROOM.into(),
+        room_sid: room_sid.into(),
+        kind: FactKind::Left { participant: info(identity, sid), joined_at_ms: joined_at },
+    }
+}
+
+fn aborted(id: &str, identity: &str, sid: &str, at: i64) -> Fact {
+    Fact {
+        event_id: id.into(),
+        created_at_ms: at,
+        room_name: ROOM.into(),
+        room_sid: "RM_1".into(),
+        kind: FactKind::Aborted { participant: info(identity, sid) },
+    }
+}
+
+fn finished(id: &str, room_sid: &str, at: i64) -> Fact {
+    Fact {
+        event_id: id.into(),
+        created_at_ms: at,
+        room_name: ROOM.into(),
+        room_sid: room_sid.into(),
+        kind: FactKind::RoomFinished,
+    }
+}
+
+fn cycle(sid: &str, joined: i64, left: Option<i64>, closed_by: Option<ClosedBy>) -> Cycle {
+    Cycle { participant_sid: sid.into(), room_sid: "RM_1".into(), joined_at_ms: joined, left_at_ms: left, closed_by }
+}
+
+fn ada(facts: &[Fact]) -> Attendance {
+    participant_attendance("ada", facts).expect("ada has facts")
+}
+
+#[test]
+fn joined_then_left_is_one_closed_cycle() {
+    let a = ada(&[joined("E1", "ada", "PA_1", "RM_1", 1_000), left("E2", "ada", "PA_1", "RM_1", Some(1_000), 61_000)]);
+    assert_eq!(a.cycles, [cycle("PA_1", 1_000, Some(61_000), Some(ClosedBy::ParticipantLeft))]);
+    assert_eq!((a.attended_ms, a.join_count, a.leave_count, a.present), (60_000, 1, 1, false));
+    assert_eq!((a.first_joined_at_ms, a.last_left_at_ms), (Some(1_000), Some(61_000)));
+}
+
+#[test]
+fn joined_alone_is_present_with_no_attended_time_yet() {
+    let a = ada(&[joined("E1", "ada", "PA_1", "RM_1", 1_000)]);
+    assert_eq!(a.cycles, [cycle("PA_1", 1_000, None, None)]);
+    assert_eq!((a.attended_ms, a.present, a.last_left_at_ms), (0, true, None));
+}
+
+#[test]
+fn a_left_whose_joined_never_arrived_still_gives_the_whole_cycle() {
+    let a = ada(&[left("E2", "ada", "PA_1", "RM_1", Some(1_000), 61_000)]);
+    assert_eq!(a.cycles, [cycle("PA_1", 1_000, Some(61_000), Some(ClosedBy::ParticipantLeft))]);
+    assert_eq!((a.attended_ms, a.join_count, a.leave_count), (60_000, 1, 1));
+}
+
+#[test]
+fn a_connection_aborted_gives_no_time() {
+    let a = ada(&[aborted("E1", "ada", "PA_1", 5_000)]);
+    assert_eq!((a.cycles.len(), a.attended_ms, a.join_count, a.present), (0, 0, 0, false));
+}
+
+#[test]
+fn room_finished_closes_open_cycles_of_that_room_instance_only() {
+    let a = ada(&[
+        joined("E1", "ada", "PA_1", "RM_1", 1_000),
+        joined("E2", "ada", "PA_2", "RM_2", 2_000),
+        finished("E3", "RM_1", 31_000),
+    ]);
+    assert_eq!(a.cycles[0], cycle("PA_1", 1_000, Some(31_000), Some(ClosedBy::RoomFinished)));
+    assert_eq!(a.cycles[1].left_at_ms, None);
+    assert_eq!((a.attended_ms, a.present, a.leave_count), (30_000, true, 0));
+}
+
+#[test]
+fn a_later_participant_left_replaces_the_room_finished_estimate() {
+    let early = ada(&[joined("E1", "ada", "PA_1", "RM_1", 1_000), finished("E3", "RM_1", 31_000)]);
+    assert_eq!(early.attended_ms, 30_000);
+    let corrected = ada(&[
+        joined("E1", "ada", "PA_1", "RM_1", 1_000),
+        finished("E3", "RM_1", 31_000),
+        left("E2", "ada", "PA_1", "RM_1", Some(1_000), 29_000),
+    ]);
+    assert_eq!(corrected.cycles, [cycle("PA_1", 1_000, Some(29_000), Some(ClosedBy::ParticipantLeft))]);
+    assert_eq!(corrected.attended_ms, 28_000);
+}
+
+#[test]
+fn reconnect_with_the_same_identity_keeps_both_sessions_apart() {
+    // The old session's left (DUPLICATE_IDENTITY) arrives after the new session's joined.
+    let a = ada(&[
+        joined("E1", "ada", "PA_old", "RM_1", 1_000),
+        joined("E2", "ada", "PA_new", "RM_1", 50_000),
+        left("E3", "ada", "PA_old", "RM_1", Some(1_000), 51_000),
+    ]);
+    assert_eq!(
+        a.cycles,
+        [cycle("PA_old", 1_000, Some(51_000), Some(ClosedBy::ParticipantLeft)), cycle("PA_new", 50_000, None, None),]
+    );
+    assert!(a.present, "the new session is still open");
+    assert_eq!((a.join_count, a.leave_count, a.attended_ms), (2, 1, 50_000));
+}
+
+#[test]
+fn two_tabs_at_once_count_once() {
+    let a = ada(&[
+        joined("E1", "ada", "PA_tab1", "RM_1", 0),
+        joined("E2", "ada", "PA_tab2", "RM_1", 30_000),
+        left("E3", "ada", "PA_tab1", "RM_1", Some(0), 60_000),
+        left("E4", "ada", "PA_tab2", "RM_1", Some(30_000), 90_000),
+    ]);
+    assert_eq!(a.attended_ms, 90_000, "not 60 + 60");
+    assert_eq!((a.join_count, a.leave_count), (2, 2));
+}
+
+#[test]
+fn name_metadata_and_kind_come_from_the_latest_event_and_bots_are_flagged() {
+    let mut first = joined("E1", "ada", "PA_1", "RM_1", 1_000);
+    let mut later = left("E2", "ada", "PA_1", "RM_1", Some(1_000), 9_000);
+    if let FactKind::Joined { participant, .. } = &mut first.kind {
+        participant.name = "Old Name".into();
+    }
+    if let FactKind::Left { participant, .. } = &mut later.kind {
+        participant.name = "New Name".into();
+        participant.metadata = "{\"user_id\":42}".into();
+        participant.kind = "AGENT".into();
+    }
+    let a = ada(&[later, first]);
+    assert_eq!((a.name.as_str(), a.metadata.as_str(), a.kind.as_str()), ("New Name", "{\"user_id\":42}", "AGENT"));
+    assert!(a.is_bot());
+}
+
+#[test]
+fn union_merges_overlaps_and_ignores_empty_intervals() {
+    assert_eq!(union_ms([(0, 10), (5, 15), (20, 30), (30, 30), (25, 26)]), 25);
+    assert_eq!(union_ms([]), 0);
+}
+
+#[test]
+fn facts_come_from_livekit_bodies() {
+    let body = br#"{"event":"participant_left","id":"EV_1","createdAt":"1717405302",
+        "room":{"sid":"RM_a","name":"algebra"},
+        "participant":{"sid":"PA_a","identity":"ada","joinedAt":"1717405000","joinedAtMs":"1717405000123","kind":"AGENT"}}"#;
+    let event = shared::event::WebhookEvent::parse(body).unwrap();
+    let fact = Fact::from_event(&event).unwrap().unwrap();
+    assert_eq!(fact.created_at_ms, 1_717_405_302_000);
+    let FactKind::Left { participant, joined_at_ms } = fact.kind else { panic!("a left fact") };
+    assert_eq!((participant.kind.as_str(), joined_at_ms), ("AGENT", Some(1_717_405_000_123)));
+
+    let track = shared::event::WebhookEvent::parse(br#"{"event":"track_published","id":"EV_2"}"#).unwrap();
+    assert_eq!(Fact::from_event(&track), Ok(None));
+    let no_participant = shared::event::WebhookEvent::parse(
+        br#"{"event":"participant_joined","id":"EV_3","room":{"sid":"RM_a","name":"r"}}"#,
+    )
+    .unwrap();
+    assert!(Fact::from_event(&no_participant).is_err());
+}
+
+// ---- property tests ----
+
+/// A random meeting: participants with sessions, some left events lost, some joined events lost,
+/// some sessions aborted, sometimes a room_finished.
+fn scenario() -> impl Strategy<Value = Vec<Fact>> {
+    let session = (0..4usize, 0..2usize, 0..100_000i64, 1..100_000i64, 0..6u8);
+    (proptest::collection::vec(session, 1..20), proptest::option::of(0..250_000i64)).prop_map(|(sessions, finish)| {
+        let mut facts = Vec::new();
+        for (n, (who, instance, start, length, shape)) in sessions.into_iter().enumerate() {
+            let (identity, sid, room_sid) = (format!("p{who}"), format!("PA_{n}"), format!("RM_{instance}"));
+            match shape {
+                0 => facts.push(aborted(&format!("A{n}"), &identity, &sid, start)),
+                1 => facts.push(joined(&format!("J{n}"), &identity, &sid, &room_sid, start)),
+                2 => facts.push(left(&format!("L{n}"), &identity, &sid, &room_sid, Some(start), start + length)),
+                _ => {
+                    facts.push(joined(&format!("J{n}"), &identity, &sid, &room_sid, start));
+                    facts.push(left(&format!("L{n}"), &identity, &sid, &room_sid, Some(start), start + length));
+                }
+            }
+        }
+        if let Some(at) = finish {
+            facts.push(finished("F0", "RM_0", at));
+        }
+        facts
+    })
+}
+
+/// The scenario's facts, each possibly duplicated, in a random order.
+fn delivered() -> impl Strategy<Value = (Vec<Fact>, Vec<Fact>)> {
+    scenario().prop_flat_map(|facts| {
+        let n = facts.len();
+        (Just(facts), proptest::collection::vec(0..n, 0..n * 2)).prop_flat_map(|(facts, duplicates)| {
+            let mut stream = facts.clone();
+            stream.extend(duplicates.into_iter().map(|i| facts[i].clone()));
+            (Just(facts), Just(stream).prop_shuffle())
+        })
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+    #[test]
+    fn duplicates_and_order_never_change_attendance((facts, stream) in delivered()) {
+        prop_assert_eq!(room_attendance(&stream), room_attendance(&facts));
+    }
+
+    #[test]
+    fn attended_time_is_bounded_by_the_cycles((facts, _) in delivered()) {
+        for attendance in room_attendance(&facts).values() {
+            let sum: i64 = attendance.cycles.iter().filter_map(Cycle::duration_ms).sum();
+            let span = match (attendance.first_joined_at_ms, attendance.last_left_at_ms) {
+                (Some(first), Some(last)) => last - first,
+                _ => 0,
+            };
+            prop_assert!(attendance.attended_ms <= sum, "union {} > sum {}", attendance.attended_ms, sum);
+            prop_assert!(attendance.attended_ms <= span.max(0));
+            prop_assert!(attendance.cycles.iter().all(|c| c.duration_ms().is_none_or(|d| d >= 0)));
+            prop_assert_eq!(attendance.present, attendance.cycles.iter().any(|c| c.left_at_ms.is_none()));
+        }
+    }
+
+    #[test]
+    fn a_late_left_for_every_session_closes_each_one_authoritatively(
+        (facts, _) in delivered(), extra_length in 1..50_000i64,
+    ) {
+        // A late authoritative left for every still-open or room-finished session.
+        let before = room_attendance(&facts);
+        let mut with_lefts = facts.clone();
+        for attendance in before.values() {
+            for c in attendance.cycles.iter().filter(|c| c.closed_by != Some(ClosedBy::ParticipantLeft)) {
+                with_lefts.push(left(&format!("X{}", c.participant_sid), &attendance.identity, &c.participant_sid,
+                    &c.room_sid, Some(c.joined_at_ms), c.joined_at_ms + extra_length));
+            }
+        }
+        let after = room_attendance(&with_lefts);
+        for (identity, attendance) in after {
+            prop_assert!(!attendance.present, "{identity} still present after every session left");
+            prop_assert!(attendance.cycles.iter().all(|c| c.closed_by == Some(ClosedBy::ParticipantLeft)));
+        }
+    }
+}
