@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::routing::post;
@@ -90,22 +89,10 @@ fn readiness_check(nats: async_nats::Client, stream: WebhookStream) -> Readiness
     })
 }
 
-/// Creates or updates the stream, retrying with a capped backoff while NATS is unreachable, so
-/// that the gateway can start during an outage (and reports not ready until this succeeds).
+/// Creates or updates the stream, retrying while NATS is unreachable, so that the gateway can
+/// start during an outage (and reports not ready until this succeeds).
 async fn ensure_stream(stream: WebhookStream, shutdown: CancellationToken) {
-    let mut delay = Duration::from_millis(250);
-    loop {
-        match stream.ensure().await {
-            Ok(()) => {
-                tracing::info!(stream = stream.name(), "stream ready");
-                return;
-            }
-            Err(error) => tracing::warn!(%error, retry_in = ?delay, "stream set-up failed"),
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(delay) => {}
-        }
-        delay = (delay * 2).min(Duration::from_secs(30));
+    if shared::retry::until_ok(&shutdown, "stream set-up", || stream.ensure()).await.is_some() {
+        tracing::info!(stream = stream.name(), "stream ready");
     }
 }

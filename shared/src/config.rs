@@ -24,7 +24,7 @@ pub struct NatsArgs {
     )]
     pub url: String,
     /// Name this client reports to the NATS server (shows in its monitoring).
-    #[arg(long = "nats-client-name", env = "NATS_CLIENT_NAME")]
+    #[arg(id = "nats-client-name", long = "nats-client-name", env = "NATS_CLIENT_NAME")]
     pub client_name: Option<String>,
 }
 
@@ -47,20 +47,30 @@ impl NatsArgs {
 #[derive(Debug, Clone, clap::Args)]
 pub struct WebhookStreamArgs {
     /// Name of the stream of verified webhook events.
-    #[arg(long = "webhook-stream", env = "WEBHOOK_STREAM", default_value = "LIVEKIT_WEBHOOKS")]
+    #[arg(id = "webhook-stream", long = "webhook-stream", env = "WEBHOOK_STREAM", default_value = "LIVEKIT_WEBHOOKS")]
     pub stream: String,
     /// Subject prefix; an event is published on `<prefix>.<event type>`.
-    #[arg(long = "webhook-subject-prefix", env = "WEBHOOK_SUBJECT_PREFIX", default_value = "livekit.webhook")]
+    #[arg(
+        id = "webhook-subject-prefix",
+        long = "webhook-subject-prefix",
+        env = "WEBHOOK_SUBJECT_PREFIX",
+        default_value = "livekit.webhook"
+    )]
     pub subject_prefix: String,
     /// Stream replicas (3 on a production JetStream cluster).
-    #[arg(long = "webhook-stream-replicas", env = "WEBHOOK_STREAM_REPLICAS", default_value_t = 1)]
+    #[arg(
+        id = "webhook-stream-replicas",
+        long = "webhook-stream-replicas",
+        env = "WEBHOOK_STREAM_REPLICAS",
+        default_value_t = 1
+    )]
     pub replicas: usize,
     /// JetStream de-duplication window on the event id. A resent request only verifies until its
     /// token expires (5 min + 60 s leeway after signing), so 6 minutes covers every retry.
-    #[arg(long = "webhook-duplicate-window", env = "WEBHOOK_DUPLICATE_WINDOW", default_value = "6m", value_parser = humantime::parse_duration)]
+    #[arg(id = "webhook-duplicate-window", long = "webhook-duplicate-window", env = "WEBHOOK_DUPLICATE_WINDOW", default_value = "6m", value_parser = humantime::parse_duration)]
     pub duplicate_window: Duration,
     /// How long events stay in the stream after they were published.
-    #[arg(long = "webhook-stream-max-age", env = "WEBHOOK_STREAM_MAX_AGE", default_value = "7d", value_parser = humantime::parse_duration)]
+    #[arg(id = "webhook-stream-max-age", long = "webhook-stream-max-age", env = "WEBHOOK_STREAM_MAX_AGE", default_value = "7d", value_parser = humantime::parse_duration)]
     pub max_age: Duration,
 }
 
@@ -68,16 +78,16 @@ pub struct WebhookStreamArgs {
 #[derive(Clone, clap::Args)]
 pub struct LiveKitKeyArgs {
     /// LiveKit API key (with LIVEKIT_API_SECRET).
-    #[arg(long = "livekit-api-key", env = "LIVEKIT_API_KEY", hide_env_values = true)]
+    #[arg(id = "livekit-api-key", long = "livekit-api-key", env = "LIVEKIT_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
     /// LiveKit API secret (at least 32 bytes).
-    #[arg(long = "livekit-api-secret", env = "LIVEKIT_API_SECRET", hide_env_values = true)]
+    #[arg(id = "livekit-api-secret", long = "livekit-api-secret", env = "LIVEKIT_API_SECRET", hide_env_values = true)]
     pub api_secret: Option<String>,
     /// More keys, in LiveKit's format: one `key: secret` pair per line.
-    #[arg(long = "livekit-keys", env = "LIVEKIT_KEYS", hide_env_values = true)]
+    #[arg(id = "livekit-keys", long = "livekit-keys", env = "LIVEKIT_KEYS", hide_env_values = true)]
     pub keys: Option<String>,
     /// A file of `key: secret` lines, like livekit-server's key_file.
-    #[arg(long = "livekit-keys-file", env = "LIVEKIT_KEYS_FILE")]
+    #[arg(id = "livekit-keys-file", long = "livekit-keys-file", env = "LIVEKIT_KEYS_FILE")]
     pub keys_file: Option<PathBuf>,
 }
 
@@ -110,6 +120,8 @@ pub enum StartupError {
     Bind { addr: std::net::SocketAddr, source: std::io::Error },
     #[error("cannot connect to NATS: {0}")]
     Nats(#[from] async_nats::ConnectError),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
     #[error("invalid DATABASE_URL: {0}")]
     Database(#[from] sqlx::Error),
 }

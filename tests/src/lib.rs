@@ -7,6 +7,8 @@
 pub mod binaries;
 pub mod livekit;
 pub mod nats;
+pub mod postgres;
+pub mod workload;
 
 /// A short random lowercase hex string for unique names.
 pub fn unique_suffix() -> String {

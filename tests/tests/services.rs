@@ -6,10 +6,7 @@ use std::time::Duration;
 use testkit::binaries::Service;
 use testkit::livekit::{TEST_KEYS, participant_joined, sign_now};
 use testkit::nats::{PrivateNats, free_port, shared_url, unique_stream};
-
-fn database_url() -> String {
-    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/attendance".into())
-}
+use testkit::postgres::TestDatabase;
 
 async fn wait_ready(http: &reqwest::Client, base_url: &str) {
     testkit::eventually(Duration::from_secs(20), &format!("{base_url}/readyz"), || async {
@@ -27,6 +24,8 @@ async fn metric(http: &reqwest::Client, base_url: &str, name: &str) -> Option<f6
 #[tokio::test]
 async fn worker_and_sweeper_become_ready_and_exit_cleanly_on_sigterm() {
     let http = reqwest::Client::new();
+    let database = TestDatabase::create_shared().await;
+    let stream = unique_stream();
     for name in ["worker", "sweeper"] {
         let port = free_port();
         let mut service = Service::start(
@@ -34,7 +33,13 @@ async fn worker_and_sweeper_become_ready_and_exit_cleanly_on_sigterm() {
             &[
                 ("METRICS_ADDR", format!("127.0.0.1:{port}")),
                 ("NATS_URL", shared_url()),
-                ("DATABASE_URL", database_url()),
+                ("DATABASE_URL", database.url.clone()),
+                ("WEBHOOK_STREAM", stream.stream.clone()),
+                ("WEBHOOK_SUBJECT_PREFIX", stream.subject_prefix.clone()),
+                ("WEBHOOK_STREAM_MAX_AGE", "1h".into()),
+                ("DLQ_STREAM", format!("{}_DLQ", stream.stream)),
+                ("DLQ_SUBJECT_PREFIX", stream.subject_prefix.replace(".webhook", ".dlq")),
+                ("CONSUMER_NAME", "e2e-worker".into()),
             ],
         );
         let base_url = format!("http://127.0.0.1:{port}");
@@ -45,6 +50,10 @@ async fn worker_and_sweeper_become_ready_and_exit_cleanly_on_sigterm() {
         let status = service.wait_exit(Duration::from_secs(10)).await;
         assert!(status.success(), "{name} exited with {status}");
     }
+    let js = async_nats::jetstream::new(async_nats::connect(shared_url()).await.unwrap());
+    let _ = js.delete_stream(&stream.stream).await;
+    let _ = js.delete_stream(format!("{}_DLQ", stream.stream)).await;
+    database.drop_database().await;
 }
 
 #[tokio::test]

@@ -1,20 +1,61 @@
 use anyhow::Context as _;
 use clap::Parser as _;
-use worker::{Application, Config};
+use worker::{Application, WorkerConfig};
+
+/// Attendance worker: applies LiveKit webhook events from JetStream to PostgreSQL.
+#[derive(Debug, clap::Parser)]
+#[command(name = "worker", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    config: WorkerConfig,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Consume and apply events until SIGTERM (the default).
+    Run,
+    /// Rebuild attendance from the event log, for one room or all, then exit.
+    Recompute {
+        /// Only this room.
+        #[arg(long)]
+        room: Option<String>,
+    },
+    /// Apply the database migrations, then exit (e.g. from a Kubernetes Job).
+    Migrate,
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     shared::telemetry::init();
-    let config = Config::parse();
-    let shutdown = shared::shutdown::on_signal();
-    let app = Application::build(config).await.context("worker start-up failed")?;
-    app.run(shutdown).await.context("worker failed")
+    let Cli { command, config } = Cli::parse();
+    match command.unwrap_or(Command::Run) {
+        Command::Run => {
+            let shutdown = shared::shutdown::on_signal();
+            let app = Application::build(config).await.context("worker start-up failed")?;
+            app.run(shutdown).await.context("worker failed")
+        }
+        Command::Recompute { room } => {
+            let pool = config.database.pool()?;
+            shared::storage::MIGRATOR.run(&pool).await.context("migrations")?;
+            let participants = worker::recompute::recompute(&pool, room.as_deref()).await.context("recompute")?;
+            println!("recomputed {participants} participants");
+            Ok(())
+        }
+        Command::Migrate => {
+            let pool = config.database.pool()?;
+            shared::storage::MIGRATOR.run(&pool).await.context("migrations")?;
+            println!("migrations applied");
+            Ok(())
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
     fn the_command_line_is_consistent() {
-        <worker::Config as clap::CommandFactory>::command().debug_assert();
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
     }
 }

@@ -1,0 +1,330 @@
+//! Attendance in PostgreSQL: the event log, the participants and their cycles, and the presence
+//! outbox.
+//!
+//! Invariant: after every commit, a participant's row and cycles equal the attendance rule
+//! applied to the events in the log ([`recompute_participant`] is the only writer). That makes
+//! applying an event idempotent and order-independent, whichever replica applies it. Changes to a
+//! room are serialized by locking its `rooms` row ([`lock_rooms`], always in name order).
+
+use std::collections::BTreeSet;
+
+use sqlx::migrate::Migrator;
+use sqlx::{PgConnection, Row as _};
+use time::OffsetDateTime;
+
+use crate::attendance::{self, Attendance, Fact};
+use crate::event::WebhookEvent;
+
+/// The schema, embedded in every binary and applied at start-up. sqlx holds an advisory lock
+/// while migrating, so replicas starting together are safe.
+pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// What the event log keeps of one event.
+#[derive(Debug, Clone)]
+pub struct LoggedEvent<'a> {
+    pub event: &'a WebhookEvent,
+    pub payload: &'a str,
+    pub received_at_ms: Option<i64>,
+    pub stream_sequence: Option<u64>,
+}
+
+/// A participant whose "present now" flipped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceChange {
+    pub room_name: String,
+    pub identity: String,
+    pub present: bool,
+    pub changed_at_ms: i64,
+}
+
+/// Converts unix milliseconds to a timestamp (saturating at the representable range).
+pub fn timestamp(ms: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+/// Converts a timestamp to unix milliseconds.
+pub fn unix_ms(at: OffsetDateTime) -> i64 {
+    i64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
+
+/// Adds an event to the log. Returns false when its id was already there (nothing changes).
+pub async fn insert_event(conn: &mut PgConnection, logged: &LoggedEvent<'_>) -> Result<bool, sqlx::Error> {
+    let event = logged.event;
+    let room = event.room.as_ref();
+    let participant = event.participant.as_ref();
+    let non_empty = |s: Option<&String>| s.filter(|s| !s.is_empty()).cloned();
+    let inserted = sqlx::query(
+        "INSERT INTO webhook_events
+             (event_id, event_type, created_at, received_at, room_name, room_sid, identity, participant_sid,
+              stream_sequence, payload)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb)
+         ON CONFLICT (event_id) DO NOTHING",
+    )
+    .bind(&event.id)
+    .bind(&event.event)
+    .bind(event.created_at.map(|s| timestamp(s.saturating_mul(1000))))
+    .bind(logged.received_at_ms.map(timestamp))
+    .bind(non_empty(room.map(|r| &r.name)))
+    .bind(non_empty(room.map(|r| &r.sid)))
+    .bind(non_empty(participant.map(|p| &p.identity)))
+    .bind(non_empty(participant.map(|p| &p.sid)))
+    .bind(logged.stream_sequence.and_then(|s| i64::try_from(s).ok()))
+    .bind(logged.payload)
+    .execute(&mut *conn)
+    .await?;
+    Ok(inserted.rows_affected() == 1)
+}
+
+/// Locks the rows of these rooms (creating them if needed) for the rest of the transaction,
+/// in name order, so that two transactions never wait on each other in a cycle.
+pub async fn lock_rooms(conn: &mut PgConnection, names: &BTreeSet<String>) -> Result<(), sqlx::Error> {
+    if names.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    sqlx::query("INSERT INTO rooms (name) SELECT unnest($1::text[]) ORDER BY 1 ON CONFLICT (name) DO NOTHING")
+        .bind(&names)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("SELECT name FROM rooms WHERE name = ANY($1) ORDER BY name FOR UPDATE")
+        .bind(&names)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Identities with events in a room instance (those a room_finished may close).
+pub async fn identities_in_room_instance(
+    conn: &mut PgConnection,
+    room_name: &str,
+    room_sid: &str,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT DISTINCT identity FROM webhook_events
+         WHERE room_name = $1 AND room_sid = $2 AND identity IS NOT NULL ORDER BY identity",
+    )
+    .bind(room_name)
+    .bind(room_sid)
+    .fetch_all(&mut *conn)
+    .await
+}
+
+/// Every identity with events in a room.
+pub async fn identities_in_room(conn: &mut PgConnection, room_name: &str) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT DISTINCT identity FROM webhook_events WHERE room_name = $1 AND identity IS NOT NULL ORDER BY identity",
+    )
+    .bind(room_name)
+    .fetch_all(&mut *conn)
+    .await
+}
+
+/// The facts the rule needs for one participant: its own events and the room_finished events
+/// of the room instances it was in.
+pub async fn load_facts(conn: &mut PgConnection, room_name: &str, identity: &str) -> Result<Vec<Fact>, sqlx::Error> {
+    let payloads: Vec<String> = sqlx::query_scalar(
+        "SELECT payload::text FROM webhook_events
+         WHERE room_name = $1
+           AND (identity = $2
+                OR (event_type = 'room_finished'
+                    AND room_sid IN (SELECT room_sid FROM webhook_events WHERE room_name = $1 AND identity = $2)))",
+    )
+    .bind(room_name)
+    .bind(identity)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(payloads
+        .iter()
+        .filter_map(|payload| {
+            // Only events that parsed are logged; a failure here would be a bug, not bad input.
+            let fact = WebhookEvent::parse(payload.as_bytes()).ok().map(|e| Fact::from_event(&e));
+            match fact {
+                Some(Ok(fact)) => fact,
+                _ => {
+                    tracing::error!(room_name, identity, "a logged event no longer parses; ignored");
+                    None
+                }
+            }
+        })
+        .collect())
+}
+
+/// Recomputes one participant from the log and stores the result; writes a presence change to
+/// the outbox when "present now" flipped. The room must be locked by the caller's transaction.
+pub async fn recompute_participant(
+    conn: &mut PgConnection,
+    room_name: &str,
+    identity: &str,
+    cause_event_id: &str,
+) -> Result<Option<PresenceChange>, sqlx::Error> {
+    let facts = load_facts(conn, room_name, identity).await?;
+    let Some(attendance) = attendance::participant_attendance(identity, &facts) else {
+        return Ok(None);
+    };
+    let was_present: Option<bool> =
+        sqlx::query_scalar("SELECT present FROM participants WHERE room_name = $1 AND identity = $2")
+            .bind(room_name)
+            .bind(identity)
+            .fetch_optional(&mut *conn)
+            .await?;
+    write_attendance(conn, room_name, &attendance).await?;
+
+    if was_present.unwrap_or(false) == attendance.present {
+        return Ok(None);
+    }
+    let change = PresenceChange {
+        room_name: room_name.to_owned(),
+        identity: identity.to_owned(),
+        present: attendance.present,
+        changed_at_ms: presence_changed_at(&attendance),
+    };
+    sqlx::query(
+        "INSERT INTO presence_outbox (room_name, identity, present, changed_at, event_id) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(&change.room_name)
+    .bind(&change.identity)
+    .bind(change.present)
+    .bind(timestamp(change.changed_at_ms))
+    .bind(cause_event_id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(Some(change))
+}
+
+/// When the participant became present (its latest open cycle's start) or absent (its last left).
+fn presence_changed_at(attendance: &Attendance) -> i64 {
+    if attendance.present {
+        attendance.cycles.iter().filter(|c| c.left_at_ms.is_none()).map(|c| c.joined_at_ms).max().unwrap_or_default()
+    } else {
+        attendance.last_left_at_ms.unwrap_or_default()
+    }
+}
+
+async fn write_attendance(conn: &mut PgConnection, room_name: &str, a: &Attendance) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO participants
+             (room_name, identity, name, metadata, kind, present, attended_ms, join_count, leave_count,
+              first_joined_at, last_left_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, now())
+         ON CONFLICT (room_name, identity) DO UPDATE SET
+             name = excluded.name, metadata = excluded.metadata, kind = excluded.kind, present = excluded.present,
+             attended_ms = excluded.attended_ms, join_count = excluded.join_count,
+             leave_count = excluded.leave_count, first_joined_at = excluded.first_joined_at,
+             last_left_at = excluded.last_left_at, updated_at = now()",
+    )
+    .bind(room_name)
+    .bind(&a.identity)
+    .bind(&a.name)
+    .bind(&a.metadata)
+    .bind(&a.kind)
+    .bind(a.present)
+    .bind(a.attended_ms)
+    .bind(i32::try_from(a.join_count).unwrap_or(i32::MAX))
+    .bind(i32::try_from(a.leave_count).unwrap_or(i32::MAX))
+    .bind(a.first_joined_at_ms.map(timestamp))
+    .bind(a.last_left_at_ms.map(timestamp))
+    .execute(&mut *conn)
+    .await?;
+
+    sqlx::query("DELETE FROM cycles WHERE room_name = $1 AND identity = $2")
+        .bind(room_name)
+        .bind(&a.identity)
+        .execute(&mut *conn)
+        .await?;
+    if a.cycles.is_empty() {
+        return Ok(());
+    }
+    let sids: Vec<&str> = a.cycles.iter().map(|c| c.participant_sid.as_str()).collect();
+    let room_sids: Vec<&str> = a.cycles.iter().map(|c| c.room_sid.as_str()).collect();
+    let joined: Vec<OffsetDateTime> = a.cycles.iter().map(|c| timestamp(c.joined_at_ms)).collect();
+    let left: Vec<Option<OffsetDateTime>> = a.cycles.iter().map(|c| c.left_at_ms.map(timestamp)).collect();
+    let closed_by: Vec<Option<&str>> = a.cycles.iter().map(|c| c.closed_by.map(|b| b.as_str())).collect();
+    sqlx::query(
+        "INSERT INTO cycles (room_name, identity, participant_sid, room_sid, joined_at, left_at, closed_by)
+         SELECT $1, $2, * FROM unnest($3::text[], $4::text[], $5::timestamptz[], $6::timestamptz[], $7::text[])",
+    )
+    .bind(room_name)
+    .bind(&a.identity)
+    .bind(&sids)
+    .bind(&room_sids)
+    .bind(&joined)
+    .bind(&left)
+    .bind(&closed_by)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// A participant's stored attendance, as the read side sees it.
+pub async fn load_participant(
+    conn: &mut PgConnection,
+    room_name: &str,
+    identity: &str,
+) -> Result<Option<Attendance>, sqlx::Error> {
+    let Some(row) = sqlx::query(
+        "SELECT name, metadata, kind, present, attended_ms, join_count, leave_count, first_joined_at, last_left_at
+         FROM participants WHERE room_name = $1 AND identity = $2",
+    )
+    .bind(room_name)
+    .bind(identity)
+    .fetch_optional(&mut *conn)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let cycles = sqlx::query(
+        "SELECT participant_sid, room_sid, joined_at, left_at, closed_by FROM cycles
+         WHERE room_name = $1 AND identity = $2 ORDER BY joined_at, participant_sid",
+    )
+    .bind(room_name)
+    .bind(identity)
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .map(|c| {
+        Ok(attendance::Cycle {
+            participant_sid: c.try_get("participant_sid")?,
+            room_sid: c.try_get("room_sid")?,
+            joined_at_ms: unix_ms(c.try_get("joined_at")?),
+            left_at_ms: c.try_get::<Option<OffsetDateTime>, _>("left_at")?.map(unix_ms),
+            closed_by: match c.try_get::<Option<String>, _>("closed_by")?.as_deref() {
+                Some("participant_left") => Some(attendance::ClosedBy::ParticipantLeft),
+                Some("room_finished") => Some(attendance::ClosedBy::RoomFinished),
+                _ => None,
+            },
+        })
+    })
+    .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    Ok(Some(Attendance {
+        identity: identity.to_owned(),
+        name: row.try_get("name")?,
+        metadata: row.try_get("metadata")?,
+        kind: row.try_get("kind")?,
+        cycles,
+        attended_ms: row.try_get("attended_ms")?,
+        join_count: i64::from(row.try_get::<i32, _>("join_count")?),
+        leave_count: i64::from(row.try_get::<i32, _>("leave_count")?),
+        first_joined_at_ms: row.try_get::<Option<OffsetDateTime>, _>("first_joined_at")?.map(unix_ms),
+        last_left_at_ms: row.try_get::<Option<OffsetDateTime>, _>("last_left_at")?.map(unix_ms),
+        present: row.try_get("present")?,
+    }))
+}
+
+/// Every participant's stored attendance in a room, by identity.
+pub async fn load_room(
+    conn: &mut PgConnection,
+    room_name: &str,
+) -> Result<std::collections::BTreeMap<String, Attendance>, sqlx::Error> {
+    let identities: Vec<String> =
+        sqlx::query_scalar("SELECT identity FROM participants WHERE room_name = $1 ORDER BY identity")
+            .bind(room_name)
+            .fetch_all(&mut *conn)
+            .await?;
+    let mut room = std::collections::BTreeMap::new();
+    for identity in identities {
+        if let Some(attendance) = load_participant(conn, room_name, &identity).await? {
+            room.insert(identity, attendance);
+        }
+    }
+    Ok(room)
+}

@@ -1,0 +1,146 @@
+//! Applying a batch of webhook messages to PostgreSQL in one transaction.
+//!
+//! Each message's insert into the event log runs in its own savepoint, so a message PostgreSQL
+//! refuses (bad data) is rolled back alone and reported as rejected while its neighbours commit.
+//! Rooms are locked first, in name order; each affected participant is then recomputed once from
+//! the log. A transient failure (connection, deadlock, serialization) fails the whole batch,
+//! which is then redelivered; applying it again changes nothing that was already committed.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::Bytes;
+use shared::attendance::{Fact, FactKind};
+use shared::event::WebhookEvent;
+use shared::storage::{self, LoggedEvent};
+use sqlx::PgPool;
+
+/// One message to apply.
+#[derive(Debug, Clone)]
+pub struct Input {
+    pub payload: Bytes,
+    pub received_at_ms: Option<i64>,
+    pub stream_sequence: u64,
+}
+
+/// Why a message can never be applied (it goes to the dead-letter stream).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// Stable code: `invalid_event`, `unstorable_event`.
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// What happened to one message of a committed batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    Stored {
+        event_type: String,
+    },
+    /// Its event id was already in the log: nothing changed.
+    Duplicate,
+    Rejected(Rejection),
+}
+
+struct Decoded {
+    event: WebhookEvent,
+    fact: Option<Fact>,
+    payload: String,
+}
+
+fn decode(payload: &[u8]) -> Result<Decoded, Rejection> {
+    let invalid = |message: String| Rejection { reason: "invalid_event", message };
+    let text = std::str::from_utf8(payload).map_err(|_| invalid("the payload is not UTF-8".into()))?;
+    let event = WebhookEvent::parse(payload).map_err(|e| invalid(e.to_string()))?;
+    let fact = Fact::from_event(&event).map_err(|e| invalid(e.to_string()))?;
+    Ok(Decoded { fact, payload: text.to_owned(), event })
+}
+
+/// Applies the messages in one transaction and returns one outcome per message, in order.
+/// `Err` means nothing was committed and every message should be retried.
+pub async fn apply_batch(pool: &PgPool, inputs: &[Input]) -> Result<Vec<Applied>, sqlx::Error> {
+    let decoded: Vec<Result<Decoded, Rejection>> = inputs.iter().map(|input| decode(&input.payload)).collect();
+    let rooms: BTreeSet<String> =
+        decoded.iter().flatten().filter_map(|d| d.fact.as_ref()).map(|f| f.room_name.clone()).collect();
+
+    let mut tx = pool.begin().await?;
+    storage::lock_rooms(&mut tx, &rooms).await?;
+
+    let mut outcomes = Vec::with_capacity(inputs.len());
+    // (room, identity) → the event that caused the recompute (for the presence outbox)
+    let mut affected: BTreeMap<(String, String), String> = BTreeMap::new();
+    let mut finished_instances: Vec<(String, String, String)> = Vec::new();
+    for (input, decoded) in inputs.iter().zip(decoded) {
+        let decoded = match decoded {
+            Ok(decoded) => decoded,
+            Err(rejection) => {
+                outcomes.push(Applied::Rejected(rejection));
+                continue;
+            }
+        };
+        let logged = LoggedEvent {
+            event: &decoded.event,
+            payload: &decoded.payload,
+            received_at_ms: input.received_at_ms,
+            stream_sequence: Some(input.stream_sequence),
+        };
+        let mut savepoint = sqlx::Connection::begin(&mut *tx).await?;
+        match storage::insert_event(&mut savepoint, &logged).await {
+            Ok(inserted) => {
+                savepoint.commit().await?;
+                if !inserted {
+                    outcomes.push(Applied::Duplicate);
+                    continue;
+                }
+            }
+            Err(error) if is_permanent(&error) => {
+                savepoint.rollback().await?;
+                outcomes.push(Applied::Rejected(Rejection { reason: "unstorable_event", message: error.to_string() }));
+                continue;
+            }
+            Err(error) => return Err(error),
+        }
+        if let Some(fact) = &decoded.fact {
+            match (&fact.kind, fact.participant()) {
+                (FactKind::RoomFinished, _) => {
+                    finished_instances.push((fact.room_name.clone(), fact.room_sid.clone(), fact.event_id.clone()))
+                }
+                (_, Some(participant)) => {
+                    affected.insert((fact.room_name.clone(), participant.identity.clone()), fact.event_id.clone());
+                }
+                (_, None) => {}
+            }
+        }
+        outcomes.push(Applied::Stored { event_type: decoded.event.event.clone() });
+    }
+
+    for (room_name, room_sid, event_id) in finished_instances {
+        for identity in storage::identities_in_room_instance(&mut tx, &room_name, &room_sid).await? {
+            affected.entry((room_name.clone(), identity)).or_insert_with(|| event_id.clone());
+        }
+    }
+    for ((room_name, identity), cause) in &affected {
+        storage::recompute_participant(&mut tx, room_name, identity, cause).await?;
+    }
+    tx.commit().await?;
+    Ok(outcomes)
+}
+
+/// A failure that retrying cannot fix: PostgreSQL refused this message's data (SQLSTATE class
+/// 22, data exception, e.g. a `\u0000` in JSON; class 23, integrity constraint).
+pub fn is_permanent(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| code.starts_with("22") || code.starts_with("23")),
+        _ => false,
+    }
+}
+
+/// A failure that means PostgreSQL is unreachable or going away: stop pulling until it is back.
+pub fn is_unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(db) => {
+            db.code().is_some_and(|code| code.starts_with("08") || code.starts_with("57P") || code.starts_with("53"))
+        }
+        _ => false,
+    }
+}

@@ -1,0 +1,291 @@
+//! The pull loop: take what the consumer has (up to a batch), apply it, then tell JetStream.
+//!
+//! - Applied (or already applied): ack, only after the commit.
+//! - Can never be applied: publish to the dead-letter stream, await its ack, then terminate the
+//!   original. A worker dying in between leaves the original to be redelivered (and the dead
+//!   letter's message id makes the second copy a duplicate).
+//! - Transient failure: NAK with a delay from the delivery count; on the last allowed delivery,
+//!   dead-letter instead. While PostgreSQL is unreachable, stop pulling until it answers.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::{AckKind, Message};
+use futures::{FutureExt as _, StreamExt as _};
+use shared::stream::{DeadLetter, DeadLetterStream, RECEIVED_AT_MS_HEADER};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument as _, info_span};
+
+use crate::apply::{self, Applied, Input, Rejection};
+use crate::metrics::{EventTypeLabel, ReasonLabel, WorkerMetrics};
+use crate::retry::nak_delay;
+
+/// Deliveries the server allows beyond `max_deliver`, so that a worker that dies during the last
+/// allowed attempt still gets the message back, and dead-letters it instead of losing it.
+pub const CRASH_MARGIN: i64 = 3;
+
+const DEAD_LETTER_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub max_deliver: i64,
+    pub batch_size: usize,
+    pub retry_min_delay: Duration,
+    pub retry_max_delay: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumeError {
+    #[error("cannot pull from the consumer: {0}")]
+    Pull(String),
+    #[error("the consumer's message stream ended")]
+    Ended,
+}
+
+pub struct Consumer {
+    consumer: PullConsumer,
+    pool: PgPool,
+    dead_letters: DeadLetterStream,
+    metrics: WorkerMetrics,
+    settings: Settings,
+    failures: FailureClock,
+}
+
+impl Consumer {
+    pub fn new(
+        consumer: PullConsumer,
+        pool: PgPool,
+        dead_letters: DeadLetterStream,
+        metrics: WorkerMetrics,
+        settings: Settings,
+    ) -> Self {
+        Consumer { consumer, pool, dead_letters, metrics, settings, failures: FailureClock::default() }
+    }
+
+    /// Pulls and applies until `shutdown` is cancelled. Messages already pulled but not started
+    /// are handed back (NAK) before returning.
+    pub async fn run(&mut self, shutdown: &CancellationToken) -> Result<(), ConsumeError> {
+        let mut messages = self
+            .consumer
+            .stream()
+            .max_messages_per_batch(self.settings.batch_size * 2)
+            .heartbeat(Duration::from_secs(5))
+            .messages()
+            .await
+            .map_err(|e| ConsumeError::Pull(e.to_string()))?;
+        loop {
+            let next = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                next = messages.next() => next,
+            };
+            let first = match next {
+                None => return Err(ConsumeError::Ended),
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "pulling messages failed; the client retries");
+                    continue;
+                }
+                Some(Ok(message)) => message,
+            };
+            let mut batch = vec![first];
+            while batch.len() < self.settings.batch_size {
+                match messages.next().now_or_never() {
+                    Some(Some(Ok(message))) => batch.push(message),
+                    _ => break,
+                }
+            }
+            if self.process(batch).await == Health::DatabaseUnavailable {
+                self.wait_for_database(shutdown).await;
+            }
+        }
+        let mut handed_back = 0;
+        while let Some(Some(Ok(message))) = messages.next().now_or_never() {
+            let _ = message.ack_with(AckKind::Nak(None)).await;
+            handed_back += 1;
+        }
+        tracing::info!(handed_back, "stopped pulling");
+        Ok(())
+    }
+
+    /// Applies one batch and acknowledges each message as its outcome says.
+    pub async fn process(&mut self, batch: Vec<Message>) -> Health {
+        let mut to_apply = Vec::with_capacity(batch.len());
+        for message in batch {
+            let Ok(info) = message.info() else {
+                tracing::error!(subject = %message.subject, "not a JetStream message; terminated");
+                let _ = message.ack_with(AckKind::Term).await;
+                continue;
+            };
+            self.metrics.pending.set(i64::try_from(info.pending).unwrap_or(i64::MAX));
+            let (delivered, sequence) = (info.delivered, info.stream_sequence);
+            if delivered > self.settings.max_deliver {
+                let error = format!("delivered {delivered} times; the earlier attempts did not finish");
+                self.dead_letter(&message, "delivery_limit", &error).await;
+                continue;
+            }
+            let received_at_ms = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(RECEIVED_AT_MS_HEADER))
+                .and_then(|v| v.as_str().parse().ok());
+            let input = Input { payload: message.payload.clone(), received_at_ms, stream_sequence: sequence };
+            to_apply.push((message, input, delivered));
+        }
+        if to_apply.is_empty() {
+            return Health::Ok;
+        }
+
+        let inputs: Vec<Input> = to_apply.iter().map(|(_, input, _)| input.clone()).collect();
+        let span = info_span!("apply_batch", messages = inputs.len(), first_sequence = inputs[0].stream_sequence);
+        let started = Instant::now();
+        let result = apply::apply_batch(&self.pool, &inputs).instrument(span).await;
+        self.metrics.batch_duration.observe(started.elapsed().as_secs_f64());
+        self.metrics.batch_size.observe(inputs.len() as f64);
+
+        match result {
+            Ok(outcomes) => {
+                for ((message, input, _), outcome) in to_apply.into_iter().zip(outcomes) {
+                    match outcome {
+                        Applied::Stored { event_type } => {
+                            self.metrics.applied.get_or_create(&EventTypeLabel { event_type }).inc();
+                            self.acknowledge(&message, input.stream_sequence).await;
+                        }
+                        Applied::Duplicate => {
+                            self.metrics.duplicates.inc();
+                            self.acknowledge(&message, input.stream_sequence).await;
+                        }
+                        Applied::Rejected(Rejection { reason, message: error }) => {
+                            self.dead_letter(&message, reason, &error).await;
+                        }
+                    }
+                }
+                Health::Ok
+            }
+            Err(error) => {
+                let unavailable = apply::is_unavailable(&error);
+                tracing::warn!(%error, unavailable, messages = to_apply.len(), "batch not applied; will retry");
+                let error = error.to_string();
+                for (message, input, delivered) in to_apply {
+                    self.failures.record(input.stream_sequence);
+                    if delivered >= self.settings.max_deliver {
+                        self.dead_letter(&message, "retries_exhausted", &error).await;
+                    } else {
+                        self.retry(&message, delivered, "database").await;
+                    }
+                }
+                if unavailable { Health::DatabaseUnavailable } else { Health::Ok }
+            }
+        }
+    }
+
+    async fn acknowledge(&mut self, message: &Message, sequence: u64) {
+        self.failures.forget(sequence);
+        // A lost ack means a redelivery, which the event log turns into a no-op.
+        if let Err(error) = message.ack().await {
+            tracing::warn!(%error, sequence, "ack failed; the message will be redelivered");
+        }
+    }
+
+    async fn retry(&self, message: &Message, delivered: i64, reason: &'static str) {
+        let delay = nak_delay(delivered, self.settings.retry_min_delay, self.settings.retry_max_delay);
+        self.metrics.retries.get_or_create(&ReasonLabel { reason }).inc();
+        if let Err(error) = message.ack_with(AckKind::Nak(Some(delay))).await {
+            tracing::warn!(%error, "NAK failed; the message comes back after the ack wait");
+        }
+    }
+
+    /// Publishes the message to the dead-letter stream and, once stored there, terminates it.
+    async fn dead_letter(&mut self, message: &Message, reason: &'static str, error: &str) {
+        let Ok(info) = message.info() else { return };
+        let (sequence, delivered, stream) = (info.stream_sequence, info.delivered, info.stream.to_owned());
+        let now = shared::now_unix_ms();
+        let first_failure_at_ms = self.failures.first_failure(sequence).unwrap_or(now);
+        let event_type = message.subject.rsplit('.').next().unwrap_or("unknown");
+        let letter = DeadLetter {
+            event_type,
+            payload: message.payload.clone(),
+            original_headers: message.headers.as_ref(),
+            original_subject: &message.subject,
+            original_stream: &stream,
+            original_sequence: sequence,
+            delivery_count: delivered,
+            reason,
+            error,
+            first_failure_at_ms,
+            last_failure_at_ms: now,
+        };
+        match self.dead_letters.publish(&letter, DEAD_LETTER_TIMEOUT).await {
+            Ok(_) => {
+                self.failures.forget(sequence);
+                self.metrics.dead_lettered.get_or_create(&ReasonLabel { reason }).inc();
+                tracing::warn!(sequence, reason, error, "event dead-lettered");
+                if let Err(error) = message.ack_with(AckKind::Term).await {
+                    tracing::warn!(%error, sequence, "terminating a dead-lettered message failed; it will be redelivered");
+                }
+            }
+            Err(publish_error) => {
+                self.failures.record(sequence);
+                tracing::error!(%publish_error, sequence, "cannot dead-letter; will retry");
+                self.retry(message, delivered, "dead_letter_unavailable").await;
+            }
+        }
+    }
+
+    /// Waits until PostgreSQL answers again, so that the stream is not spun through meanwhile.
+    async fn wait_for_database(&self, shutdown: &CancellationToken) {
+        tracing::warn!("PostgreSQL unavailable: pulling paused");
+        let pool = self.pool.clone();
+        let back = shared::retry::until_ok(shutdown, "waiting for PostgreSQL", || {
+            let pool = pool.clone();
+            async move { shared::db::ping(&pool).await }
+        })
+        .await;
+        if back.is_some() {
+            tracing::info!("PostgreSQL is back: pulling resumed");
+        }
+    }
+}
+
+/// Whether pulling may go on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    Ok,
+    DatabaseUnavailable,
+}
+
+/// When each failing message (by stream sequence) first failed on this worker, for the dead
+/// letter's `first failure` header. Bounded: the oldest entries are forgotten first.
+#[derive(Default)]
+struct FailureClock {
+    first_failure_ms: HashMap<u64, i64>,
+    order: VecDeque<u64>,
+}
+
+impl FailureClock {
+    const CAPACITY: usize = 100_000;
+
+    fn record(&mut self, sequence: u64) {
+        if self.first_failure_ms.contains_key(&sequence) {
+            return;
+        }
+        if self.order.len() >= Self::CAPACITY
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.first_failure_ms.remove(&oldest);
+        }
+        self.first_failure_ms.insert(sequence, shared::now_unix_ms());
+        self.order.push_back(sequence);
+    }
+
+    fn first_failure(&self, sequence: u64) -> Option<i64> {
+        self.first_failure_ms.get(&sequence).copied()
+    }
+
+    fn forget(&mut self, sequence: u64) {
+        if self.first_failure_ms.remove(&sequence).is_some() {
+            self.order.retain(|&s| s != sequence);
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! `worker recompute`: rebuilds attendance from the event log, for one room or all of them.
+//! Safe while workers run: each room is recomputed under its lock, like any event.
+
+use shared::storage;
+use sqlx::PgPool;
+
+/// Recomputes every participant of `room` (or of every room); returns how many were recomputed.
+pub async fn recompute(pool: &PgPool, room: Option<&str>) -> Result<usize, sqlx::Error> {
+    let rooms: Vec<String> = match room {
+        Some(room) => vec![room.to_owned()],
+        None => {
+            sqlx::query_scalar(
+                "SELECT DISTINCT room_name FROM webhook_events WHERE room_name IS NOT NULL ORDER BY room_name",
+            )
+            .fetch_all(pool)
+            .await?
+        }
+    };
+    let mut participants = 0;
+    for room in rooms {
+        let mut tx = pool.begin().await?;
+        storage::lock_rooms(&mut tx, &[room.clone()].into()).await?;
+        for identity in storage::identities_in_room(&mut tx, &room).await? {
+            storage::recompute_participant(&mut tx, &room, &identity, "recompute").await?;
+            participants += 1;
+        }
+        tx.commit().await?;
+        tracing::info!(room, "room recomputed");
+    }
+    Ok(participants)
+}

@@ -1,0 +1,104 @@
+//! Workers against a real NATS and PostgreSQL: exact tables whatever the order, duplicates and
+//! number of replicas; poison messages dead-lettered while the others are applied.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Harness, assert_same_attendance};
+use shared::stream::dead_letter_headers as dlq;
+use testkit::postgres::TestDatabase;
+use testkit::workload;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_workers_on_shuffled_duplicated_events_give_exactly_the_expected_tables() {
+    let harness = Harness::new(&testkit::nats::shared_url(), TestDatabase::create_shared().await).await;
+    let events = workload::meetings(fastrand::u64(..), 30, 12, 1_790_000_000_000);
+    assert!(events.len() > 1_000, "{} events", events.len());
+
+    // Every event once, a third of them twice more under other message ids, all shuffled.
+    let mut deliveries: Vec<(&workload::Event, String)> = events.iter().map(|e| (e, e.id.clone())).collect();
+    for (n, event) in events.iter().enumerate().filter(|(n, _)| n % 3 == 0) {
+        deliveries.push((event, format!("{}-copy-a{n}", event.id)));
+        deliveries.push((event, format!("{}-copy-b{n}", event.id)));
+    }
+    fastrand::shuffle(&mut deliveries);
+    let total = deliveries.len();
+
+    let workers = [harness.spawn_worker().await, harness.spawn_worker().await, harness.spawn_worker().await];
+    harness.publish_with_ids(deliveries).await;
+    harness.wait_drained(Duration::from_secs(120)).await;
+
+    let expected = workload::expected(&events);
+    let stored = harness.stored(expected.keys().cloned()).await;
+    assert_same_attendance(&stored, &expected);
+    assert_eq!(harness.event_log_count().await, events.len() as i64, "each event logged once out of {total}");
+    assert!(harness.dead_letters().await.is_empty());
+
+    for worker in workers {
+        worker.stop().await;
+    }
+    harness.cleanup().await;
+}
+
+#[tokio::test]
+async fn poison_messages_are_dead_lettered_with_their_reason_and_the_others_applied() {
+    let harness = Harness::new(&testkit::nats::shared_url(), TestDatabase::create_shared().await).await;
+    let events = workload::meetings(fastrand::u64(..), 2, 4, 1_790_000_000_000);
+    let worker = harness.spawn_worker().await;
+
+    let (first_half, second_half) = events.split_at(events.len() / 2);
+    harness.publish(&first_half.iter().collect::<Vec<_>>()).await;
+    harness.publish_raw("participant_joined", b"this is not JSON", "poison-1").await;
+    // PostgreSQL's jsonb refuses \u0000: a valid event that can never be stored.
+    let unstorable = br#"{"event":"track_published","id":"EV_nul","room":{"name":"r","sid":"RM_x"},"x":"a\u0000b"}"#;
+    harness.publish_raw("track_published", unstorable, "poison-2").await;
+    harness.publish(&second_half.iter().collect::<Vec<_>>()).await;
+    harness.wait_drained(Duration::from_secs(60)).await;
+
+    let expected = workload::expected(&events);
+    assert_same_attendance(&harness.stored(expected.keys().cloned()).await, &expected);
+
+    let letters = harness.dead_letters().await;
+    assert_eq!(letters.len(), 2, "the two poison messages");
+    let header = |message: &async_nats::jetstream::message::StreamMessage, name: &str| {
+        message.headers.get(name).map(|v| v.as_str().to_owned()).unwrap_or_default()
+    };
+    let by_reason = |reason: &str| letters.iter().find(|l| header(l, dlq::REASON) == reason).expect(reason);
+    let invalid = by_reason("invalid_event");
+    assert_eq!(invalid.payload.as_ref(), b"this is not JSON", "the original bytes");
+    assert_eq!(header(invalid, dlq::ORIGINAL_SUBJECT), format!("{}.participant_joined", harness.subject_prefix()));
+    assert_eq!(header(invalid, dlq::ORIGINAL_STREAM), harness.stream_name());
+    assert!(header(invalid, dlq::ORIGINAL_SEQUENCE).parse::<u64>().is_ok());
+    assert_eq!(header(invalid, dlq::DELIVERY_COUNT), "1");
+    assert!(!header(invalid, dlq::ERROR).is_empty());
+    assert_eq!(header(invalid, "Nats-Msg-Id").split(':').next(), Some("dlq"));
+    let unstorable_letter = by_reason("unstorable_event");
+    assert_eq!(unstorable_letter.payload.as_ref(), unstorable.as_slice());
+    let first: i64 = header(unstorable_letter, dlq::FIRST_FAILURE_AT_MS).parse().unwrap();
+    let last: i64 = header(unstorable_letter, dlq::LAST_FAILURE_AT_MS).parse().unwrap();
+    assert!(first <= last && last <= shared::now_unix_ms());
+
+    worker.stop().await;
+    harness.cleanup().await;
+}
+
+#[tokio::test]
+async fn recompute_rebuilds_the_tables_from_the_event_log() {
+    let harness = Harness::new(&testkit::nats::shared_url(), TestDatabase::create_shared().await).await;
+    let events = workload::meetings(fastrand::u64(..), 3, 5, 1_790_000_000_000);
+    let worker = harness.spawn_worker().await;
+    harness.publish(&events.iter().collect::<Vec<_>>()).await;
+    harness.wait_drained(Duration::from_secs(60)).await;
+    worker.stop().await;
+
+    let pool = harness.database.pool().await;
+    sqlx::query("UPDATE participants SET attended_ms = 0, present = NOT present").execute(&pool).await.unwrap();
+    sqlx::query("DELETE FROM cycles").execute(&pool).await.unwrap();
+    let recomputed = worker::recompute::recompute(&pool, None).await.unwrap();
+
+    let expected = workload::expected(&events);
+    assert_eq!(recomputed, expected.values().map(|room| room.len()).sum::<usize>());
+    assert_same_attendance(&harness.stored(expected.keys().cloned()).await, &expected);
+    harness.cleanup().await;
+}
