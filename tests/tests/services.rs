@@ -45,6 +45,17 @@ async fn worker_and_sweeper_become_ready_and_exit_cleanly_on_sigterm() {
         let base_url = format!("http://127.0.0.1:{port}");
         wait_ready(&http, &base_url).await;
         assert_eq!(http.get(format!("{base_url}/healthz")).send().await.unwrap().status(), 200);
+        if name == "worker" {
+            let metrics = http.get(format!("{base_url}/metrics")).send().await.unwrap().text().await.unwrap();
+            // Labelled families (applied by type, retries, dead letters) appear with their first sample.
+            for metric in [
+                "worker_events_duplicate_total",
+                "worker_batch_apply_duration_seconds",
+                "worker_consumer_pending_messages",
+            ] {
+                assert!(metrics.contains(metric), "{metric} missing from {metrics}");
+            }
+        }
 
         service.signal("TERM");
         let status = service.wait_exit(Duration::from_secs(10)).await;

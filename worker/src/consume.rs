@@ -66,19 +66,49 @@ impl Consumer {
 
     /// Pulls and applies until `shutdown` is cancelled. Messages already pulled but not started
     /// are handed back (NAK) before returning.
+    ///
+    /// When PostgreSQL becomes unreachable, pulling stops until it answers again: JetStream
+    /// counts a delivery only when it hands a message out, so an outage does not use up the
+    /// messages' allowed deliveries and send them to the dead-letter stream.
     pub async fn run(&mut self, shutdown: &CancellationToken) -> Result<(), ConsumeError> {
-        let mut messages = self
-            .consumer
-            .stream()
-            .max_messages_per_batch(self.settings.batch_size * 2)
-            .heartbeat(Duration::from_secs(5))
-            .messages()
-            .await
-            .map_err(|e| ConsumeError::Pull(e.to_string()))?;
+        while !shutdown.is_cancelled() {
+            let mut messages = self
+                .consumer
+                .stream()
+                .max_messages_per_batch(self.settings.batch_size * 2)
+                .heartbeat(Duration::from_secs(5))
+                .messages()
+                .await
+                .map_err(|e| ConsumeError::Pull(e.to_string()))?;
+            let stopped_by = self.pull_and_apply(&mut messages, shutdown).await?;
+            let (delay, why) = match stopped_by {
+                Health::Ok => (None, "shutting down"),
+                Health::DatabaseUnavailable => (Some(self.settings.retry_min_delay), "PostgreSQL unavailable"),
+            };
+            let mut handed_back = 0;
+            while let Some(Some(Ok(message))) = messages.next().now_or_never() {
+                let _ = message.ack_with(AckKind::Nak(delay)).await;
+                handed_back += 1;
+            }
+            drop(messages);
+            tracing::info!(handed_back, why, "stopped pulling");
+            if stopped_by == Health::DatabaseUnavailable {
+                self.wait_for_database(shutdown).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies batches until shutdown (`Ok`) or until PostgreSQL is unreachable.
+    async fn pull_and_apply(
+        &mut self,
+        messages: &mut async_nats::jetstream::consumer::pull::Stream,
+        shutdown: &CancellationToken,
+    ) -> Result<Health, ConsumeError> {
         loop {
             let next = tokio::select! {
                 biased;
-                () = shutdown.cancelled() => break,
+                () = shutdown.cancelled() => return Ok(Health::Ok),
                 next = messages.next() => next,
             };
             let first = match next {
@@ -97,16 +127,9 @@ impl Consumer {
                 }
             }
             if self.process(batch).await == Health::DatabaseUnavailable {
-                self.wait_for_database(shutdown).await;
+                return Ok(Health::DatabaseUnavailable);
             }
         }
-        let mut handed_back = 0;
-        while let Some(Some(Ok(message))) = messages.next().now_or_never() {
-            let _ = message.ack_with(AckKind::Nak(None)).await;
-            handed_back += 1;
-        }
-        tracing::info!(handed_back, "stopped pulling");
-        Ok(())
     }
 
     /// Applies one batch and acknowledges each message as its outcome says.

@@ -34,6 +34,7 @@ async fn three_workers_on_shuffled_duplicated_events_give_exactly_the_expected_t
     assert_same_attendance(&stored, &expected);
     assert_eq!(harness.event_log_count().await, events.len() as i64, "each event logged once out of {total}");
     assert!(harness.dead_letters().await.is_empty());
+    assert_presence_outbox_follows_the_flips(&harness, &stored).await;
 
     for worker in workers {
         worker.stop().await;
@@ -101,4 +102,30 @@ async fn recompute_rebuilds_the_tables_from_the_event_log() {
     assert_eq!(recomputed, expected.values().map(|room| room.len()).sum::<usize>());
     assert_same_attendance(&harness.stored(expected.keys().cloned()).await, &expected);
     harness.cleanup().await;
+}
+
+/// Each participant's outbox rows alternate (a flip each) and end at its stored presence.
+async fn assert_presence_outbox_follows_the_flips(
+    harness: &Harness,
+    stored: &std::collections::BTreeMap<String, std::collections::BTreeMap<String, shared::attendance::Attendance>>,
+) {
+    let pool = harness.database.pool().await;
+    let rows: Vec<(String, String, bool)> =
+        sqlx::query_as("SELECT room_name, identity, present FROM presence_outbox ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let mut flips: std::collections::BTreeMap<(String, String), Vec<bool>> = Default::default();
+    for (room, identity, present) in rows {
+        flips.entry((room, identity)).or_default().push(present);
+    }
+    for (room, participants) in stored {
+        for (identity, attendance) in participants {
+            let history = flips.remove(&(room.clone(), identity.clone())).unwrap_or_default();
+            assert!(history.windows(2).all(|w| w[0] != w[1]), "{room}/{identity}: {history:?} is not a flip each");
+            assert!(history.first().copied().unwrap_or(true), "{room}/{identity}: first change is a join");
+            assert_eq!(history.last().copied().unwrap_or(false), attendance.present, "{room}/{identity}: {history:?}");
+        }
+    }
+    assert!(flips.is_empty(), "outbox rows for unknown participants: {flips:?}");
 }

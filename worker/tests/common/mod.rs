@@ -40,6 +40,7 @@ impl RunningWorker {
 
 impl Harness {
     pub async fn new(nats_url: &str, database: TestDatabase) -> Self {
+        shared::telemetry::init();
         let client = async_nats::connect(nats_url).await.expect("NATS");
         let harness = Harness {
             nats_url: nats_url.to_owned(),
@@ -91,6 +92,7 @@ impl Harness {
             ("CONSUMER_ACK_WAIT", "5s".into()),
             ("MAX_DELIVER", "5".into()),
             ("BATCH_SIZE", "50".into()),
+            ("DATABASE_ACQUIRE_TIMEOUT", "1s".into()),
         ]
     }
 
@@ -107,6 +109,7 @@ impl Harness {
                 "MAX_DELIVER" => "max-deliver".to_owned(),
                 "BATCH_SIZE" => "batch-size".to_owned(),
                 "CONSUMER_ACK_WAIT" => "ack-wait".to_owned(),
+                "DATABASE_ACQUIRE_TIMEOUT" => "database-acquire-timeout".to_owned(),
                 other => other.to_lowercase().replace('_', "-"),
             };
             args.push(format!("--{flag}={value}"));
@@ -187,8 +190,13 @@ impl Harness {
     }
 
     pub async fn event_log_count(&self) -> i64 {
+        self.try_event_log_count().await.expect("count the event log")
+    }
+
+    /// `None` until the worker created the schema.
+    pub async fn try_event_log_count(&self) -> Option<i64> {
         let pool = self.database.pool().await;
-        sqlx::query_scalar("SELECT count(*) FROM webhook_events").fetch_one(&pool).await.expect("count")
+        sqlx::query_scalar("SELECT count(*) FROM webhook_events").fetch_one(&pool).await.ok()
     }
 
     pub async fn cleanup(self) {
