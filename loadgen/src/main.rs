@@ -21,6 +21,36 @@ use shared::livekit::{KeySet, webhook};
 enum Command {
     /// Measure the gateway's webhook endpoint.
     Gateway(GatewayArgs),
+    /// Publish a realistic workload straight into the webhook stream (no consumer running).
+    Publish(PublishArgs),
+    /// Wait until the workers' consumer has applied everything; print events/s.
+    Drain(DrainArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct PublishArgs {
+    #[arg(long, default_value_t = 100)]
+    rooms: usize,
+    #[arg(long, default_value_t = 50)]
+    participants_per_room: usize,
+    #[command(flatten)]
+    nats: shared::config::NatsArgs,
+    #[command(flatten)]
+    stream: shared::config::WebhookStreamArgs,
+}
+
+#[derive(Debug, clap::Args)]
+struct DrainArgs {
+    /// The workers' durable consumer.
+    #[arg(long, env = "CONSUMER_NAME", default_value = "attendance-worker")]
+    consumer: String,
+    /// Messages expected in the stream (for events/s).
+    #[arg(long)]
+    events: u64,
+    #[command(flatten)]
+    nats: shared::config::NatsArgs,
+    #[command(flatten)]
+    stream: shared::config::WebhookStreamArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -55,6 +85,8 @@ struct LevelResult {
 async fn main() -> anyhow::Result<()> {
     match Command::parse() {
         Command::Gateway(args) => gateway(args).await,
+        Command::Publish(args) => publish(args).await,
+        Command::Drain(args) => drain(args).await,
     }
 }
 
@@ -88,6 +120,55 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
             bail!("{} requests were not answered 200", result.failures);
         }
     }
+    Ok(())
+}
+
+async fn publish(args: PublishArgs) -> anyhow::Result<()> {
+    let client = args.nats.connect("loadgen").await?;
+    let stream = shared::stream::WebhookStream::new(client.clone(), args.stream.clone());
+    stream.ensure().await?;
+    let jetstream = async_nats::jetstream::new(client);
+    let events =
+        testkit::workload::meetings(fastrand::u64(..), args.rooms, args.participants_per_room, 1_790_000_000_000);
+    let started = Instant::now();
+    // Awaited chunk by chunk: the context caps the acknowledgements in flight.
+    for chunk in events.chunks(1_000) {
+        let mut acks = Vec::with_capacity(chunk.len());
+        for event in chunk {
+            let message = async_nats::jetstream::message::PublishMessage::build()
+                .payload(event.body.clone().into())
+                .message_id(&event.id);
+            acks.push(jetstream.send_publish(stream.subject(event.event_type), message).await?);
+        }
+        for ack in acks {
+            ack.await?;
+        }
+    }
+    println!("published {} events in {:.2} s", events.len(), started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+async fn drain(args: DrainArgs) -> anyhow::Result<()> {
+    let client = args.nats.connect("loadgen").await?;
+    let jetstream = async_nats::jetstream::new(client);
+    let stream = jetstream.get_stream(&args.stream.stream).await?;
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(600);
+    loop {
+        if let Ok(info) = stream.consumer_info(&args.consumer).await
+            && info.delivered.stream_sequence >= args.events
+            && info.num_pending == 0
+            && info.num_ack_pending == 0
+        {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("not drained after 10 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    println!("applied {} events in {elapsed:.2} s: {:.0} events/s", args.events, args.events as f64 / elapsed);
     Ok(())
 }
 

@@ -129,15 +129,20 @@ impl Harness {
     /// Publishes with explicit message ids: a different id for a copy bypasses JetStream's
     /// de-duplication, so the worker sees the duplicate.
     pub async fn publish_with_ids<'a>(&self, events: impl IntoIterator<Item = (&'a Event, String)>) {
-        let mut acks = Vec::new();
-        for (event, message_id) in events {
-            let subject = format!("{}.{}", self.subject_prefix(), event.event_type);
-            let message =
-                jetstream::message::PublishMessage::build().payload(event.body.clone().into()).message_id(message_id);
-            acks.push(self.jetstream.send_publish(subject, message).await.expect("publish"));
-        }
-        for ack in acks {
-            ack.await.expect("JetStream ack");
+        // Awaited chunk by chunk: the context caps the acknowledgements in flight (5 000).
+        let events: Vec<(&Event, String)> = events.into_iter().collect();
+        for chunk in events.chunks(1_000) {
+            let mut acks = Vec::with_capacity(chunk.len());
+            for (event, message_id) in chunk {
+                let subject = format!("{}.{}", self.subject_prefix(), event.event_type);
+                let message = jetstream::message::PublishMessage::build()
+                    .payload(event.body.clone().into())
+                    .message_id(message_id.as_str());
+                acks.push(self.jetstream.send_publish(subject, message).await.expect("publish"));
+            }
+            for ack in acks {
+                ack.await.expect("JetStream ack");
+            }
         }
     }
 
