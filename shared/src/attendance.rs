@@ -9,6 +9,9 @@
 //! - A sid with `participant_connection_aborted` never became active: no cycle, no time.
 //! - `room_finished` closes every cycle still open in that room instance (room `sid`) at its
 //!   `createdAt`; a participant_left for the cycle, whenever it arrives, takes precedence.
+//! - The sweeper's estimates (`Closure`: the heartbeats stopped, or the cycle ran past the
+//!   maximum duration) close a cycle too; the earliest of them and room_finished wins, and a
+//!   participant_left always takes precedence.
 //! - Attended time is the union of the closed cycles: two tabs at once count once.
 //!
 //! Invariant: the result depends only on the *set* of events. Every aggregate is a minimum, a
@@ -49,6 +52,12 @@ pub enum FactKind {
         participant: ParticipantInfo,
     },
     RoomFinished,
+    /// An estimated end decided by the sweeper, at the fact's `created_at_ms`.
+    Closure {
+        identity: String,
+        participant_sid: String,
+        closed_by: ClosedBy,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +75,10 @@ pub struct ParticipantInfo {
 pub enum ClosedBy {
     ParticipantLeft,
     RoomFinished,
+    /// The client's heartbeats stopped: closed at the last one.
+    HeartbeatTimeout,
+    /// Open longer than the maximum a cycle may last: closed at that maximum.
+    MaxDuration,
 }
 
 impl ClosedBy {
@@ -73,7 +86,15 @@ impl ClosedBy {
         match self {
             ClosedBy::ParticipantLeft => "participant_left",
             ClosedBy::RoomFinished => "room_finished",
+            ClosedBy::HeartbeatTimeout => "heartbeat_timeout",
+            ClosedBy::MaxDuration => "max_duration",
         }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [ClosedBy::ParticipantLeft, ClosedBy::RoomFinished, ClosedBy::HeartbeatTimeout, ClosedBy::MaxDuration]
+            .into_iter()
+            .find(|by| by.as_str() == text)
     }
 }
 
@@ -200,7 +221,7 @@ impl Fact {
             FactKind::Joined { participant, .. }
             | FactKind::Left { participant, .. }
             | FactKind::Aborted { participant } => Some(participant),
-            FactKind::RoomFinished => None,
+            FactKind::RoomFinished | FactKind::Closure { .. } => None,
         }
     }
 }
@@ -224,6 +245,7 @@ pub fn participant_attendance(identity: &str, facts: &[Fact]) -> Option<Attendan
         joined_from_joined: Option<i64>,
         joined_from_left: Option<i64>,
         left_at: Option<i64>,
+        estimated_end: Option<(i64, ClosedBy)>,
         aborted: bool,
         seen_joined_or_left: bool,
     }
@@ -250,7 +272,17 @@ pub fn participant_attendance(identity: &str, facts: &[Fact]) -> Option<Attendan
                 session.left_at = min_some(session.left_at, Some(fact.created_at_ms));
             }
             FactKind::Aborted { .. } => session.aborted = true,
-            FactKind::RoomFinished => {}
+            FactKind::RoomFinished | FactKind::Closure { .. } => {}
+        }
+    }
+    // Closures only ever close a known session of this identity.
+    for fact in facts {
+        if let FactKind::Closure { identity: of, participant_sid, closed_by } = &fact.kind
+            && of == identity
+            && let Some(session) = sessions.get_mut(participant_sid.as_str())
+        {
+            let candidate = (fact.created_at_ms, *closed_by);
+            session.estimated_end = Some(session.estimated_end.map_or(candidate, |current| current.min(candidate)));
         }
     }
 
@@ -273,9 +305,14 @@ pub fn participant_attendance(identity: &str, facts: &[Fact]) -> Option<Attendan
             continue; // a left with no start time at all: counted, but no time can be derived
         };
         let room_sid = session.room_sid.unwrap_or_default();
-        let (left_at_ms, closed_by) = match (session.left_at, room_finished.get(room_sid)) {
+        // An authoritative left wins; otherwise the earliest estimate.
+        let estimate = [room_finished.get(room_sid).map(|&at| (at, ClosedBy::RoomFinished)), session.estimated_end]
+            .into_iter()
+            .flatten()
+            .min();
+        let (left_at_ms, closed_by) = match (session.left_at, estimate) {
             (Some(left), _) => (Some(left.max(joined_at_ms)), Some(ClosedBy::ParticipantLeft)),
-            (None, Some(&finished)) => (Some(finished.max(joined_at_ms)), Some(ClosedBy::RoomFinished)),
+            (None, Some((at, by))) => (Some(at.max(joined_at_ms)), Some(by)),
             (None, None) => (None, None),
         };
         cycles.push(Cycle {

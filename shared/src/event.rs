@@ -9,6 +9,10 @@ use bytes::Bytes;
 use serde::Deserialize as _;
 use serde_json::Value;
 
+/// The event type of a client heartbeat: published by the gateway on the webhook stream, so that
+/// heartbeats reach the workers in the same order and with the same guarantees as events.
+pub const HEARTBEAT_EVENT: &str = "client_heartbeat";
+
 /// Why an authentic body is not a usable event; such a request can never succeed (4xx).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EventError {

@@ -10,6 +10,7 @@ pub mod db;
 pub mod event;
 pub mod livekit;
 pub mod ops;
+pub mod presence;
 pub mod retry;
 pub mod shutdown;
 pub mod storage;

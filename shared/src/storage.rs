@@ -133,6 +133,26 @@ pub async fn load_facts(conn: &mut PgConnection, room_name: &str, identity: &str
     .bind(identity)
     .fetch_all(&mut *conn)
     .await?;
+    let closures: Vec<(String, String, OffsetDateTime)> = sqlx::query_as(
+        "SELECT participant_sid, closed_by, closed_at FROM cycle_closures WHERE room_name = $1 AND identity = $2",
+    )
+    .bind(room_name)
+    .bind(identity)
+    .fetch_all(&mut *conn)
+    .await?;
+    let closures = closures.into_iter().filter_map(|(participant_sid, closed_by, closed_at)| {
+        Some(Fact {
+            event_id: format!("closure:{participant_sid}:{closed_by}"),
+            created_at_ms: unix_ms(closed_at),
+            room_name: room_name.to_owned(),
+            room_sid: String::new(),
+            kind: attendance::FactKind::Closure {
+                identity: identity.to_owned(),
+                participant_sid,
+                closed_by: attendance::ClosedBy::parse(&closed_by)?,
+            },
+        })
+    });
     Ok(payloads
         .iter()
         .filter_map(|payload| {
@@ -146,6 +166,7 @@ pub async fn load_facts(conn: &mut PgConnection, room_name: &str, identity: &str
                 }
             }
         })
+        .chain(closures)
         .collect())
 }
 
@@ -287,11 +308,7 @@ pub async fn load_participant(
             room_sid: c.try_get("room_sid")?,
             joined_at_ms: unix_ms(c.try_get("joined_at")?),
             left_at_ms: c.try_get::<Option<OffsetDateTime>, _>("left_at")?.map(unix_ms),
-            closed_by: match c.try_get::<Option<String>, _>("closed_by")?.as_deref() {
-                Some("participant_left") => Some(attendance::ClosedBy::ParticipantLeft),
-                Some("room_finished") => Some(attendance::ClosedBy::RoomFinished),
-                _ => None,
-            },
+            closed_by: c.try_get::<Option<String>, _>("closed_by")?.as_deref().and_then(attendance::ClosedBy::parse),
         })
     })
     .collect::<Result<Vec<_>, sqlx::Error>>()?;
@@ -327,4 +344,78 @@ pub async fn load_room(
         }
     }
     Ok(room)
+}
+
+/// Records a client heartbeat (keeping the latest) and removes the heartbeat-timeout estimates
+/// it proves wrong: the participant was still there. Returns true when such an estimate was
+/// removed (the caller then recomputes the participant). The room must be locked.
+pub async fn record_heartbeat(
+    conn: &mut PgConnection,
+    room_name: &str,
+    identity: &str,
+    at_ms: i64,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO participant_heartbeats (room_name, identity, last_heartbeat_at) VALUES ($1, $2, $3)
+         ON CONFLICT (room_name, identity) DO UPDATE
+         SET last_heartbeat_at = greatest(participant_heartbeats.last_heartbeat_at, excluded.last_heartbeat_at)",
+    )
+    .bind(room_name)
+    .bind(identity)
+    .bind(timestamp(at_ms))
+    .execute(&mut *conn)
+    .await?;
+    let refuted = sqlx::query(
+        "DELETE FROM cycle_closures
+         WHERE room_name = $1 AND identity = $2 AND closed_by = 'heartbeat_timeout' AND closed_at < $3",
+    )
+    .bind(room_name)
+    .bind(identity)
+    .bind(timestamp(at_ms))
+    .execute(&mut *conn)
+    .await?;
+    Ok(refuted.rows_affected() > 0)
+}
+
+/// The last heartbeat of a participant, if its client sends them.
+pub async fn last_heartbeat(
+    conn: &mut PgConnection,
+    room_name: &str,
+    identity: &str,
+) -> Result<Option<i64>, sqlx::Error> {
+    let at: Option<OffsetDateTime> = sqlx::query_scalar(
+        "SELECT last_heartbeat_at FROM participant_heartbeats WHERE room_name = $1 AND identity = $2",
+    )
+    .bind(room_name)
+    .bind(identity)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(at.map(unix_ms))
+}
+
+/// RFC 3339 in UTC with milliseconds (`2026-11-25T10:00:00.000Z`), the API's time format.
+pub fn rfc3339_ms(ms: i64) -> String {
+    let at = timestamp(ms);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        at.year(),
+        u8::from(at.month()),
+        at.day(),
+        at.hour(),
+        at.minute(),
+        at.second(),
+        at.millisecond()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_rfc3339_with_milliseconds_in_utc() {
+        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(1_795_495_151_045), "2026-11-24T04:39:11.045Z");
+        assert_eq!(unix_ms(timestamp(1_795_495_151_045)), 1_795_495_151_045);
+    }
 }

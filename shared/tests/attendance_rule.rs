@@ -58,6 +58,16 @@ fn finished(id: &str, room_sid: &str, at: i64) -> Fact {
     }
 }
 
+fn closure(identity: &str, sid: &str, at: i64, closed_by: ClosedBy) -> Fact {
+    Fact {
+        event_id: format!("closure:{sid}:{}", closed_by.as_str()),
+        created_at_ms: at,
+        room_name: ROOM.into(),
+        room_sid: String::new(),
+        kind: FactKind::Closure { identity: identity.into(), participant_sid: sid.into(), closed_by },
+    }
+}
+
 fn cycle(sid: &str, joined: i64, left: Option<i64>, closed_by: Option<ClosedBy>) -> Cycle {
     Cycle { participant_sid: sid.into(), room_sid: "RM_1".into(), joined_at_ms: joined, left_at_ms: left, closed_by }
 }
@@ -133,6 +143,34 @@ fn reconnect_with_the_same_identity_keeps_both_sessions_apart() {
     );
     assert!(a.present, "the new session is still open");
     assert_eq!((a.join_count, a.leave_count, a.attended_ms), (2, 1, 50_000));
+}
+
+#[test]
+fn a_heartbeat_timeout_closes_at_the_last_heartbeat_and_a_later_left_replaces_it() {
+    let timed_out =
+        ada(&[joined("E1", "ada", "PA_1", "RM_1", 1_000), closure("ada", "PA_1", 40_000, ClosedBy::HeartbeatTimeout)]);
+    assert_eq!(timed_out.cycles, [cycle("PA_1", 1_000, Some(40_000), Some(ClosedBy::HeartbeatTimeout))]);
+    assert!(!timed_out.present);
+    let corrected = ada(&[
+        joined("E1", "ada", "PA_1", "RM_1", 1_000),
+        closure("ada", "PA_1", 40_000, ClosedBy::HeartbeatTimeout),
+        left("E2", "ada", "PA_1", "RM_1", Some(1_000), 45_000),
+    ]);
+    assert_eq!(corrected.cycles, [cycle("PA_1", 1_000, Some(45_000), Some(ClosedBy::ParticipantLeft))]);
+}
+
+#[test]
+fn the_earliest_estimate_wins_and_closures_of_unknown_sessions_are_ignored() {
+    let a = ada(&[
+        joined("E1", "ada", "PA_1", "RM_1", 1_000),
+        finished("F", "RM_1", 90_000),
+        closure("ada", "PA_1", 60_000, ClosedBy::HeartbeatTimeout),
+        closure("ada", "PA_1", 80_000, ClosedBy::MaxDuration),
+        closure("ada", "PA_ghost", 5_000, ClosedBy::HeartbeatTimeout),
+        closure("bob", "PA_1", 2_000, ClosedBy::HeartbeatTimeout),
+    ]);
+    assert_eq!(a.cycles, [cycle("PA_1", 1_000, Some(60_000), Some(ClosedBy::HeartbeatTimeout))]);
+    assert!(participant_attendance("bob", &[closure("bob", "PA_9", 1, ClosedBy::MaxDuration)]).is_none());
 }
 
 #[test]
@@ -212,6 +250,15 @@ fn scenario() -> impl Strategy<Value = Vec<Fact>> {
         }
         if let Some(at) = finish {
             facts.push(finished("F0", "RM_0", at));
+        }
+        // The sweeper's estimates for every third session.
+        let sessions: Vec<(String, String, i64)> = facts
+            .iter()
+            .filter_map(|f| Some((f.participant()?.identity.clone(), f.participant()?.sid.clone(), f.created_at_ms)))
+            .collect();
+        for (n, (identity, sid, at)) in sessions.into_iter().enumerate().filter(|(n, _)| n % 3 == 0) {
+            let by = if n % 2 == 0 { ClosedBy::HeartbeatTimeout } else { ClosedBy::MaxDuration };
+            facts.push(closure(&identity, &sid, at + 30_000, by));
         }
         facts
     })

@@ -1,67 +1,17 @@
-//! The sweeper: closes attendance cycles whose heartbeats went stale and publishes presence
-//! changes.
+//! The sweeper: closes the attendance cycles whose client heartbeats stopped (LiveKit never
+//! sends `participant_left` for a crashed node), and publishes the presence outbox to NATS.
 //!
-//! For now it connects to NATS and PostgreSQL, serves its probes and metrics, and shuts down
-//! cleanly; sweeping comes with heartbeats.
+//! Any number of replicas may run: a room is swept under its row lock taken with
+//! `FOR UPDATE SKIP LOCKED` (a room busy elsewhere is left for the next round), and the outbox is
+//! published by one replica at a time under a transaction-scoped advisory lock, in id order.
+//! Both kinds of lock live and die with a transaction, so they work behind a
+//! transaction-pooling PgBouncer.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+pub mod config;
+pub mod metrics;
+pub mod outbox;
+pub mod startup;
+pub mod sweep;
 
-use prometheus_client::registry::Registry;
-use shared::config::{NatsArgs, StartupError};
-use shared::db::DatabaseArgs;
-use shared::ops::{self, ReadinessCheck};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-
-#[derive(Debug, Clone, clap::Parser)]
-#[command(name = "sweeper", version)]
-pub struct Config {
-    /// Address of the probes and metrics HTTP server.
-    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9092")]
-    pub metrics_addr: SocketAddr,
-    #[command(flatten)]
-    pub nats: NatsArgs,
-    #[command(flatten)]
-    pub database: DatabaseArgs,
-}
-
-/// A sweeper bound to its port, ready to run.
-pub struct Application {
-    listener: TcpListener,
-    nats: async_nats::Client,
-    database: sqlx::PgPool,
-}
-
-impl Application {
-    pub async fn build(config: Config) -> Result<Self, StartupError> {
-        let listener = shared::config::bind(config.metrics_addr).await?;
-        let nats = config.nats.connect("attendance-sweeper").await?;
-        let database = config.database.pool()?;
-        Ok(Application { listener, nats, database })
-    }
-
-    pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("a bound listener has an address")
-    }
-
-    /// Runs until `shutdown` is cancelled.
-    pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
-        let (nats, database) = (self.nats.clone(), self.database.clone());
-        let readiness: ReadinessCheck = Arc::new(move || {
-            let (nats, database) = (nats.clone(), database.clone());
-            Box::pin(async move {
-                ops::nats_connected(&nats)?;
-                shared::db::ping(&database).await
-            })
-        });
-        tracing::info!(addr = %self.local_addr(), "sweeper probes listening");
-        ops::serve(self.listener, Arc::new(Registry::default()), readiness, shutdown).await?;
-        self.database.close().await;
-        if let Err(error) = self.nats.flush().await {
-            tracing::warn!(%error, "could not flush NATS on shutdown");
-        }
-        tracing::info!("sweeper stopped");
-        Ok(())
-    }
-}
+pub use config::SweeperConfig;
+pub use startup::Application;

@@ -1,11 +1,11 @@
 use anyhow::Context as _;
 use clap::Parser as _;
-use sweeper::{Application, Config};
+use sweeper::{Application, SweeperConfig};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     shared::telemetry::init();
-    let config = Config::parse();
+    let config = SweeperConfig::parse();
     let shutdown = shared::shutdown::on_signal();
     let app = Application::build(config).await.context("sweeper start-up failed")?;
     app.run(shutdown).await.context("sweeper failed")
@@ -15,6 +15,6 @@ async fn main() -> anyhow::Result<()> {
 mod tests {
     #[test]
     fn the_command_line_is_consistent() {
-        <sweeper::Config as clap::CommandFactory>::command().debug_assert();
+        <sweeper::SweeperConfig as clap::CommandFactory>::command().debug_assert();
     }
 }

@@ -40,6 +40,8 @@ async fn worker_and_sweeper_become_ready_and_exit_cleanly_on_sigterm() {
                 ("DLQ_STREAM", format!("{}_DLQ", stream.stream)),
                 ("DLQ_SUBJECT_PREFIX", stream.subject_prefix.replace(".webhook", ".dlq")),
                 ("CONSUMER_NAME", "e2e-worker".into()),
+                ("PRESENCE_STREAM", format!("{}_PRESENCE", stream.stream)),
+                ("PRESENCE_SUBJECT_PREFIX", stream.subject_prefix.replace(".webhook", ".presence")),
             ],
         );
         let base_url = format!("http://127.0.0.1:{port}");
@@ -64,6 +66,7 @@ async fn worker_and_sweeper_become_ready_and_exit_cleanly_on_sigterm() {
     let js = async_nats::jetstream::new(async_nats::connect(shared_url()).await.unwrap());
     let _ = js.delete_stream(&stream.stream).await;
     let _ = js.delete_stream(format!("{}_DLQ", stream.stream)).await;
+    let _ = js.delete_stream(format!("{}_PRESENCE", stream.stream)).await;
     database.drop_database().await;
 }
 

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 use shared::attendance::{Fact, FactKind};
-use shared::event::WebhookEvent;
+use shared::event::{HEARTBEAT_EVENT, WebhookEvent};
 use shared::storage::{self, LoggedEvent};
 use sqlx::PgPool;
 
@@ -47,12 +47,31 @@ struct Decoded {
     payload: String,
 }
 
+impl Decoded {
+    /// A client heartbeat (from the gateway, not LiveKit): (room, identity).
+    fn heartbeat(&self) -> Option<(&str, &str)> {
+        if self.event.event != HEARTBEAT_EVENT {
+            return None;
+        }
+        Some((self.event.room.as_ref()?.name.as_str(), self.event.participant.as_ref()?.identity.as_str()))
+    }
+
+    /// The room whose lock applying this message needs.
+    fn room_to_lock(&self) -> Option<&str> {
+        self.fact.as_ref().map(|f| f.room_name.as_str()).or_else(|| self.heartbeat().map(|(room, _)| room))
+    }
+}
+
 fn decode(payload: &[u8]) -> Result<Decoded, Rejection> {
     let invalid = |message: String| Rejection { reason: "invalid_event", message };
     let text = std::str::from_utf8(payload).map_err(|_| invalid("the payload is not UTF-8".into()))?;
     let event = WebhookEvent::parse(payload).map_err(|e| invalid(e.to_string()))?;
     let fact = Fact::from_event(&event).map_err(|e| invalid(e.to_string()))?;
-    Ok(Decoded { fact, payload: text.to_owned(), event })
+    let decoded = Decoded { fact, payload: text.to_owned(), event };
+    if decoded.event.event == HEARTBEAT_EVENT && decoded.heartbeat().is_none_or(|(r, i)| r.is_empty() || i.is_empty()) {
+        return Err(invalid("a heartbeat needs a room name and an identity".into()));
+    }
+    Ok(decoded)
 }
 
 /// Applies the messages in one transaction and returns one outcome per message, in order.
@@ -60,7 +79,7 @@ fn decode(payload: &[u8]) -> Result<Decoded, Rejection> {
 pub async fn apply_batch(pool: &PgPool, inputs: &[Input]) -> Result<Vec<Applied>, sqlx::Error> {
     let decoded: Vec<Result<Decoded, Rejection>> = inputs.iter().map(|input| decode(&input.payload)).collect();
     let rooms: BTreeSet<String> =
-        decoded.iter().flatten().filter_map(|d| d.fact.as_ref()).map(|f| f.room_name.clone()).collect();
+        decoded.iter().flatten().filter_map(Decoded::room_to_lock).map(str::to_owned).collect();
 
     let mut tx = pool.begin().await?;
     storage::lock_rooms(&mut tx, &rooms).await?;
@@ -77,6 +96,15 @@ pub async fn apply_batch(pool: &PgPool, inputs: &[Input]) -> Result<Vec<Applied>
                 continue;
             }
         };
+        if let Some((room, identity)) = decoded.heartbeat() {
+            // Heartbeats are not LiveKit events: they update the participant, not the log.
+            let at_ms = input.received_at_ms.unwrap_or_else(shared::now_unix_ms);
+            if storage::record_heartbeat(&mut tx, room, identity, at_ms).await? {
+                affected.insert((room.to_owned(), identity.to_owned()), decoded.event.id.clone());
+            }
+            outcomes.push(Applied::Stored { event_type: HEARTBEAT_EVENT.to_owned() });
+            continue;
+        }
         let logged = LoggedEvent {
             event: &decoded.event,
             payload: &decoded.payload,

@@ -1,0 +1,37 @@
+//! The sweeper's configuration: environment variables (or flags), validated at start-up.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use shared::config::{NatsArgs, parse_duration};
+use shared::db::DatabaseArgs;
+use shared::presence::PresenceArgs;
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "sweeper", version)]
+pub struct SweeperConfig {
+    /// Address of the probes and metrics HTTP server.
+    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9092")]
+    pub metrics_addr: SocketAddr,
+    /// How often stale cycles are looked for.
+    #[arg(long, env = "SWEEP_INTERVAL", default_value = "15s", value_parser = parse_duration)]
+    pub sweep_interval: Duration,
+    /// A cycle whose last heartbeat is older than this is closed at that heartbeat.
+    #[arg(long, env = "HEARTBEAT_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    pub heartbeat_timeout: Duration,
+    /// A cycle open longer than this is closed at this length and flagged `max_duration`.
+    #[arg(long, env = "MAX_CYCLE_DURATION", default_value = "12h", value_parser = parse_duration)]
+    pub max_cycle_duration: Duration,
+    /// How often the presence outbox is checked (presence pages wait on this).
+    #[arg(long, env = "OUTBOX_POLL_INTERVAL", default_value = "250ms", value_parser = parse_duration)]
+    pub outbox_poll_interval: Duration,
+    /// Most presence changes published per round.
+    #[arg(long, env = "OUTBOX_BATCH_SIZE", default_value_t = 500)]
+    pub outbox_batch_size: i64,
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    #[command(flatten)]
+    pub presence: PresenceArgs,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}

@@ -1,0 +1,56 @@
+//! The sweeper's Prometheus metrics.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClosedByLabel {
+    pub closed_by: &'static str,
+}
+
+#[derive(Clone)]
+pub struct SweeperMetrics {
+    /// Cycles closed by the sweeper, by reason.
+    pub cycles_closed: Family<ClosedByLabel, Counter>,
+    /// Presence changes published to NATS.
+    pub presence_published: Counter,
+    /// Presence changes waiting in the outbox, as last seen.
+    pub outbox_pending: Gauge,
+    /// Rounds that failed (database or NATS unavailable); retried next round.
+    pub failed_rounds: Counter,
+}
+
+impl SweeperMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = SweeperMetrics {
+            cycles_closed: Family::default(),
+            presence_published: Counter::default(),
+            outbox_pending: Gauge::default(),
+            failed_rounds: Counter::default(),
+        };
+        registry.register(
+            "sweeper_cycles_closed",
+            "Cycles closed by the sweeper, by reason",
+            metrics.cycles_closed.clone(),
+        );
+        registry.register(
+            "sweeper_presence_changes_published",
+            "Presence changes published to NATS",
+            metrics.presence_published.clone(),
+        );
+        registry.register(
+            "sweeper_outbox_pending",
+            "Presence changes waiting in the outbox",
+            metrics.outbox_pending.clone(),
+        );
+        registry.register(
+            "sweeper_failed_rounds",
+            "Sweep or publish rounds that failed",
+            metrics.failed_rounds.clone(),
+        );
+        metrics
+    }
+}

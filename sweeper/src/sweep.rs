@@ -1,0 +1,113 @@
+//! Closing stale cycles. A cycle is stale when its participant's last heartbeat is older than
+//! the timeout and the cycle began before that heartbeat (a cycle that never had a heartbeat is
+//! left alone, so clients without heartbeats stay correct), or when it has been open longer
+//! than the maximum. The closure is recorded as an estimate (`cycle_closures`) and the
+//! participant recomputed, so the rule decides, and a later participant_left replaces it.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use shared::attendance::ClosedBy;
+use shared::storage::{self, timestamp, unix_ms};
+use sqlx::PgPool;
+use time::OffsetDateTime;
+
+/// What one sweep did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Swept {
+    pub heartbeat_timeouts: usize,
+    pub max_durations: usize,
+    /// Rooms another replica (or a worker) held: left for the next round.
+    pub rooms_skipped: usize,
+}
+
+const STALE: &str = "c.left_at IS NULL AND (
+        (h.last_heartbeat_at < $1 AND c.joined_at <= h.last_heartbeat_at)
+        OR c.joined_at < $2)";
+
+/// Closes the stale cycles as of `now_ms`.
+pub async fn sweep(
+    pool: &PgPool,
+    now_ms: i64,
+    timeout: Duration,
+    max_duration: Duration,
+) -> Result<Swept, sqlx::Error> {
+    let stale_before = timestamp(now_ms - millis(timeout));
+    let opened_before = timestamp(now_ms - millis(max_duration));
+    let rooms: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT DISTINCT c.room_name FROM cycles c
+         LEFT JOIN participant_heartbeats h USING (room_name, identity)
+         WHERE {STALE}
+         ORDER BY c.room_name LIMIT 1000"
+    )))
+    .bind(stale_before)
+    .bind(opened_before)
+    .fetch_all(pool)
+    .await?;
+
+    let mut swept = Swept::default();
+    for room in rooms {
+        let mut tx = pool.begin().await?;
+        let locked: Option<String> =
+            sqlx::query_scalar("SELECT name FROM rooms WHERE name = $1 FOR UPDATE SKIP LOCKED")
+                .bind(&room)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if locked.is_none() {
+            swept.rooms_skipped += 1;
+            continue;
+        }
+        // Checked again under the lock: a worker or another sweeper may have changed the room.
+        let stale: Vec<(String, String, Option<OffsetDateTime>, OffsetDateTime)> =
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT c.identity, c.participant_sid, h.last_heartbeat_at, c.joined_at FROM cycles c
+                 LEFT JOIN participant_heartbeats h USING (room_name, identity)
+                 WHERE {STALE} AND c.room_name = $3"
+            )))
+            .bind(stale_before)
+            .bind(opened_before)
+            .bind(&room)
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut identities = BTreeSet::new();
+        for (identity, participant_sid, last_heartbeat, joined_at) in stale {
+            let heartbeat_stale = last_heartbeat.filter(|&hb| hb < stale_before && joined_at <= hb);
+            let (closed_by, closed_at) = match heartbeat_stale {
+                Some(hb) => (ClosedBy::HeartbeatTimeout, hb),
+                None => (ClosedBy::MaxDuration, timestamp(unix_ms(joined_at) + millis(max_duration))),
+            };
+            sqlx::query(
+                "INSERT INTO cycle_closures (room_name, identity, participant_sid, closed_by, closed_at)
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            )
+            .bind(&room)
+            .bind(&identity)
+            .bind(&participant_sid)
+            .bind(closed_by.as_str())
+            .bind(closed_at)
+            .execute(&mut *tx)
+            .await?;
+            match closed_by {
+                ClosedBy::HeartbeatTimeout => swept.heartbeat_timeouts += 1,
+                _ => swept.max_durations += 1,
+            }
+            tracing::info!(
+                room,
+                identity,
+                participant_sid,
+                closed_by = closed_by.as_str(),
+                "cycle closed by the sweeper"
+            );
+            identities.insert(identity);
+        }
+        for identity in identities {
+            storage::recompute_participant(&mut tx, &room, &identity, "sweeper").await?;
+        }
+        tx.commit().await?;
+    }
+    Ok(swept)
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,190 @@
+//! The sweeper against a real PostgreSQL and NATS, with the clock passed in (no sleeping):
+//! stale cycles closed at their last heartbeat, corrected by a later participant_left, and two
+//! sweepers at once doing each piece of work once.
+
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use shared::presence::{PresenceArgs, PresenceChange, PresenceStream};
+use shared::storage;
+use testkit::postgres::TestDatabase;
+use worker::apply::{Applied, Input, apply_batch};
+
+const MINUTE: i64 = 60_000;
+const TIMEOUT: Duration = Duration::from_secs(300);
+const MAX: Duration = Duration::from_secs(12 * 3600);
+const T0: i64 = 1_790_000_000_000;
+
+fn event(event_type: &str, id: &str, room: &str, identity: &str, sid: &str, at_ms: i64, joined_ms: i64) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "event": event_type, "id": id, "createdAt": (at_ms / 1000).to_string(),
+        "room": {"sid": format!("RM_{room}"), "name": room},
+        "participant": {"sid": sid, "identity": identity, "joinedAtMs": joined_ms.to_string()},
+    }))
+    .unwrap()
+}
+
+fn heartbeat(room: &str, identity: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "event": "client_heartbeat", "id": format!("HB_{}", testkit::unique_suffix()),
+        "room": {"name": room}, "participant": {"identity": identity},
+    }))
+    .unwrap()
+}
+
+async fn apply(pool: &sqlx::PgPool, payload: Vec<u8>, received_at_ms: i64) {
+    let input = Input { payload: payload.into(), received_at_ms: Some(received_at_ms), stream_sequence: 1 };
+    let outcome = apply_batch(pool, &[input]).await.expect("applied");
+    assert!(matches!(outcome[0], Applied::Stored { .. }), "{outcome:?}");
+}
+
+async fn cycle(pool: &sqlx::PgPool, room: &str, identity: &str) -> shared::attendance::Cycle {
+    let mut connection = pool.acquire().await.unwrap();
+    let attendance = storage::load_participant(&mut connection, room, identity).await.unwrap().expect("participant");
+    assert_eq!(attendance.cycles.len(), 1);
+    attendance.cycles[0].clone()
+}
+
+#[tokio::test]
+async fn a_silent_client_is_closed_at_its_last_heartbeat_and_a_later_left_corrects_it() {
+    let database = TestDatabase::create_shared().await;
+    let pool = database.pool().await;
+    storage::MIGRATOR.run(&pool).await.unwrap();
+    apply(&pool, event("participant_joined", "EV_j", "r", "ada", "PA_1", T0, T0), T0).await;
+    apply(&pool, heartbeat("r", "ada"), T0 + MINUTE).await;
+    apply(&pool, heartbeat("r", "ada"), T0 + 2 * MINUTE).await;
+    // A client without heartbeats in the same room is never closed this way.
+    apply(&pool, event("participant_joined", "EV_k", "r", "bob", "PA_2", T0, T0), T0).await;
+
+    let early = sweeper::sweep::sweep(&pool, T0 + 2 * MINUTE + 4 * MINUTE, TIMEOUT, MAX).await.unwrap();
+    assert_eq!(early.heartbeat_timeouts, 0, "4 minutes of silence is within the timeout");
+    let swept = sweeper::sweep::sweep(&pool, T0 + 2 * MINUTE + 6 * MINUTE, TIMEOUT, MAX).await.unwrap();
+    assert_eq!((swept.heartbeat_timeouts, swept.max_durations), (1, 0));
+
+    let closed = cycle(&pool, "r", "ada").await;
+    assert_eq!(closed.left_at_ms, Some(T0 + 2 * MINUTE), "closed at the last heartbeat");
+    assert_eq!(closed.closed_by, Some(shared::attendance::ClosedBy::HeartbeatTimeout));
+    assert_eq!(cycle(&pool, "r", "bob").await.left_at_ms, None);
+
+    // The authoritative left arrives late and replaces the estimate.
+    apply(&pool, event("participant_left", "EV_l", "r", "ada", "PA_1", T0 + 3 * MINUTE, T0), T0 + 9 * MINUTE).await;
+    let corrected = cycle(&pool, "r", "ada").await;
+    assert_eq!(corrected.left_at_ms, Some(T0 + 3 * MINUTE));
+    assert_eq!(corrected.closed_by, Some(shared::attendance::ClosedBy::ParticipantLeft));
+
+    // bob's cycle has no heartbeat but runs past the maximum: closed there and flagged.
+    let late = sweeper::sweep::sweep(&pool, T0 + 13 * 60 * MINUTE, TIMEOUT, MAX).await.unwrap();
+    assert_eq!(late.max_durations, 1);
+    let capped = cycle(&pool, "r", "bob").await;
+    assert_eq!(
+        (capped.left_at_ms, capped.closed_by),
+        (Some(T0 + 12 * 60 * MINUTE), Some(shared::attendance::ClosedBy::MaxDuration))
+    );
+    pool.close().await;
+    database.drop_database().await;
+}
+
+#[tokio::test]
+async fn a_heartbeat_after_a_timeout_reopens_the_cycle() {
+    let database = TestDatabase::create_shared().await;
+    let pool = database.pool().await;
+    storage::MIGRATOR.run(&pool).await.unwrap();
+    apply(&pool, event("participant_joined", "EV_j", "r", "ada", "PA_1", T0, T0), T0).await;
+    apply(&pool, heartbeat("r", "ada"), T0 + MINUTE).await;
+    sweeper::sweep::sweep(&pool, T0 + 10 * MINUTE, TIMEOUT, MAX).await.unwrap();
+    assert!(cycle(&pool, "r", "ada").await.left_at_ms.is_some());
+
+    // The client was only cut off: its next heartbeat proves it is still there.
+    apply(&pool, heartbeat("r", "ada"), T0 + 11 * MINUTE).await;
+    assert_eq!(cycle(&pool, "r", "ada").await.left_at_ms, None);
+    pool.close().await;
+    database.drop_database().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_sweepers_at_once_close_each_cycle_once_and_publish_each_change_once() {
+    let database = TestDatabase::create_shared().await;
+    let pool = database.pool().await;
+    storage::MIGRATOR.run(&pool).await.unwrap();
+    let (rooms, people) = (20, 10);
+    let mut inputs = Vec::new();
+    for r in 0..rooms {
+        for p in 0..people {
+            let (room, identity, sid) = (format!("room-{r}"), format!("user-{p}"), format!("PA_{r}_{p}"));
+            let joined = event("participant_joined", &format!("EV_{r}_{p}"), &room, &identity, &sid, T0, T0);
+            inputs.push(Input { payload: joined.into(), received_at_ms: Some(T0), stream_sequence: 1 });
+            inputs.push(Input {
+                payload: heartbeat(&room, &identity).into(),
+                received_at_ms: Some(T0 + MINUTE),
+                stream_sequence: 2,
+            });
+        }
+    }
+    apply_batch(&pool, &inputs).await.unwrap();
+
+    let now = T0 + 30 * MINUTE;
+    let (a, b) =
+        tokio::join!(sweeper::sweep::sweep(&pool, now, TIMEOUT, MAX), sweeper::sweep::sweep(&pool, now, TIMEOUT, MAX));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    // A room skipped by one (locked by the other) is swept by the next round.
+    let again = sweeper::sweep::sweep(&pool, now, TIMEOUT, MAX).await.unwrap();
+    assert_eq!(
+        a.heartbeat_timeouts + b.heartbeat_timeouts + again.heartbeat_timeouts,
+        rooms * people,
+        "{a:?} {b:?} {again:?}"
+    );
+    let closures: i64 = sqlx::query_scalar("SELECT count(*) FROM cycle_closures").fetch_one(&pool).await.unwrap();
+    assert_eq!(closures, (rooms * people) as i64);
+    let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM presence_outbox").fetch_one(&pool).await.unwrap();
+    assert_eq!(outbox, 2 * (rooms * people) as i64, "a join and a leave per participant");
+
+    let suffix = testkit::unique_suffix();
+    let args = PresenceArgs {
+        stream: format!("TEST_PRESENCE_{suffix}"),
+        subject_prefix: format!("test{suffix}.presence"),
+        replicas: 1,
+        max_age: Duration::from_secs(3600),
+    };
+    let nats = async_nats::connect(testkit::nats::shared_url()).await.unwrap();
+    let presence = PresenceStream::new(nats.clone(), args.clone());
+    presence.ensure().await.unwrap();
+    let publisher = |presence: PresenceStream, pool: sqlx::PgPool| async move {
+        let mut published = 0;
+        loop {
+            let n = sweeper::outbox::publish_batch(&pool, &presence, 37).await.unwrap();
+            published += n;
+            let pending = sweeper::outbox::pending(&pool).await.unwrap();
+            if pending == 0 {
+                return published;
+            }
+            if n == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+    };
+    let (first, second) =
+        tokio::join!(publisher(presence.clone(), pool.clone()), publisher(presence.clone(), pool.clone()));
+    assert_eq!(first + second, 2 * rooms * people, "each change published once");
+
+    let js = async_nats::jetstream::new(nats);
+    let mut stream = js.get_stream(&args.stream).await.unwrap();
+    assert_eq!(stream.info().await.unwrap().state.messages, (2 * rooms * people) as u64);
+    let consumer = stream.create_consumer(async_nats::jetstream::consumer::pull::Config::default()).await.unwrap();
+    let mut messages = consumer.fetch().max_messages(2 * rooms * people).messages().await.unwrap();
+    let mut last_id_by_participant = std::collections::HashMap::new();
+    let mut seen = 0;
+    while let Some(message) = messages.next().await {
+        let change: PresenceChange = serde_json::from_slice(&message.unwrap().payload).unwrap();
+        let previous =
+            last_id_by_participant.insert((change.room.clone(), change.identity.clone()), (change.id, change.present));
+        match previous {
+            None => assert!(change.present, "the join comes first"),
+            Some((id, present)) => assert!(id < change.id && present && !change.present, "in order per participant"),
+        }
+        seen += 1;
+    }
+    assert_eq!(seen, 2 * rooms * people);
+    let _ = js.delete_stream(&args.stream).await;
+    pool.close().await;
+    database.drop_database().await;
+}
