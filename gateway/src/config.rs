@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use shared::config::{LiveKitKeyArgs, NatsArgs, WebhookStreamArgs, parse_duration};
+use shared::db::DatabaseArgs;
+use shared::presence::PresenceArgs;
 
 /// LiveKit webhook gateway: verifies, stores in JetStream, then answers.
 #[derive(Debug, Clone, clap::Parser)]
@@ -19,10 +21,22 @@ pub struct GatewayConfig {
     /// LiveKit drops events that wait 30 s in its per-room queue, so keep this short.
     #[arg(long, env = "PUBLISH_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
     pub publish_timeout: Duration,
+    /// Heartbeats a participant may send at once before the limit applies.
+    #[arg(long, env = "HEARTBEAT_BURST", default_value_t = 3)]
+    pub heartbeat_burst: u32,
+    /// After the burst, one heartbeat per this interval per participant; more get 429.
+    #[arg(long, env = "HEARTBEAT_MIN_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub heartbeat_min_interval: Duration,
     #[command(flatten)]
     pub nats: NatsArgs,
     #[command(flatten)]
     pub stream: WebhookStreamArgs,
     #[command(flatten)]
     pub keys: LiveKitKeyArgs,
+    /// The attendance database, for the read API (webhooks never touch it).
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Where presence changes are published, for the live stream.
+    #[command(flatten)]
+    pub presence: PresenceArgs,
 }

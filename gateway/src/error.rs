@@ -7,6 +7,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use shared::event::EventError;
 use shared::livekit::VerifyError;
+use shared::livekit::heartbeat::HeartbeatError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -20,6 +21,18 @@ pub enum ApiError {
     UnreadableBody,
     #[error("the event could not be stored now; retry later")]
     Unavailable,
+    /// A participant or admin token that is missing or invalid.
+    #[error(transparent)]
+    BadToken(HeartbeatError),
+    /// A valid token without the grant this needs.
+    #[error("{message}")]
+    Forbidden { code: &'static str, message: &'static str },
+    #[error("too many heartbeats; slow down")]
+    RateLimited,
+    #[error("attendance cannot be read now; retry later")]
+    ReadUnavailable,
+    #[error("no such participant in this room")]
+    NoSuchParticipant,
     #[error("no such route")]
     NotFound,
     #[error("method not allowed on this route")]
@@ -32,8 +45,11 @@ impl ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::InvalidEvent(_) | ApiError::UnreadableBody => StatusCode::BAD_REQUEST,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::Unavailable | ApiError::ReadUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::BadToken(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ApiError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::NotFound | ApiError::NoSuchParticipant => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
@@ -45,7 +61,12 @@ impl ApiError {
             ApiError::InvalidEvent(reason) => reason.code(),
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::UnreadableBody => "unreadable_body",
-            ApiError::Unavailable => "unavailable",
+            ApiError::Unavailable | ApiError::ReadUnavailable => "unavailable",
+            ApiError::BadToken(HeartbeatError::Token(reason)) => reason.code(),
+            ApiError::BadToken(_) => "missing_token",
+            ApiError::Forbidden { code, .. } => code,
+            ApiError::RateLimited => "rate_limited",
+            ApiError::NoSuchParticipant => "participant_not_found",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
         }
@@ -56,7 +77,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = Json(serde_json::json!({"error": self.code(), "message": self.to_string()}));
         let mut response = (self.status(), body).into_response();
-        if let ApiError::Unavailable = self {
+        if matches!(self, ApiError::Unavailable | ApiError::ReadUnavailable | ApiError::RateLimited) {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response

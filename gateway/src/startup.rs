@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::post;
+use axum::routing::{get, post};
 use prometheus_client::registry::Registry;
 use shared::config::StartupError;
 use shared::ops::{self, ReadinessCheck};
@@ -15,8 +15,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_http::trace::TraceLayer;
 
+use crate::attendance::{self, ReadState};
 use crate::config::GatewayConfig;
 use crate::error::ApiError;
+use crate::heartbeat::{self, HeartbeatState, RateLimiter};
 use crate::metrics::GatewayMetrics;
 use crate::webhook::{self, WebhookState};
 
@@ -26,6 +28,8 @@ pub struct Application {
     router: Router,
     nats: async_nats::Client,
     stream: WebhookStream,
+    /// Cancelled with the shutdown signal, to end the live presence streams.
+    streams_shutdown: CancellationToken,
 }
 
 impl Application {
@@ -38,6 +42,21 @@ impl Application {
 
         let mut registry = Registry::default();
         let metrics = GatewayMetrics::register(&mut registry);
+        let pool = config.database.pool()?;
+        let streams_shutdown = CancellationToken::new();
+        let heartbeats = Arc::new(HeartbeatState {
+            keys: keys.clone(),
+            stream: stream.clone(),
+            publish_timeout: config.publish_timeout,
+            limiter: RateLimiter::new(config.heartbeat_min_interval, config.heartbeat_burst),
+        });
+        let reads = Arc::new(ReadState {
+            keys: keys.clone(),
+            pool,
+            nats: nats.clone(),
+            presence_subject_prefix: config.presence.subject_prefix.clone(),
+            shutdown: streams_shutdown.clone(),
+        });
         let state = Arc::new(WebhookState {
             keys,
             stream: stream.clone(),
@@ -49,11 +68,15 @@ impl Application {
         let router = Router::new()
             .route("/webhooks/livekit", post(webhook::receive))
             .with_state(state)
+            .route("/v1/heartbeats", post(heartbeat::receive).with_state(heartbeats))
+            .route("/v1/rooms/{room}/attendance", get(attendance::room).with_state(reads.clone()))
+            .route("/v1/rooms/{room}/attendance/{identity}", get(attendance::participant).with_state(reads.clone()))
+            .route("/v1/rooms/{room}/presence", get(attendance::presence).with_state(reads))
             .merge(ops::router(Arc::new(registry), readiness))
             .fallback(|| async { ApiError::NotFound })
             .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
             .layer(TraceLayer::new_for_http());
-        Ok(Application { listener, router, nats, stream })
+        Ok(Application { listener, router, nats, stream, streams_shutdown })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -65,6 +88,11 @@ impl Application {
     pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
         let tasks = TaskTracker::new();
         tasks.spawn(ensure_stream(self.stream.clone(), shutdown.clone()));
+        let (signal, streams_shutdown) = (shutdown.clone(), self.streams_shutdown.clone());
+        tasks.spawn(async move {
+            signal.cancelled().await;
+            streams_shutdown.cancel();
+        });
         tracing::info!(addr = %self.local_addr(), "gateway listening");
         let served =
             axum::serve(self.listener, self.router).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await;

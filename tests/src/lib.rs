@@ -30,3 +30,8 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// A token with `roomList` (reads every room).
+pub fn access_token_room_list() -> String {
+    livekit::access_token(None, shared::livekit::VideoGrant { room_list: true, ..Default::default() }, 600)
+}

@@ -42,3 +42,49 @@ pub fn participant_joined(event_id: &str, room: &str, identity: &str) -> Vec<u8>
     }))
     .expect("JSON serializes")
 }
+
+/// A participant access token as LiveKit issues them: `sub` = identity, `roomJoin` for `room`.
+pub fn participant_token(identity: &str, room: &str) -> String {
+    access_token(
+        Some(identity),
+        shared::livekit::VideoGrant { room: Some(room.into()), room_join: true, ..Default::default() },
+        6 * 3600,
+    )
+}
+
+/// An admin token for `room` (`roomAdmin`).
+pub fn admin_token(room: &str) -> String {
+    access_token(
+        None,
+        shared::livekit::VideoGrant { room: Some(room.into()), room_admin: true, ..Default::default() },
+        600,
+    )
+}
+
+/// An access token with any grant, valid for `ttl_secs` (negative: already expired).
+pub fn access_token(identity: Option<&str>, video: shared::livekit::VideoGrant, ttl_secs: i64) -> String {
+    let keys = test_keys();
+    let now = shared::now_unix_ms() / 1000;
+    let claims = Claims {
+        iss: "APItestAlpha".into(),
+        sub: identity.map(Into::into),
+        nbf: Some(now.min(now + ttl_secs)),
+        exp: Some(now + ttl_secs),
+        video: Some(video),
+        ..Default::default()
+    };
+    token::sign(&claims, keys.secret("APItestAlpha").expect("test key"))
+}
+
+/// A signed `participant_left` for the session `participant_joined` opened.
+pub fn participant_left(event_id: &str, room: &str, identity: &str, joined_at_secs: i64) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "event": "participant_left",
+        "id": event_id,
+        "createdAt": (shared::now_unix_ms() / 1000).to_string(),
+        "room": {"sid": format!("RM_{room}"), "name": room},
+        "participant": {"sid": format!("PA_{identity}"), "identity": identity, "state": "DISCONNECTED",
+                         "joinedAt": joined_at_secs.to_string()},
+    }))
+    .expect("JSON serializes")
+}

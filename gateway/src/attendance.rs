@@ -1,0 +1,166 @@
+//! The read side, for display (it never writes attendance): `GET /v1/rooms/{room}/attendance`,
+//! `GET /v1/rooms/{room}/attendance/{identity}`, and `GET /v1/rooms/{room}/presence`, a live
+//! stream (Server-Sent Events) of presence changes fed from NATS.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures::{Stream, StreamExt as _};
+use serde::Serialize;
+use shared::attendance::{Attendance, union_ms};
+use shared::livekit::KeySet;
+use shared::presence::PresenceChange;
+use shared::storage::{self, rfc3339_ms};
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{Access, authorize};
+use crate::error::ApiError;
+
+pub struct ReadState {
+    pub keys: KeySet,
+    pub pool: sqlx::PgPool,
+    pub nats: async_nats::Client,
+    pub presence_subject_prefix: String,
+    /// Ends the live streams when the gateway shuts down.
+    pub shutdown: CancellationToken,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RoomView {
+    pub room: String,
+    pub participants: Vec<ParticipantView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ParticipantView {
+    pub identity: String,
+    pub name: String,
+    pub kind: String,
+    pub present: bool,
+    /// Union of the cycles; open cycles count up to the time of the read.
+    pub attended_ms: i64,
+    pub join_count: i64,
+    pub leave_count: i64,
+    pub first_joined_at: Option<String>,
+    pub last_left_at: Option<String>,
+    pub last_heartbeat_at: Option<String>,
+    pub cycles: Vec<CycleView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CycleView {
+    pub participant_sid: String,
+    pub room_sid: String,
+    pub joined_at: String,
+    pub left_at: Option<String>,
+    pub closed_by: Option<&'static str>,
+    pub duration_ms: Option<i64>,
+}
+
+impl ParticipantView {
+    fn new(attendance: Attendance, last_heartbeat_ms: Option<i64>, now_ms: i64) -> Self {
+        let attended_ms = union_ms(attendance.cycles.iter().map(|c| (c.joined_at_ms, c.left_at_ms.unwrap_or(now_ms))));
+        ParticipantView {
+            identity: attendance.identity,
+            name: attendance.name,
+            kind: attendance.kind,
+            present: attendance.present,
+            attended_ms,
+            join_count: attendance.join_count,
+            leave_count: attendance.leave_count,
+            first_joined_at: attendance.first_joined_at_ms.map(rfc3339_ms),
+            last_left_at: attendance.last_left_at_ms.map(rfc3339_ms),
+            last_heartbeat_at: last_heartbeat_ms.map(rfc3339_ms),
+            cycles: attendance
+                .cycles
+                .into_iter()
+                .map(|c| CycleView {
+                    joined_at: rfc3339_ms(c.joined_at_ms),
+                    left_at: c.left_at_ms.map(rfc3339_ms),
+                    closed_by: c.closed_by.map(|by| by.as_str()),
+                    duration_ms: c.left_at_ms.map(|left| left - c.joined_at_ms),
+                    participant_sid: c.participant_sid,
+                    room_sid: c.room_sid,
+                })
+                .collect(),
+        }
+    }
+}
+
+pub async fn room(
+    State(state): State<Arc<ReadState>>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<RoomView>, ApiError> {
+    let now_ms = shared::now_unix_ms();
+    if authorize(&headers, &state.keys, &room, now_ms / 1000)? != Access::WholeRoom {
+        return Err(ApiError::Forbidden {
+            code: "forbidden",
+            message: "a participant token reads only its own attendance (/attendance/{identity})",
+        });
+    }
+    let mut connection = state.pool.acquire().await.map_err(read_failed)?;
+    let stored = storage::load_room(&mut connection, &room).await.map_err(read_failed)?;
+    let mut participants = Vec::with_capacity(stored.len());
+    for (identity, attendance) in stored {
+        let heartbeat = storage::last_heartbeat(&mut connection, &room, &identity).await.map_err(read_failed)?;
+        participants.push(ParticipantView::new(attendance, heartbeat, now_ms));
+    }
+    Ok(Json(RoomView { room, participants }))
+}
+
+pub async fn participant(
+    State(state): State<Arc<ReadState>>,
+    Path((room, identity)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<ParticipantView>, ApiError> {
+    let now_ms = shared::now_unix_ms();
+    if !authorize(&headers, &state.keys, &room, now_ms / 1000)?.covers(&identity) {
+        return Err(ApiError::Forbidden {
+            code: "forbidden",
+            message: "a participant token reads only its own attendance",
+        });
+    }
+    let mut connection = state.pool.acquire().await.map_err(read_failed)?;
+    let attendance = storage::load_participant(&mut connection, &room, &identity)
+        .await
+        .map_err(read_failed)?
+        .ok_or(ApiError::NoSuchParticipant)?;
+    let heartbeat = storage::last_heartbeat(&mut connection, &room, &identity).await.map_err(read_failed)?;
+    Ok(Json(ParticipantView::new(attendance, heartbeat, now_ms)))
+}
+
+/// Server-Sent Events of the room's presence changes (only the caller's own for a participant
+/// token), as they are published; ends when the gateway shuts down.
+pub async fn presence(
+    State(state): State<Arc<ReadState>>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let access = authorize(&headers, &state.keys, &room, shared::now_unix_ms() / 1000)?;
+    let subject = shared::presence::subject(&state.presence_subject_prefix, &room);
+    let subscription = state.nats.subscribe(subject).await.map_err(|error| {
+        tracing::warn!(%error, "cannot subscribe to presence changes");
+        ApiError::ReadUnavailable
+    })?;
+    let events = subscription
+        .filter_map(move |message| {
+            let change = serde_json::from_slice::<PresenceChange>(&message.payload).ok();
+            let visible = change.filter(|c| access.covers(&c.identity));
+            std::future::ready(visible.map(|change| {
+                let data = serde_json::to_string(&change).expect("a presence change serializes");
+                Ok(Event::default().event("presence").id(change.id.to_string()).data(data))
+            }))
+        })
+        .take_until(state.shutdown.clone().cancelled_owned());
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+}
+
+fn read_failed(error: sqlx::Error) -> ApiError {
+    tracing::warn!(%error, "attendance read failed");
+    ApiError::ReadUnavailable
+}

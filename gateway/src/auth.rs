@@ -1,0 +1,47 @@
+//! Who may read what: the read API and the live presence stream take a LiveKit access token
+//! signed with one of our keys. `roomAdmin` for the room (or for every room) or `roomList`
+//! reads the whole room; a participant's own token (`roomJoin` for the room) reads only its own
+//! row and its own presence changes.
+
+use axum::http::{HeaderMap, header};
+use shared::livekit::KeySet;
+use shared::livekit::heartbeat::{HeartbeatError, bearer};
+use shared::livekit::token;
+
+use crate::error::ApiError;
+
+/// What a token may read in a room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    WholeRoom,
+    OnlyParticipant(String),
+}
+
+impl Access {
+    /// Whether this access covers `identity`.
+    pub fn covers(&self, identity: &str) -> bool {
+        match self {
+            Access::WholeRoom => true,
+            Access::OnlyParticipant(own) => own == identity,
+        }
+    }
+}
+
+/// Checks the request's bearer token for reading `room`.
+pub fn authorize(headers: &HeaderMap, keys: &KeySet, room: &str, now: i64) -> Result<Access, ApiError> {
+    let token = bearer(headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()))
+        .ok_or(ApiError::BadToken(HeartbeatError::MissingToken))?;
+    let claims = token::verify(token, keys, now).map_err(|e| ApiError::BadToken(e.into()))?;
+    let grant = claims.video.unwrap_or_default();
+    let granted_room = grant.room.as_deref().unwrap_or_default();
+    if grant.room_list || (grant.room_admin && (granted_room.is_empty() || granted_room == room)) {
+        return Ok(Access::WholeRoom);
+    }
+    if grant.room_join
+        && granted_room == room
+        && let Some(identity) = claims.sub.filter(|sub| !sub.is_empty())
+    {
+        return Ok(Access::OnlyParticipant(identity));
+    }
+    Err(ApiError::Forbidden { code: "forbidden", message: "this token does not grant reading this room" })
+}

@@ -1,0 +1,249 @@
+//! Heartbeats, the read API and the live presence stream, with a real worker and sweeper
+//! behind the gateway (all in-process), on a real NATS and PostgreSQL.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use clap::Parser as _;
+use common::{TestGateway, error_code};
+use futures::StreamExt as _;
+use testkit::livekit::{admin_token, participant_joined, participant_left, participant_token, sign_now};
+use testkit::postgres::TestDatabase;
+use tokio_util::sync::CancellationToken;
+
+#[derive(clap::Parser)]
+struct WorkerArgs {
+    #[command(flatten)]
+    config: worker::WorkerConfig,
+}
+
+/// A gateway, a worker and a sweeper sharing a unique stream, presence subjects and database.
+struct System {
+    gateway: TestGateway,
+    database: TestDatabase,
+    presence_stream: String,
+    shutdown: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl System {
+    async fn start() -> Self {
+        let database = TestDatabase::create_shared().await;
+        let suffix = testkit::unique_suffix();
+        let presence_stream = format!("TEST_PRESENCE_{suffix}");
+        let presence_prefix = format!("test{suffix}.presence");
+        let gateway = TestGateway::spawn(
+            &testkit::nats::shared_url(),
+            &[
+                &format!("--database-url={}", database.url),
+                &format!("--presence-subject-prefix={presence_prefix}"),
+                "--heartbeat-burst=2",
+                "--heartbeat-min-interval=1h",
+            ],
+        )
+        .await;
+        let nats = testkit::nats::shared_url();
+        let shutdown = CancellationToken::new();
+        let worker = WorkerArgs::try_parse_from([
+            "worker".to_owned(),
+            "--metrics-addr=127.0.0.1:0".into(),
+            format!("--nats-url={nats}"),
+            format!("--database-url={}", database.url),
+            format!("--webhook-stream={}", gateway.stream.stream),
+            format!("--webhook-subject-prefix={}", gateway.stream.subject_prefix),
+            "--webhook-stream-max-age=1h".into(),
+            format!("--dlq-stream=TEST_DLQ_{suffix}"),
+            format!("--dlq-subject-prefix=test{suffix}.dlq"),
+            format!("--consumer-name=worker-{suffix}"),
+        ])
+        .unwrap()
+        .config;
+        let sweeper = sweeper::SweeperConfig::try_parse_from([
+            "sweeper".to_owned(),
+            "--metrics-addr=127.0.0.1:0".into(),
+            format!("--nats-url={nats}"),
+            format!("--database-url={}", database.url),
+            format!("--presence-stream={presence_stream}"),
+            format!("--presence-subject-prefix={presence_prefix}"),
+            "--outbox-poll-interval=50ms".into(),
+        ])
+        .unwrap();
+        let worker = worker::Application::build(worker).await.unwrap();
+        let sweeper = sweeper::Application::build(sweeper).await.unwrap();
+        let tasks = vec![tokio::spawn(worker.run(shutdown.clone())), tokio::spawn(sweeper.run(shutdown.clone()))];
+        System { gateway, database, presence_stream, shutdown, tasks }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.gateway.base_url)
+    }
+
+    async fn get(&self, path: &str, token: Option<&str>) -> reqwest::Response {
+        let mut request = self.gateway.http.get(self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.unwrap()
+    }
+
+    async fn heartbeat(&self, token: Option<&str>) -> reqwest::Response {
+        let mut request = self.gateway.http.post(self.url("/v1/heartbeats"));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.unwrap()
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        for task in self.tasks {
+            task.await.unwrap().unwrap();
+        }
+        let js = self.gateway.jetstream.clone();
+        self.gateway.stop().await;
+        let _ = js.delete_stream(&self.presence_stream).await;
+        self.database.drop_database().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn heartbeats_are_authenticated_stored_and_rate_limited() {
+    let system = System::start().await;
+    let ada = participant_token("ada", "algebra");
+
+    let response = system.heartbeat(Some(&ada)).await;
+    assert_eq!(response.status(), 202);
+    let stored = system.gateway.stored_messages().await;
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].subject.as_str(), format!("{}.client_heartbeat", system.gateway.stream.subject_prefix));
+    let payload: serde_json::Value = serde_json::from_slice(&stored[0].payload).unwrap();
+    assert_eq!(
+        (payload["room"]["name"].as_str(), payload["participant"]["identity"].as_str()),
+        (Some("algebra"), Some("ada"))
+    );
+
+    assert_eq!(system.heartbeat(Some(&ada)).await.status(), 202, "within the burst of 2");
+    let limited = system.heartbeat(Some(&ada)).await;
+    assert_eq!(limited.status(), 429);
+    assert_eq!(error_code(limited).await, "rate_limited");
+    assert_eq!(system.heartbeat(Some(&participant_token("bob", "algebra"))).await.status(), 202, "per participant");
+
+    let cases = [
+        (None, 401, "missing_token"),
+        (Some("not-a-jwt".to_owned()), 401, "malformed_token"),
+        (Some(admin_token("algebra")), 403, "no_room_grant"),
+        (
+            Some(testkit::livekit::access_token(
+                Some("ada"),
+                shared::livekit::VideoGrant { room: Some("algebra".into()), room_join: true, ..Default::default() },
+                -600,
+            )),
+            401,
+            "token_expired",
+        ),
+    ];
+    for (token, status, code) in cases {
+        let response = system.heartbeat(token.as_deref()).await;
+        assert_eq!(response.status(), status, "{code}");
+        assert_eq!(error_code(response).await, code);
+    }
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_read_api_shows_attendance_to_whom_it_may_and_refuses_everyone_else() {
+    let system = System::start().await;
+    let joined = participant_joined("EV_read_1", "algebra", "ada");
+    assert_eq!(system.gateway.post_webhook(joined.clone(), Some(&sign_now(&joined))).await.status(), 200);
+    let other = participant_joined("EV_read_2", "algebra", "bob");
+    assert_eq!(system.gateway.post_webhook(other.clone(), Some(&sign_now(&other))).await.status(), 200);
+    assert_eq!(system.heartbeat(Some(&participant_token("ada", "algebra"))).await.status(), 202);
+
+    let admin = admin_token("algebra");
+    let room = testkit::eventually(Duration::from_secs(20), "both participants applied", || async {
+        let body: serde_json::Value =
+            system.get("/v1/rooms/algebra/attendance", Some(&admin)).await.json().await.ok()?;
+        (body["participants"].as_array()?.len() == 2 && body["participants"][0]["last_heartbeat_at"].is_string())
+            .then_some(body)
+    })
+    .await;
+    assert_eq!(room["room"], "algebra");
+    let ada = &room["participants"][0];
+    assert_eq!(
+        (ada["identity"].as_str(), ada["present"].as_bool(), ada["join_count"].as_i64()),
+        (Some("ada"), Some(true), Some(1))
+    );
+    assert!(ada["attended_ms"].as_i64().is_some());
+    let cycle = &ada["cycles"][0];
+    assert_eq!((cycle["participant_sid"].as_str(), cycle["room_sid"].as_str()), (Some("PA_ada"), Some("RM_algebra")));
+    assert!(cycle["left_at"].is_null() && cycle["closed_by"].is_null() && cycle["duration_ms"].is_null());
+    let joined_at = cycle["joined_at"].as_str().unwrap();
+    assert!(joined_at.ends_with('Z') && joined_at.len() == "2026-11-25T10:00:00.000Z".len(), "{joined_at}");
+
+    let ada_token = participant_token("ada", "algebra");
+    let own = system.get("/v1/rooms/algebra/attendance/ada", Some(&ada_token)).await;
+    assert_eq!(own.status(), 200);
+    assert_eq!(own.json::<serde_json::Value>().await.unwrap()["identity"], "ada");
+    let list_token = testkit::access_token_room_list();
+    assert_eq!(system.get("/v1/rooms/algebra/attendance", Some(&list_token)).await.status(), 200);
+
+    let refusals = [
+        ("/v1/rooms/algebra/attendance", None, 401, "missing_token"),
+        ("/v1/rooms/algebra/attendance", Some("garbage".to_owned()), 401, "malformed_token"),
+        ("/v1/rooms/algebra/attendance", Some(ada_token.clone()), 403, "forbidden"),
+        ("/v1/rooms/algebra/attendance/bob", Some(ada_token.clone()), 403, "forbidden"),
+        ("/v1/rooms/geometry/attendance/ada", Some(ada_token.clone()), 403, "forbidden"),
+        ("/v1/rooms/geometry/attendance", Some(admin.clone()), 403, "forbidden"),
+        ("/v1/rooms/algebra/attendance/nobody", Some(admin.clone()), 404, "participant_not_found"),
+        ("/v1/rooms/algebra/presence", None, 401, "missing_token"),
+        ("/v1/rooms/geometry/presence", Some(ada_token.clone()), 403, "forbidden"),
+    ];
+    for (path, token, status, code) in refusals {
+        let response = system.get(path, token.as_deref()).await;
+        assert_eq!(response.status(), status, "{path} {code}");
+        assert_eq!(error_code(response).await, code, "{path}");
+    }
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_presence_stream_sees_join_and_leave_within_a_second_of_the_webhook() {
+    let system = System::start().await;
+    let response = system.get("/v1/rooms/algebra/presence", Some(&admin_token("algebra"))).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut body = response.bytes_stream();
+    let mut buffer = String::new();
+    let mut next_change = async move || -> serde_json::Value {
+        loop {
+            if let Some(end) = buffer.find("\n\n") {
+                let frame: String = buffer.drain(..end + 2).collect();
+                if let Some(data) = frame.lines().find_map(|line| line.strip_prefix("data: ")) {
+                    return serde_json::from_str(data).unwrap();
+                }
+                continue;
+            }
+            let chunk = body.next().await.expect("the stream stays open").unwrap();
+            buffer.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    };
+
+    let joined = participant_joined("EV_live_1", "algebra", "ada");
+    assert_eq!(system.gateway.post_webhook(joined.clone(), Some(&sign_now(&joined))).await.status(), 200);
+    let answered = Instant::now();
+    let change = tokio::time::timeout(Duration::from_secs(5), next_change()).await.expect("a join change");
+    let join_latency = answered.elapsed();
+    assert_eq!((change["identity"].as_str(), change["present"].as_bool()), (Some("ada"), Some(true)));
+
+    let left = participant_left("EV_live_2", "algebra", "ada", shared::now_unix_ms() / 1000);
+    assert_eq!(system.gateway.post_webhook(left.clone(), Some(&sign_now(&left))).await.status(), 200);
+    let answered = Instant::now();
+    let change = tokio::time::timeout(Duration::from_secs(5), next_change()).await.expect("a leave change");
+    let leave_latency = answered.elapsed();
+    assert_eq!((change["identity"].as_str(), change["present"].as_bool()), (Some("ada"), Some(false)));
+
+    assert!(join_latency < Duration::from_secs(1), "join seen after {join_latency:?}");
+    assert!(leave_latency < Duration::from_secs(1), "leave seen after {leave_latency:?}");
+    system.stop().await;
+}
