@@ -41,6 +41,7 @@ METRICS_ADDR=${SWEEPER_METRICS_ADDR:-127.0.0.1:9092} "$BIN/sweeper" & pids+=($!)
 port=${LISTEN_ADDR##*:}
 log "gateway: http://127.0.0.1:$port  (LiveKit webhook URL: http://<this host>:$port/webhooks/livekit)"
 log "probes: /healthz /readyz /metrics on the gateway, the worker (${WORKER_METRICS_ADDR:-127.0.0.1:9091}) and the sweeper (${SWEEPER_METRICS_ADDR:-127.0.0.1:9092})"
+log "live page: http://127.0.0.1:$port/rooms/<room>#<LiveKit token with roomAdmin>"
 log "Ctrl-C stops everything"
 # Stop everything as soon as one service exits.
 wait -n "${pids[@]}" || true

@@ -98,6 +98,16 @@ async fn the_read_api_shows_attendance_to_whom_it_may_and_refuses_everyone_else(
         ("/v1/rooms/geometry/attendance/ada", Some(ada_token.clone()), 403, "forbidden"),
         ("/v1/rooms/geometry/attendance", Some(admin.clone()), 403, "forbidden"),
         ("/v1/rooms/algebra/attendance/nobody", Some(admin.clone()), 404, "participant_not_found"),
+        (
+            "/v1/rooms/algebra/attendance",
+            Some(testkit::livekit::access_token(
+                None,
+                shared::livekit::VideoGrant { room: Some("algebra".into()), room_admin: true, ..Default::default() },
+                -600,
+            )),
+            401,
+            "token_expired",
+        ),
         ("/v1/rooms/algebra/presence", None, 401, "missing_token"),
         ("/v1/rooms/geometry/presence", Some(ada_token.clone()), 403, "forbidden"),
     ];
