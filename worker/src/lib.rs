@@ -9,6 +9,7 @@
 pub mod apply;
 pub mod config;
 pub mod consume;
+pub mod dlq;
 pub mod metrics;
 pub mod recompute;
 pub mod retry;

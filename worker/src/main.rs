@@ -24,6 +24,11 @@ enum Command {
     },
     /// Apply the database migrations, then exit (e.g. from a Kubernetes Job).
     Migrate,
+    /// Inspect, replay and purge dead-lettered events.
+    Dlq {
+        #[command(subcommand)]
+        command: worker::dlq::DlqCommand,
+    },
 }
 
 #[tokio::main]
@@ -42,6 +47,9 @@ async fn main() -> anyhow::Result<()> {
             let participants = worker::recompute::recompute(&pool, room.as_deref()).await.context("recompute")?;
             println!("recomputed {participants} participants");
             Ok(())
+        }
+        Command::Dlq { command } => {
+            worker::dlq::run(command, &config.nats.url, &config.dead_letters.stream).await.map_err(anyhow::Error::from)
         }
         Command::Migrate => {
             let pool = config.database.pool()?;
