@@ -5,7 +5,7 @@ CARGO ?= cargo
 export NATS_URL ?= nats://127.0.0.1:4222
 export DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/attendance
 
-.PHONY: run test test-nats-compat bench services services-stop browser build lint fmt clean-local
+.PHONY: run test test-nats-compat deploy-check bench services services-stop browser build lint fmt clean-local
 
 ## run: the whole system locally (NATS, PostgreSQL, gateway, worker, sweeper); Ctrl-C stops it
 run: build
@@ -30,6 +30,10 @@ test-nats-compat: services browser
 bench: services
 	$(CARGO) build --release --bins
 	scripts/bench.sh
+
+## deploy-check: render the kustomize manifests and validate them against the Kubernetes schemas
+deploy-check:
+	scripts/deploy-check.sh
 
 ## lint: clippy with warnings as errors
 lint:
