@@ -12,8 +12,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use shared::livekit::KeySet;
 use shared::livekit::heartbeat::{self, HeartbeatError, Participant};
 use shared::stream::WebhookStream;
-use shared::trace::{TRACEPARENT, TraceParent};
-use tracing::instrument;
+use tracing::Instrument as _;
 
 use crate::error::ApiError;
 
@@ -24,10 +23,18 @@ pub struct HeartbeatState {
     pub limiter: RateLimiter,
 }
 
-#[instrument(name = "heartbeat", skip_all, fields(room, identity))]
 pub async fn receive(
     State(state): State<Arc<HeartbeatState>>,
     headers: HeaderMap,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let span = tracing::info_span!("heartbeat", room = tracing::field::Empty, identity = tracing::field::Empty);
+    shared::trace::continue_from_http(&span, &headers);
+    receive_traced(&state, &headers).instrument(span).await
+}
+
+async fn receive_traced(
+    state: &HeartbeatState,
+    headers: &HeaderMap,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let now_ms = shared::now_unix_ms();
     let authorization = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
@@ -44,8 +51,7 @@ pub async fn receive(
     if !state.limiter.allow(&who, Instant::now()) {
         return Err(ApiError::RateLimited);
     }
-    let trace = TraceParent::child_of(headers.get(TRACEPARENT).and_then(|v| v.to_str().ok()));
-    match state.stream.publish(&event, &trace, state.publish_timeout).await {
+    match state.stream.publish(&event, state.publish_timeout).await {
         Ok(_) => Ok((StatusCode::ACCEPTED, Json(serde_json::json!({"accepted": true})))),
         Err(error) => {
             tracing::error!(%error, "heartbeat not stored");

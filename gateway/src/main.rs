@@ -4,11 +4,13 @@ use gateway::{Application, GatewayConfig};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    shared::telemetry::init();
+    let telemetry = shared::telemetry::init("attendance-gateway");
     let config = GatewayConfig::parse();
     let shutdown = shared::shutdown::on_signal();
     let app = Application::build(config).await.context("gateway start-up failed")?;
-    app.run(shutdown).await.context("gateway server failed")
+    let result = app.run(shutdown).await.context("gateway server failed");
+    telemetry.shutdown();
+    result
 }
 
 #[cfg(test)]

@@ -17,8 +17,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use serde::Serialize;
 use shared::livekit::{KeySet, ReceiveError, webhook};
 use shared::stream::WebhookStream;
-use shared::trace::{TRACEPARENT, TraceParent};
-use tracing::{Span, instrument};
+use tracing::field::Empty;
+use tracing::{Instrument as _, Span};
 
 use crate::error::ApiError;
 use crate::metrics::{GatewayMetrics, ReasonLabel};
@@ -42,14 +42,21 @@ pub struct Stored {
     pub duplicate: bool,
 }
 
-#[instrument(name = "webhook", skip_all, fields(event_id, event_type, room, trace_id))]
 pub async fn receive(
     State(state): State<Arc<WebhookState>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Stored>, ApiError> {
     let _in_flight = InFlight::enter(&state.metrics.in_flight);
-    let result = receive_inner(&state, &headers, body).await;
+    // The parent (the caller's trace, if any) must be set before the span is first entered.
+    let span = tracing::info_span!("webhook", event_id = Empty, event_type = Empty, room = Empty, trace_id = Empty);
+    shared::trace::continue_from_http(&span, &headers);
+    span.record("trace_id", shared::trace::trace_id(&span));
+    receive_traced(&state, &headers, body).instrument(span).await
+}
+
+async fn receive_traced(state: &WebhookState, headers: &HeaderMap, body: Body) -> Result<Json<Stored>, ApiError> {
+    let result = receive_inner(state, headers, body).await;
     match &result {
         Ok(stored) => state.metrics.count(if stored.duplicate { "duplicate" } else { "stored" }),
         Err(error) => {
@@ -78,15 +85,13 @@ async fn receive_inner(state: &WebhookState, headers: &HeaderMap, body: Body) ->
             }
         })?;
 
-    let trace = TraceParent::child_of(headers.get(TRACEPARENT).and_then(|v| v.to_str().ok()));
     let span = Span::current();
     span.record("event_id", event.id());
     span.record("event_type", event.event_type());
     span.record("room", event.room_name());
-    span.record("trace_id", trace.trace_id_hex());
 
     let started = Instant::now();
-    let published = state.stream.publish(&event, &trace, state.publish_timeout).await;
+    let published = state.stream.publish(&event, state.publish_timeout).await;
     state.metrics.publish_duration.observe(started.elapsed().as_secs_f64());
     match published {
         Ok(stored) => {

@@ -12,7 +12,7 @@ use async_nats::jetstream::{self, message::PublishMessage, stream};
 
 use crate::config::WebhookStreamArgs;
 use crate::event::VerifiedEvent;
-use crate::trace::{TRACEPARENT, TraceParent};
+use crate::trace;
 
 /// NATS header carrying when the gateway received the event, in unix milliseconds.
 pub const RECEIVED_AT_MS_HEADER: &str = "Livekit-Received-At-Ms";
@@ -108,17 +108,13 @@ impl WebhookStream {
         self.jetstream.get_stream(&self.args.stream).await.is_ok()
     }
 
-    /// Publishes the event and waits, at most `deadline`, for JetStream's acknowledgement.
-    pub async fn publish(
-        &self,
-        event: &VerifiedEvent,
-        trace: &TraceParent,
-        deadline: Duration,
-    ) -> Result<Stored, PublishError> {
+    /// Publishes the event, with the current span's trace context, and waits, at most
+    /// `deadline`, for JetStream's acknowledgement.
+    pub async fn publish(&self, event: &VerifiedEvent, deadline: Duration) -> Result<Stored, PublishError> {
         let mut headers = HeaderMap::new();
         headers.insert(RECEIVED_AT_MS_HEADER, event.received_at_ms().to_string().as_str());
         headers.insert(EVENT_TYPE_HEADER, event.event_type());
-        headers.insert(TRACEPARENT, trace.to_string().as_str());
+        trace::inject_into_nats(&tracing::Span::current(), &mut headers);
         // `headers` replaces the map, so the message id goes after it.
         let message = PublishMessage::build().payload(event.payload().clone()).headers(headers).message_id(event.id());
         publish_acknowledged(&self.jetstream, self.subject(event.event_type()), message, deadline).await

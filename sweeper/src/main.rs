@@ -4,11 +4,13 @@ use sweeper::{Application, SweeperConfig};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    shared::telemetry::init();
+    let telemetry = shared::telemetry::init("attendance-sweeper");
     let config = SweeperConfig::parse();
     let shutdown = shared::shutdown::on_signal();
     let app = Application::build(config).await.context("sweeper start-up failed")?;
-    app.run(shutdown).await.context("sweeper failed")
+    let result = app.run(shutdown).await.context("sweeper failed");
+    telemetry.shutdown();
+    result
 }
 
 #[cfg(test)]

@@ -148,20 +148,28 @@ impl Consumer {
                 self.dead_letter(&message, "delivery_limit", &error).await;
                 continue;
             }
+            // The message's own span, a child of the gateway's request span (context in the headers).
+            let span =
+                info_span!("apply_event", stream_sequence = sequence, delivered, event_type = tracing::field::Empty);
+            shared::trace::continue_from_nats(&span, message.headers.as_ref());
             let received_at_ms = message
                 .headers
                 .as_ref()
                 .and_then(|h| h.get(RECEIVED_AT_MS_HEADER))
                 .and_then(|v| v.as_str().parse().ok());
             let input = Input { payload: message.payload.clone(), received_at_ms, stream_sequence: sequence };
-            to_apply.push((message, input, delivered));
+            to_apply.push((message, input, delivered, span));
         }
         if to_apply.is_empty() {
             return Health::Ok;
         }
 
-        let inputs: Vec<Input> = to_apply.iter().map(|(_, input, _)| input.clone()).collect();
+        let inputs: Vec<Input> = to_apply.iter().map(|(_, input, _, _)| input.clone()).collect();
         let span = info_span!("apply_batch", messages = inputs.len(), first_sequence = inputs[0].stream_sequence);
+        // The transaction serves every message of the batch: linked to each message's span.
+        for (_, _, _, message_span) in &to_apply {
+            span.follows_from(message_span);
+        }
         let started = Instant::now();
         let result = apply::apply_batch(&self.pool, &inputs).instrument(span).await;
         self.metrics.batch_duration.observe(started.elapsed().as_secs_f64());
@@ -169,20 +177,24 @@ impl Consumer {
 
         match result {
             Ok(outcomes) => {
-                for ((message, input, _), outcome) in to_apply.into_iter().zip(outcomes) {
-                    match outcome {
-                        Applied::Stored { event_type } => {
-                            self.metrics.applied.get_or_create(&EventTypeLabel { event_type }).inc();
-                            self.acknowledge(&message, input.stream_sequence).await;
+                for ((message, input, _, span), outcome) in to_apply.into_iter().zip(outcomes) {
+                    let handled = async {
+                        match outcome {
+                            Applied::Stored { event_type } => {
+                                tracing::Span::current().record("event_type", event_type.as_str());
+                                self.metrics.applied.get_or_create(&EventTypeLabel { event_type }).inc();
+                                self.acknowledge(&message, input.stream_sequence).await;
+                            }
+                            Applied::Duplicate => {
+                                self.metrics.duplicates.inc();
+                                self.acknowledge(&message, input.stream_sequence).await;
+                            }
+                            Applied::Rejected(Rejection { reason, message: error }) => {
+                                self.dead_letter(&message, reason, &error).await;
+                            }
                         }
-                        Applied::Duplicate => {
-                            self.metrics.duplicates.inc();
-                            self.acknowledge(&message, input.stream_sequence).await;
-                        }
-                        Applied::Rejected(Rejection { reason, message: error }) => {
-                            self.dead_letter(&message, reason, &error).await;
-                        }
-                    }
+                    };
+                    handled.instrument(span).await;
                 }
                 Health::Ok
             }
@@ -190,13 +202,16 @@ impl Consumer {
                 let unavailable = apply::is_unavailable(&error);
                 tracing::warn!(%error, unavailable, messages = to_apply.len(), "batch not applied; will retry");
                 let error = error.to_string();
-                for (message, input, delivered) in to_apply {
+                for (message, input, delivered, span) in to_apply {
                     self.failures.record(input.stream_sequence);
-                    if delivered >= self.settings.max_deliver {
-                        self.dead_letter(&message, "retries_exhausted", &error).await;
-                    } else {
-                        self.retry(&message, delivered, "database").await;
-                    }
+                    let handled = async {
+                        if delivered >= self.settings.max_deliver {
+                            self.dead_letter(&message, "retries_exhausted", &error).await;
+                        } else {
+                            self.retry(&message, delivered, "database").await;
+                        }
+                    };
+                    handled.instrument(span).await;
                 }
                 if unavailable { Health::DatabaseUnavailable } else { Health::Ok }
             }

@@ -33,9 +33,15 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    shared::telemetry::init();
+    let telemetry = shared::telemetry::init("attendance-worker");
     let Cli { command, config } = Cli::parse();
-    match command.unwrap_or(Command::Run) {
+    let result = run(command.unwrap_or(Command::Run), config).await;
+    telemetry.shutdown();
+    result
+}
+
+async fn run(command: Command, config: WorkerConfig) -> anyhow::Result<()> {
+    match command {
         Command::Run => {
             let shutdown = shared::shutdown::on_signal();
             let app = Application::build(config).await.context("worker start-up failed")?;

@@ -24,6 +24,7 @@ pub struct TestGateway {
 impl TestGateway {
     /// Starts a gateway on `nats_url` with a unique stream, and waits until it is ready.
     pub async fn spawn(nats_url: &str, extra_args: &[&str]) -> Self {
+        let _telemetry = shared::telemetry::init("gateway-test");
         let stream = testkit::nats::unique_stream();
         let mut args = vec![
             "gateway".to_owned(),

@@ -40,7 +40,7 @@ impl RunningWorker {
 
 impl Harness {
     pub async fn new(nats_url: &str, database: TestDatabase) -> Self {
-        shared::telemetry::init();
+        let _telemetry = shared::telemetry::init("worker-test");
         let client = async_nats::connect(nats_url).await.expect("NATS");
         let harness = Harness {
             nats_url: nats_url.to_owned(),
