@@ -1,5 +1,6 @@
-//! One trace from the gateway's request through NATS to the worker: the span the gateway
-//! creates for a webhook is the parent of the span the worker opens for that message.
+//! One trace from the gateway's request through NATS to the worker and on to the sweeper: the
+//! span the gateway creates for a webhook is the parent of the span the worker opens for that
+//! message, which is the parent of the sweeper's publish of the presence change it caused.
 
 mod common;
 
@@ -11,7 +12,7 @@ use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData
 use testkit::livekit::{admin_token, participant_joined, sign_now};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_gateway_span_is_the_parent_of_the_worker_span() {
+async fn one_trace_links_the_webhook_the_worker_and_the_presence_publish() {
     let exporter = InMemorySpanExporter::default();
     let provider = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
     let _telemetry = shared::telemetry::init_with(provider.clone());
@@ -54,5 +55,8 @@ async fn the_gateway_span_is_the_parent_of_the_worker_span() {
     assert_eq!(gateway.parent_span_id, SpanId::from_hex("00f067aa0ba902b7").unwrap(), "continues the caller's span");
     assert_eq!(worker.span_context.trace_id(), gateway.span_context.trace_id(), "one trace");
     assert_eq!(worker.parent_span_id, gateway.span_context.span_id(), "the gateway's span is the worker's parent");
+    let sweeper =
+        testkit::eventually(Duration::from_secs(10), "the sweeper's span", || async { find("publish_presence") }).await;
+    assert_eq!(sweeper.parent_span_id, worker.span_context.span_id(), "the worker's span is the publish's parent");
     system.stop().await;
 }

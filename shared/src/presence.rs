@@ -100,14 +100,28 @@ impl PresenceStream {
     }
 
     /// Publishes changes in order and waits for every acknowledgement (at most `deadline`).
-    /// The message id is the outbox id, so a change published twice is stored once.
-    pub async fn publish_all(&self, changes: &[PresenceChange], deadline: Duration) -> Result<(), PublishError> {
+    /// The message id is the outbox id, so a change published twice is stored once. Each publish
+    /// continues the trace of the change's cause (its stored `traceparent`), if any.
+    pub async fn publish_all(
+        &self,
+        changes: &[(PresenceChange, Option<String>)],
+        deadline: Duration,
+    ) -> Result<(), PublishError> {
         let publish = async {
             let mut acks = Vec::with_capacity(changes.len());
-            for change in changes {
+            for (change, traceparent) in changes {
+                let span = tracing::info_span!("publish_presence", outbox_id = change.id, room = %change.room);
+                let mut headers = async_nats::HeaderMap::new();
+                if let Some(traceparent) = traceparent {
+                    headers.insert(crate::trace::TRACEPARENT, traceparent.as_str());
+                    crate::trace::continue_from_nats(&span, Some(&headers));
+                }
+                crate::trace::inject_into_nats(&span, &mut headers);
                 let payload = serde_json::to_vec(change).expect("a presence change serializes");
-                let message =
-                    PublishMessage::build().payload(payload.into()).message_id(format!("presence-{}", change.id));
+                let message = PublishMessage::build()
+                    .payload(payload.into())
+                    .headers(headers)
+                    .message_id(format!("presence-{}", change.id));
                 acks.push(
                     self.jetstream.send_publish(subject(&self.args.subject_prefix, &change.room), message).await?,
                 );

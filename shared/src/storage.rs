@@ -170,13 +170,27 @@ pub async fn load_facts(conn: &mut PgConnection, room_name: &str, identity: &str
         .collect())
 }
 
+/// What caused a recompute, for the presence outbox: an event id (or `recompute`, `sweeper`)
+/// and the trace context to continue when the change is published.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cause {
+    pub event_id: String,
+    pub traceparent: Option<String>,
+}
+
+impl Cause {
+    pub fn named(event_id: &str) -> Self {
+        Cause { event_id: event_id.to_owned(), traceparent: None }
+    }
+}
+
 /// Recomputes one participant from the log and stores the result; writes a presence change to
 /// the outbox when "present now" flipped. The room must be locked by the caller's transaction.
 pub async fn recompute_participant(
     conn: &mut PgConnection,
     room_name: &str,
     identity: &str,
-    cause_event_id: &str,
+    cause: &Cause,
 ) -> Result<Option<PresenceChange>, sqlx::Error> {
     let facts = load_facts(conn, room_name, identity).await?;
     let Some(attendance) = attendance::participant_attendance(identity, &facts) else {
@@ -200,13 +214,15 @@ pub async fn recompute_participant(
         changed_at_ms: presence_changed_at(&attendance),
     };
     sqlx::query(
-        "INSERT INTO presence_outbox (room_name, identity, present, changed_at, event_id) VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO presence_outbox (room_name, identity, present, changed_at, event_id, traceparent)
+         VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(&change.room_name)
     .bind(&change.identity)
     .bind(change.present)
     .bind(timestamp(change.changed_at_ms))
-    .bind(cause_event_id)
+    .bind(&cause.event_id)
+    .bind(&cause.traceparent)
     .execute(&mut *conn)
     .await?;
     Ok(Some(change))

@@ -207,6 +207,13 @@ impl DeadLetterStream {
             .map_err(|e| StreamSetupError { stream: self.args.stream.clone(), reason: e.to_string() })
     }
 
+    /// Dead letters waiting in the stream.
+    pub async fn depth(&self) -> Result<u64, StreamSetupError> {
+        let setup_error = |reason: String| StreamSetupError { stream: self.args.stream.clone(), reason };
+        let mut stream = self.jetstream.get_stream(&self.args.stream).await.map_err(|e| setup_error(e.to_string()))?;
+        Ok(stream.info().await.map_err(|e| setup_error(e.to_string()))?.state.messages)
+    }
+
     /// Publishes the dead letter and waits for JetStream's acknowledgement. Its message id is
     /// derived from the original's position, so publishing it twice (a worker that died before
     /// terminating the original) stores it once.

@@ -29,26 +29,24 @@ pub async fn publish_batch(pool: &PgPool, presence: &PresenceStream, batch: i64)
     if !locked {
         return Ok(0);
     }
-    let rows: Vec<(i64, String, String, bool, OffsetDateTime)> =
-        sqlx::query_as("SELECT id, room_name, identity, present, changed_at FROM presence_outbox ORDER BY id LIMIT $1")
-            .bind(batch)
-            .fetch_all(&mut *tx)
-            .await?;
+    let rows: Vec<(i64, String, String, bool, OffsetDateTime, Option<String>)> = sqlx::query_as(
+        "SELECT id, room_name, identity, present, changed_at, traceparent FROM presence_outbox ORDER BY id LIMIT $1",
+    )
+    .bind(batch)
+    .fetch_all(&mut *tx)
+    .await?;
     if rows.is_empty() {
         return Ok(0);
     }
-    let changes: Vec<PresenceChange> = rows
+    let changes: Vec<(PresenceChange, Option<String>)> = rows
         .into_iter()
-        .map(|(id, room, identity, present, changed_at)| PresenceChange {
-            id,
-            room,
-            identity,
-            present,
-            changed_at: rfc3339_ms(unix_ms(changed_at)),
+        .map(|(id, room, identity, present, changed_at, traceparent)| {
+            let change = PresenceChange { id, room, identity, present, changed_at: rfc3339_ms(unix_ms(changed_at)) };
+            (change, traceparent)
         })
         .collect();
     presence.publish_all(&changes, Duration::from_secs(5)).await?;
-    let ids: Vec<i64> = changes.iter().map(|c| c.id).collect();
+    let ids: Vec<i64> = changes.iter().map(|(change, _)| change.id).collect();
     sqlx::query("DELETE FROM presence_outbox WHERE id = ANY($1)").bind(&ids).execute(&mut *tx).await?;
     tx.commit().await?;
     Ok(changes.len())

@@ -101,7 +101,7 @@ pub async fn sweep(
             identities.insert(identity);
         }
         for identity in identities {
-            storage::recompute_participant(&mut tx, &room, &identity, "sweeper").await?;
+            storage::recompute_participant(&mut tx, &room, &identity, &storage::Cause::named("sweeper")).await?;
         }
         tx.commit().await?;
     }

@@ -33,7 +33,8 @@ fn heartbeat(room: &str, identity: &str) -> Vec<u8> {
 }
 
 async fn apply(pool: &sqlx::PgPool, payload: Vec<u8>, received_at_ms: i64) {
-    let input = Input { payload: payload.into(), received_at_ms: Some(received_at_ms), stream_sequence: 1 };
+    let input =
+        Input { payload: payload.into(), received_at_ms: Some(received_at_ms), stream_sequence: 1, traceparent: None };
     let outcome = apply_batch(pool, &[input]).await.expect("applied");
     assert!(matches!(outcome[0], Applied::Stored { .. }), "{outcome:?}");
 }
@@ -112,11 +113,17 @@ async fn two_sweepers_at_once_close_each_cycle_once_and_publish_each_change_once
         for p in 0..people {
             let (room, identity, sid) = (format!("room-{r}"), format!("user-{p}"), format!("PA_{r}_{p}"));
             let joined = event("participant_joined", &format!("EV_{r}_{p}"), &room, &identity, &sid, T0, T0);
-            inputs.push(Input { payload: joined.into(), received_at_ms: Some(T0), stream_sequence: 1 });
+            inputs.push(Input {
+                payload: joined.into(),
+                received_at_ms: Some(T0),
+                stream_sequence: 1,
+                traceparent: None,
+            });
             inputs.push(Input {
                 payload: heartbeat(&room, &identity).into(),
                 received_at_ms: Some(T0 + MINUTE),
                 stream_sequence: 2,
+                traceparent: None,
             });
         }
     }

@@ -20,6 +20,8 @@ pub struct Input {
     pub payload: Bytes,
     pub received_at_ms: Option<i64>,
     pub stream_sequence: u64,
+    /// Trace context of the message's processing, carried into the presence outbox.
+    pub traceparent: Option<String>,
 }
 
 /// Why a message can never be applied (it goes to the dead-letter stream).
@@ -85,9 +87,9 @@ pub async fn apply_batch(pool: &PgPool, inputs: &[Input]) -> Result<Vec<Applied>
     storage::lock_rooms(&mut tx, &rooms).await?;
 
     let mut outcomes = Vec::with_capacity(inputs.len());
-    // (room, identity) → the event that caused the recompute (for the presence outbox)
-    let mut affected: BTreeMap<(String, String), String> = BTreeMap::new();
-    let mut finished_instances: Vec<(String, String, String)> = Vec::new();
+    // (room, identity) → what caused the recompute (for the presence outbox)
+    let mut affected: BTreeMap<(String, String), storage::Cause> = BTreeMap::new();
+    let mut finished_instances: Vec<(String, String, storage::Cause)> = Vec::new();
     for (input, decoded) in inputs.iter().zip(decoded) {
         let decoded = match decoded {
             Ok(decoded) => decoded,
@@ -96,11 +98,12 @@ pub async fn apply_batch(pool: &PgPool, inputs: &[Input]) -> Result<Vec<Applied>
                 continue;
             }
         };
+        let cause = storage::Cause { event_id: decoded.event.id.clone(), traceparent: input.traceparent.clone() };
         if let Some((room, identity)) = decoded.heartbeat() {
             // Heartbeats are not LiveKit events: they update the participant, not the log.
             let at_ms = input.received_at_ms.unwrap_or_else(shared::now_unix_ms);
             if storage::record_heartbeat(&mut tx, room, identity, at_ms).await? {
-                affected.insert((room.to_owned(), identity.to_owned()), decoded.event.id.clone());
+                affected.insert((room.to_owned(), identity.to_owned()), cause);
             }
             outcomes.push(Applied::Stored { event_type: HEARTBEAT_EVENT.to_owned() });
             continue;
@@ -130,10 +133,10 @@ pub async fn apply_batch(pool: &PgPool, inputs: &[Input]) -> Result<Vec<Applied>
         if let Some(fact) = &decoded.fact {
             match (&fact.kind, fact.participant()) {
                 (FactKind::RoomFinished, _) => {
-                    finished_instances.push((fact.room_name.clone(), fact.room_sid.clone(), fact.event_id.clone()))
+                    finished_instances.push((fact.room_name.clone(), fact.room_sid.clone(), cause))
                 }
                 (_, Some(participant)) => {
-                    affected.insert((fact.room_name.clone(), participant.identity.clone()), fact.event_id.clone());
+                    affected.insert((fact.room_name.clone(), participant.identity.clone()), cause);
                 }
                 (_, None) => {}
             }
@@ -141,9 +144,9 @@ pub async fn apply_batch(pool: &PgPool, inputs: &[Input]) -> Result<Vec<Applied>
         outcomes.push(Applied::Stored { event_type: decoded.event.event.clone() });
     }
 
-    for (room_name, room_sid, event_id) in finished_instances {
+    for (room_name, room_sid, cause) in finished_instances {
         for identity in storage::identities_in_room_instance(&mut tx, &room_name, &room_sid).await? {
-            affected.entry((room_name.clone(), identity)).or_insert_with(|| event_id.clone());
+            affected.entry((room_name.clone(), identity)).or_insert_with(|| cause.clone());
         }
     }
     for ((room_name, identity), cause) in &affected {

@@ -157,7 +157,12 @@ impl Consumer {
                 .as_ref()
                 .and_then(|h| h.get(RECEIVED_AT_MS_HEADER))
                 .and_then(|v| v.as_str().parse().ok());
-            let input = Input { payload: message.payload.clone(), received_at_ms, stream_sequence: sequence };
+            let input = Input {
+                payload: message.payload.clone(),
+                received_at_ms,
+                stream_sequence: sequence,
+                traceparent: shared::trace::traceparent_of(&span),
+            };
             to_apply.push((message, input, delivered, span));
         }
         if to_apply.is_empty() {
@@ -269,6 +274,26 @@ impl Consumer {
                 self.retry(message, delivered, "dead_letter_unavailable").await;
             }
         }
+    }
+
+    /// Keeps the dead-letter depth gauge fresh (every 15 s) until `shutdown`.
+    pub fn watch_dead_letter_depth(&self, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let (dead_letters, gauge) = (self.dead_letters.clone(), self.metrics.dead_letters.clone());
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(Duration::from_secs(15));
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    _ = ticks.tick() => {}
+                }
+                match dead_letters.depth().await {
+                    Ok(depth) => {
+                        gauge.set(i64::try_from(depth).unwrap_or(i64::MAX));
+                    }
+                    Err(error) => tracing::debug!(%error, "cannot read the dead-letter depth"),
+                }
+            }
+        })
     }
 
     /// Waits until PostgreSQL answers again, so that the stream is not spun through meanwhile.

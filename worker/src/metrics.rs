@@ -33,6 +33,8 @@ pub struct WorkerMetrics {
     pub batch_size: Histogram,
     /// Messages the consumer still has to deliver, as last reported by JetStream.
     pub pending: Gauge,
+    /// Dead letters waiting in the dead-letter stream.
+    pub dead_letters: Gauge,
 }
 
 impl WorkerMetrics {
@@ -45,6 +47,7 @@ impl WorkerMetrics {
             batch_duration: Histogram::new(exponential_buckets(0.000_5, 2.0, 15)),
             batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
             pending: Gauge::default(),
+            dead_letters: Gauge::default(),
         };
         registry.register("worker_events_applied", "Events applied to PostgreSQL, by type", metrics.applied.clone());
         registry.register("worker_events_duplicate", "Deliveries of events already stored", metrics.duplicates.clone());
@@ -64,6 +67,11 @@ impl WorkerMetrics {
             "worker_consumer_pending_messages",
             "Messages the JetStream consumer has yet to deliver",
             metrics.pending.clone(),
+        );
+        registry.register(
+            "worker_dead_letter_stream_messages",
+            "Dead letters waiting in the dead-letter stream",
+            metrics.dead_letters.clone(),
         );
         metrics
     }

@@ -21,7 +21,7 @@ pub async fn recompute(pool: &PgPool, room: Option<&str>) -> Result<usize, sqlx:
         let mut tx = pool.begin().await?;
         storage::lock_rooms(&mut tx, &[room.clone()].into()).await?;
         for identity in storage::identities_in_room(&mut tx, &room).await? {
-            storage::recompute_participant(&mut tx, &room, &identity, "recompute").await?;
+            storage::recompute_participant(&mut tx, &room, &identity, &storage::Cause::named("recompute")).await?;
             participants += 1;
         }
         tx.commit().await?;

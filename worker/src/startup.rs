@@ -60,6 +60,7 @@ impl Application {
 
         if let Some(mut consumer) = prepare(&config, &nats, &pool, metrics, &shutdown).await {
             consuming.store(true, Ordering::Relaxed);
+            let depth_watch = consumer.watch_dead_letter_depth(shutdown.clone());
             tracing::info!(consumer = config.consumer_name, "consuming");
             while !shutdown.is_cancelled() {
                 if let Err(error) = consumer.run(&shutdown).await {
@@ -71,6 +72,7 @@ impl Application {
                 }
             }
             consuming.store(false, Ordering::Relaxed);
+            let _ = depth_watch.await;
         }
 
         pool.close().await;
