@@ -54,6 +54,7 @@ async fn worker_and_sweeper_become_ready_and_exit_cleanly_on_sigterm() {
                 "worker_events_duplicate_total",
                 "worker_batch_apply_duration_seconds",
                 "worker_consumer_pending_messages",
+                "worker_dead_letter_stream_messages",
             ] {
                 assert!(metrics.contains(metric), "{metric} missing from {metrics}");
             }
