@@ -17,6 +17,9 @@ pub struct GatewayConfig {
     /// Largest webhook body accepted, in bytes; larger ones get 413.
     #[arg(long, env = "WEBHOOK_BODY_LIMIT", default_value_t = 1024 * 1024)]
     pub body_limit: usize,
+    /// Longest a client may take to send a webhook body (slow senders get 408).
+    #[arg(long, env = "WEBHOOK_BODY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub body_timeout: Duration,
     /// How long to wait for JetStream's acknowledgement before answering 503 (LiveKit retries).
     /// LiveKit drops events that wait 30 s in its per-room queue, so keep this short.
     #[arg(long, env = "PUBLISH_TIMEOUT", default_value = "2s", value_parser = parse_duration)]

@@ -19,6 +19,8 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("the request body could not be read")]
     UnreadableBody,
+    #[error("the request body did not arrive in time")]
+    BodyTimeout,
     #[error("the event could not be stored now; retry later")]
     Unavailable,
     /// A participant or admin token that is missing or invalid.
@@ -45,6 +47,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::InvalidEvent(_) | ApiError::UnreadableBody => StatusCode::BAD_REQUEST,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unavailable | ApiError::ReadUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::BadToken(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
@@ -61,6 +64,7 @@ impl ApiError {
             ApiError::InvalidEvent(reason) => reason.code(),
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::UnreadableBody => "unreadable_body",
+            ApiError::BodyTimeout => "body_timeout",
             ApiError::Unavailable | ApiError::ReadUnavailable => "unavailable",
             ApiError::BadToken(HeartbeatError::Token(reason)) => reason.code(),
             ApiError::BadToken(_) => "missing_token",

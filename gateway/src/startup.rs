@@ -61,6 +61,7 @@ impl Application {
             keys,
             stream: stream.clone(),
             body_limit: config.body_limit,
+            body_timeout: config.body_timeout,
             publish_timeout: config.publish_timeout,
             metrics,
         });

@@ -28,6 +28,7 @@ pub struct WebhookState {
     pub keys: KeySet,
     pub stream: WebhookStream,
     pub body_limit: usize,
+    pub body_timeout: Duration,
     pub publish_timeout: Duration,
     pub metrics: GatewayMetrics,
 }
@@ -75,7 +76,7 @@ async fn receive_traced(state: &WebhookState, headers: &HeaderMap, body: Body) -
 
 async fn receive_inner(state: &WebhookState, headers: &HeaderMap, body: Body) -> Result<Stored, ApiError> {
     let received_at_ms = shared::now_unix_ms();
-    let body = read_body(body, headers, state.body_limit).await?;
+    let body = read_body(body, headers, state.body_limit, state.body_timeout).await?;
     let authorization = headers.get(header::AUTHORIZATION).map(|value| value.as_bytes());
     let event =
         webhook::receive(authorization, body, &state.keys, received_at_ms / 1000, received_at_ms).map_err(|error| {
@@ -105,14 +106,16 @@ async fn receive_inner(state: &WebhookState, headers: &HeaderMap, body: Body) ->
     }
 }
 
-/// Reads the whole body as raw bytes (the signature covers them exactly), up to `limit`.
-async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
+/// Reads the whole body as raw bytes (the signature covers them exactly), up to `limit` bytes
+/// and `timeout` long.
+async fn read_body(body: Body, headers: &HeaderMap, limit: usize, timeout: Duration) -> Result<Bytes, ApiError> {
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(ApiError::PayloadTooLarge { limit });
     }
-    match Limited::new(body, limit).collect().await {
+    let collected = tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await;
+    match collected.map_err(|_elapsed| ApiError::BodyTimeout)? {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::PayloadTooLarge { limit }),
         Err(_) => Err(ApiError::UnreadableBody),
