@@ -5,7 +5,7 @@ CARGO ?= cargo
 export NATS_URL ?= nats://127.0.0.1:4222
 export DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/attendance
 
-.PHONY: run test test-nats-compat deploy-check bench services services-stop browser build lint fmt clean-local
+.PHONY: run test test-nats-compat chaos deploy-check bench services services-stop browser build lint fmt clean-local
 
 ## run: the whole system locally (NATS, PostgreSQL, gateway, worker, sweeper); Ctrl-C stops it
 run: build
@@ -30,6 +30,12 @@ test-nats-compat: services browser
 bench: services
 	$(CARGO) build --release --bins
 	scripts/bench.sh
+
+## chaos: the chaos suite with a larger load (a short version runs in `make test`)
+chaos: services
+	$(CARGO) build --workspace --bins
+	CHAOS_ROOMS=$${CHAOS_ROOMS:-30} CHAOS_PEOPLE=$${CHAOS_PEOPLE:-20} \
+		$(CARGO) test -p testkit --test chaos -- --nocapture
 
 ## deploy-check: render the kustomize manifests and validate them against the Kubernetes schemas
 deploy-check:

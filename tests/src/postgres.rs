@@ -109,6 +109,14 @@ impl PrivatePostgres {
         .await;
     }
 
+    /// Pauses (`STOP`) or resumes (`CONT`) the whole server: the postmaster and every backend.
+    pub fn signal_all(&self, signal: &str) {
+        let pid_file = std::fs::read_to_string(self.data.path().join("postmaster.pid")).expect("postmaster.pid");
+        let pid: u32 = pid_file.lines().next().and_then(|l| l.trim().parse().ok()).expect("postmaster pid");
+        let _ = Command::new("pkill").args([format!("-{signal}"), "-P".into(), pid.to_string()]).status();
+        crate::binaries::signal_pid(pid, signal);
+    }
+
     /// Stops the server at once (`-m immediate`: like a crash, connections are cut).
     pub fn stop(&mut self) {
         if self.running {
