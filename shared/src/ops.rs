@@ -69,3 +69,49 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     axum::serve(listener, router(registry, readiness)).with_graceful_shutdown(shutdown.cancelled_owned()).await
 }
+
+/// Readiness of a background service (worker, sweeper): NATS connected, PostgreSQL answering,
+/// and its main loop running (`running`, else `not_running` is the reason).
+pub fn background_readiness(
+    nats: async_nats::Client,
+    pool: sqlx::PgPool,
+    running: Arc<std::sync::atomic::AtomicBool>,
+    not_running: &'static str,
+) -> ReadinessCheck {
+    Arc::new(move || {
+        let (nats, pool, running) = (nats.clone(), pool.clone(), running.clone());
+        Box::pin(async move {
+            nats_connected(&nats)?;
+            crate::db::ping(&pool).await?;
+            if running.load(std::sync::atomic::Ordering::Relaxed) { Ok(()) } else { Err(not_running.into()) }
+        })
+    })
+}
+
+/// The probes and metrics server of a background service, on its own task, so that it answers
+/// through start-up retries and shutdown; [`OpsServer::stop`] ends it last.
+pub struct OpsServer {
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl OpsServer {
+    pub fn spawn(listener: tokio::net::TcpListener, registry: Registry, readiness: ReadinessCheck) -> Self {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(serve(listener, Arc::new(registry), readiness, stop.clone()));
+        OpsServer { stop, task }
+    }
+
+    pub async fn stop(self) -> std::io::Result<()> {
+        self.stop.cancel();
+        self.task.await.unwrap_or(Ok(()))
+    }
+}
+
+/// Closes a background service's connections on shutdown: the pool, then what NATS still buffers.
+pub async fn close_connections(pool: &sqlx::PgPool, nats: &async_nats::Client) {
+    pool.close().await;
+    if let Err(error) = nats.flush().await {
+        tracing::warn!(%error, "could not flush NATS on shutdown");
+    }
+}

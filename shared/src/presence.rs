@@ -10,7 +10,7 @@ use async_nats::jetstream::{self, message::PublishMessage, stream};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
-use crate::stream::{PublishError, StreamSetupError};
+use crate::stream::{PublishError, StreamSetupError, create_or_update};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct PresenceArgs {
@@ -92,11 +92,7 @@ impl PresenceStream {
             duplicate_window: Duration::from_secs(120),
             ..Default::default()
         };
-        self.jetstream
-            .create_or_update_stream(config)
-            .await
-            .map(|_| ())
-            .map_err(|e| StreamSetupError { stream: self.args.stream.clone(), reason: e.to_string() })
+        create_or_update(&self.jetstream, config).await
     }
 
     /// Publishes changes in order and waits for every acknowledgement (at most `deadline`).

@@ -82,11 +82,7 @@ impl WebhookStream {
 
     /// Creates the stream, or updates it to this definition if it exists.
     pub async fn ensure(&self) -> Result<(), StreamSetupError> {
-        self.jetstream
-            .create_or_update_stream(self.config())
-            .await
-            .map(|_| ())
-            .map_err(|e| StreamSetupError { stream: self.args.stream.clone(), reason: e.to_string() })
+        create_or_update(&self.jetstream, self.config()).await
     }
 
     /// Creates the durable pull consumer the workers share, or binds to it if it exists, reading
@@ -200,11 +196,7 @@ impl DeadLetterStream {
             max_age: self.args.max_age,
             ..Default::default()
         };
-        self.jetstream
-            .create_or_update_stream(config)
-            .await
-            .map(|_| ())
-            .map_err(|e| StreamSetupError { stream: self.args.stream.clone(), reason: e.to_string() })
+        create_or_update(&self.jetstream, config).await
     }
 
     /// Dead letters waiting in the stream.
@@ -234,6 +226,19 @@ impl DeadLetterStream {
         let subject = format!("{}.{token}", self.args.subject_prefix);
         publish_acknowledged(&self.jetstream, subject, message, deadline).await
     }
+}
+
+/// Creates a stream, or updates it to `config` if it exists.
+pub(crate) async fn create_or_update(
+    jetstream: &jetstream::Context,
+    config: stream::Config,
+) -> Result<(), StreamSetupError> {
+    let name = config.name.clone();
+    jetstream
+        .create_or_update_stream(config)
+        .await
+        .map(|_| ())
+        .map_err(|e| StreamSetupError { stream: name, reason: e.to_string() })
 }
 
 /// Publishes and waits, at most `deadline`, for JetStream's acknowledgement.

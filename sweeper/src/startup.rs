@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use prometheus_client::registry::Registry;
 use shared::config::StartupError;
-use shared::ops::{self, ReadinessCheck};
+use shared::ops;
 use shared::presence::PresenceStream;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -40,13 +40,8 @@ impl Application {
         let mut registry = Registry::default();
         let metrics = SweeperMetrics::register(&mut registry);
         let running = Arc::new(AtomicBool::new(false));
-        let ops_stop = CancellationToken::new();
-        let ops_server = tokio::spawn(ops::serve(
-            listener,
-            Arc::new(registry),
-            readiness(nats.clone(), pool.clone(), running.clone()),
-            ops_stop.clone(),
-        ));
+        let readiness = ops::background_readiness(nats.clone(), pool.clone(), running.clone(), "not sweeping yet");
+        let ops_server = ops::OpsServer::spawn(listener, registry, readiness);
 
         let presence = PresenceStream::new(nats.clone(), config.presence.clone());
         let prepared = async {
@@ -63,12 +58,8 @@ impl Application {
             running.store(false, Ordering::Relaxed);
         }
 
-        pool.close().await;
-        if let Err(error) = nats.flush().await {
-            tracing::warn!(%error, "could not flush NATS on shutdown");
-        }
-        ops_stop.cancel();
-        let served = ops_server.await.unwrap_or(Ok(()));
+        ops::close_connections(&pool, &nats).await;
+        let served = ops_server.stop().await;
         tracing::info!("sweeper stopped");
         served
     }
@@ -135,15 +126,4 @@ async fn outbox_loop(
             metrics.outbox_pending.set(pending);
         }
     }
-}
-
-fn readiness(nats: async_nats::Client, pool: sqlx::PgPool, running: Arc<AtomicBool>) -> ReadinessCheck {
-    Arc::new(move || {
-        let (nats, pool, running) = (nats.clone(), pool.clone(), running.clone());
-        Box::pin(async move {
-            ops::nats_connected(&nats)?;
-            shared::db::ping(&pool).await?;
-            if running.load(Ordering::Relaxed) { Ok(()) } else { Err("not sweeping yet".into()) }
-        })
-    })
 }

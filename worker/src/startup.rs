@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use prometheus_client::registry::Registry;
 use shared::config::StartupError;
-use shared::ops::{self, ReadinessCheck};
+use shared::ops;
 use shared::stream::{DeadLetterStream, WebhookStream};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -50,13 +50,8 @@ impl Application {
         let mut registry = Registry::default();
         let metrics = WorkerMetrics::register(&mut registry);
         let consuming = Arc::new(AtomicBool::new(false));
-        let ops_stop = CancellationToken::new();
-        let ops_server = tokio::spawn(ops::serve(
-            listener,
-            Arc::new(registry),
-            readiness(nats.clone(), pool.clone(), consuming.clone()),
-            ops_stop.clone(),
-        ));
+        let readiness = ops::background_readiness(nats.clone(), pool.clone(), consuming.clone(), "not consuming yet");
+        let ops_server = ops::OpsServer::spawn(listener, registry, readiness);
 
         if let Some(mut consumer) = prepare(&config, &nats, &pool, metrics, &shutdown).await {
             consuming.store(true, Ordering::Relaxed);
@@ -75,12 +70,8 @@ impl Application {
             let _ = depth_watch.await;
         }
 
-        pool.close().await;
-        if let Err(error) = nats.flush().await {
-            tracing::warn!(%error, "could not flush NATS on shutdown");
-        }
-        ops_stop.cancel();
-        let served = ops_server.await.unwrap_or(Ok(()));
+        ops::close_connections(&pool, &nats).await;
+        let served = ops_server.stop().await;
         tracing::info!("worker stopped");
         served
     }
@@ -120,15 +111,4 @@ async fn prepare(
         retry_max_delay: config.retry_max_delay,
     };
     Some(Consumer::new(consumer, pool.clone(), dead_letters, metrics, settings))
-}
-
-fn readiness(nats: async_nats::Client, pool: sqlx::PgPool, consuming: Arc<AtomicBool>) -> ReadinessCheck {
-    Arc::new(move || {
-        let (nats, pool, consuming) = (nats.clone(), pool.clone(), consuming.clone());
-        Box::pin(async move {
-            ops::nats_connected(&nats)?;
-            shared::db::ping(&pool).await?;
-            if consuming.load(Ordering::Relaxed) { Ok(()) } else { Err("not consuming yet".into()) }
-        })
-    })
 }
