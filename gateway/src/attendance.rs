@@ -105,11 +105,11 @@ pub async fn room(
     }
     let mut connection = state.pool.acquire().await.map_err(read_failed)?;
     let stored = storage::load_room(&mut connection, &room).await.map_err(read_failed)?;
-    let mut participants = Vec::with_capacity(stored.len());
-    for (identity, attendance) in stored {
-        let heartbeat = storage::last_heartbeat(&mut connection, &room, &identity).await.map_err(read_failed)?;
-        participants.push(ParticipantView::new(attendance, heartbeat, now_ms));
-    }
+    let heartbeats = storage::last_heartbeats(&mut connection, &room, None).await.map_err(read_failed)?;
+    let participants = stored
+        .into_iter()
+        .map(|(identity, attendance)| ParticipantView::new(attendance, heartbeats.get(&identity).copied(), now_ms))
+        .collect();
     Ok(Json(RoomView { room, participants }))
 }
 
@@ -130,8 +130,8 @@ pub async fn participant(
         .await
         .map_err(read_failed)?
         .ok_or(ApiError::NoSuchParticipant)?;
-    let heartbeat = storage::last_heartbeat(&mut connection, &room, &identity).await.map_err(read_failed)?;
-    Ok(Json(ParticipantView::new(attendance, heartbeat, now_ms)))
+    let heartbeats = storage::last_heartbeats(&mut connection, &room, Some(&identity)).await.map_err(read_failed)?;
+    Ok(Json(ParticipantView::new(attendance, heartbeats.get(&identity).copied(), now_ms)))
 }
 
 /// Server-Sent Events of the room's presence changes (only the caller's own for a participant

@@ -6,7 +6,7 @@
 //! applying an event idempotent and order-independent, whichever replica applies it. Changes to a
 //! room are serialized by locking its `rooms` row ([`lock_rooms`], always in name order).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use sqlx::migrate::Migrator;
 use sqlx::{PgConnection, Row as _};
@@ -298,66 +298,64 @@ pub async fn load_participant(
     room_name: &str,
     identity: &str,
 ) -> Result<Option<Attendance>, sqlx::Error> {
-    let Some(row) = sqlx::query(
-        "SELECT name, metadata, kind, present, attended_ms, join_count, leave_count, first_joined_at, last_left_at
-         FROM participants WHERE room_name = $1 AND identity = $2",
-    )
-    .bind(room_name)
-    .bind(identity)
-    .fetch_optional(&mut *conn)
-    .await?
-    else {
-        return Ok(None);
-    };
-    let cycles = sqlx::query(
-        "SELECT participant_sid, room_sid, joined_at, left_at, closed_by FROM cycles
-         WHERE room_name = $1 AND identity = $2 ORDER BY joined_at, participant_sid",
+    Ok(load_attendance(conn, room_name, Some(identity)).await?.remove(identity))
+}
+
+/// Every participant's stored attendance in a room, by identity.
+pub async fn load_room(conn: &mut PgConnection, room_name: &str) -> Result<BTreeMap<String, Attendance>, sqlx::Error> {
+    load_attendance(conn, room_name, None).await
+}
+
+/// The stored attendance of a room (or of one participant in it): two queries, whatever the size.
+async fn load_attendance(
+    conn: &mut PgConnection,
+    room_name: &str,
+    identity: Option<&str>,
+) -> Result<BTreeMap<String, Attendance>, sqlx::Error> {
+    let mut cycles: BTreeMap<String, Vec<attendance::Cycle>> = BTreeMap::new();
+    let rows = sqlx::query(
+        "SELECT identity, participant_sid, room_sid, joined_at, left_at, closed_by FROM cycles
+         WHERE room_name = $1 AND ($2::text IS NULL OR identity = $2) ORDER BY identity, joined_at, participant_sid",
     )
     .bind(room_name)
     .bind(identity)
     .fetch_all(&mut *conn)
-    .await?
-    .into_iter()
-    .map(|c| {
-        Ok(attendance::Cycle {
+    .await?;
+    for c in rows {
+        cycles.entry(c.try_get("identity")?).or_default().push(attendance::Cycle {
             participant_sid: c.try_get("participant_sid")?,
             room_sid: c.try_get("room_sid")?,
             joined_at_ms: unix_ms(c.try_get("joined_at")?),
             left_at_ms: c.try_get::<Option<OffsetDateTime>, _>("left_at")?.map(unix_ms),
             closed_by: c.try_get::<Option<String>, _>("closed_by")?.as_deref().and_then(attendance::ClosedBy::parse),
-        })
-    })
-    .collect::<Result<Vec<_>, sqlx::Error>>()?;
-    Ok(Some(Attendance {
-        identity: identity.to_owned(),
-        name: row.try_get("name")?,
-        metadata: row.try_get("metadata")?,
-        kind: row.try_get("kind")?,
-        cycles,
-        attended_ms: row.try_get("attended_ms")?,
-        join_count: i64::from(row.try_get::<i32, _>("join_count")?),
-        leave_count: i64::from(row.try_get::<i32, _>("leave_count")?),
-        first_joined_at_ms: row.try_get::<Option<OffsetDateTime>, _>("first_joined_at")?.map(unix_ms),
-        last_left_at_ms: row.try_get::<Option<OffsetDateTime>, _>("last_left_at")?.map(unix_ms),
-        present: row.try_get("present")?,
-    }))
-}
-
-/// Every participant's stored attendance in a room, by identity.
-pub async fn load_room(
-    conn: &mut PgConnection,
-    room_name: &str,
-) -> Result<std::collections::BTreeMap<String, Attendance>, sqlx::Error> {
-    let identities: Vec<String> =
-        sqlx::query_scalar("SELECT identity FROM participants WHERE room_name = $1 ORDER BY identity")
-            .bind(room_name)
-            .fetch_all(&mut *conn)
-            .await?;
-    let mut room = std::collections::BTreeMap::new();
-    for identity in identities {
-        if let Some(attendance) = load_participant(conn, room_name, &identity).await? {
-            room.insert(identity, attendance);
-        }
+        });
+    }
+    let rows = sqlx::query(
+        "SELECT identity, name, metadata, kind, present, attended_ms, join_count, leave_count, first_joined_at,
+                last_left_at
+         FROM participants WHERE room_name = $1 AND ($2::text IS NULL OR identity = $2)",
+    )
+    .bind(room_name)
+    .bind(identity)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut room = BTreeMap::new();
+    for row in rows {
+        let identity: String = row.try_get("identity")?;
+        let attendance = Attendance {
+            cycles: cycles.remove(&identity).unwrap_or_default(),
+            identity: identity.clone(),
+            name: row.try_get("name")?,
+            metadata: row.try_get("metadata")?,
+            kind: row.try_get("kind")?,
+            attended_ms: row.try_get("attended_ms")?,
+            join_count: i64::from(row.try_get::<i32, _>("join_count")?),
+            leave_count: i64::from(row.try_get::<i32, _>("leave_count")?),
+            first_joined_at_ms: row.try_get::<Option<OffsetDateTime>, _>("first_joined_at")?.map(unix_ms),
+            last_left_at_ms: row.try_get::<Option<OffsetDateTime>, _>("last_left_at")?.map(unix_ms),
+            present: row.try_get("present")?,
+        };
+        room.insert(identity, attendance);
     }
     Ok(room)
 }
@@ -393,20 +391,21 @@ pub async fn record_heartbeat(
     Ok(refuted.rows_affected() > 0)
 }
 
-/// The last heartbeat of a participant, if its client sends them.
-pub async fn last_heartbeat(
+/// The last heartbeat of each participant of a room (or of one) whose client sends them.
+pub async fn last_heartbeats(
     conn: &mut PgConnection,
     room_name: &str,
-    identity: &str,
-) -> Result<Option<i64>, sqlx::Error> {
-    let at: Option<OffsetDateTime> = sqlx::query_scalar(
-        "SELECT last_heartbeat_at FROM participant_heartbeats WHERE room_name = $1 AND identity = $2",
+    identity: Option<&str>,
+) -> Result<BTreeMap<String, i64>, sqlx::Error> {
+    let rows: Vec<(String, OffsetDateTime)> = sqlx::query_as(
+        "SELECT identity, last_heartbeat_at FROM participant_heartbeats
+         WHERE room_name = $1 AND ($2::text IS NULL OR identity = $2)",
     )
     .bind(room_name)
     .bind(identity)
-    .fetch_optional(&mut *conn)
+    .fetch_all(&mut *conn)
     .await?;
-    Ok(at.map(unix_ms))
+    Ok(rows.into_iter().map(|(identity, at)| (identity, unix_ms(at))).collect())
 }
 
 /// RFC 3339 in UTC with milliseconds (`2026-11-25T10:00:00.000Z`), the API's time format.

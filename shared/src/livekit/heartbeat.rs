@@ -30,8 +30,7 @@ pub struct Participant {
 /// Extracts the bearer token of an `Authorization` header value.
 pub fn bearer(authorization: Option<&[u8]>) -> Option<&str> {
     let value = std::str::from_utf8(authorization?).ok()?.trim();
-    let token = value.get(..7).filter(|p| p.eq_ignore_ascii_case("bearer ")).map(|_| value[7..].trim())?;
-    (!token.is_empty()).then_some(token)
+    token::after_bearer_prefix(value).map(str::trim).filter(|token| !token.is_empty())
 }
 
 /// Verifies a participant token and returns whom it admits where.

@@ -138,6 +138,11 @@ pub fn sign(claims: &Claims, secret: &Secret) -> String {
     format!("{signing_input}.{}", BASE64_URL.encode(signature))
 }
 
+/// The token after a `Bearer ` prefix (any case), if the header has one.
+pub(crate) fn after_bearer_prefix(header: &str) -> Option<&str> {
+    header.get(..7).filter(|prefix| prefix.eq_ignore_ascii_case("bearer ")).map(|_| header[7..].trim_start())
+}
+
 fn mac(secret: &Secret) -> Hmac<Sha256> {
     Hmac::<Sha256>::new_from_slice(secret.expose()).expect("HMAC takes keys of any length")
 }

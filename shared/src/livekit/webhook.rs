@@ -79,11 +79,9 @@ pub fn body_hash(body: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(Sha256::digest(body))
 }
 
+/// LiveKit sends the bare token; a `Bearer ` prefix is tolerated.
 fn strip_bearer(header: &str) -> &str {
-    match header.get(..7) {
-        Some(prefix) if prefix.eq_ignore_ascii_case("bearer ") => header[7..].trim_start(),
-        _ => header,
-    }
+    token::after_bearer_prefix(header).unwrap_or(header)
 }
 
 #[cfg(test)]
