@@ -52,7 +52,12 @@ async fn receive_traced(
         return Err(ApiError::RateLimited);
     }
     match state.stream.publish(&event, state.publish_timeout).await {
-        Ok(_) => Ok((StatusCode::ACCEPTED, Json(serde_json::json!({"accepted": true})))),
+        // The receipt time is the time the sweeper would close the cycle at, were this the
+        // last heartbeat: the client learns it (and the server's clock) from the answer.
+        Ok(_) => Ok((
+            StatusCode::ACCEPTED,
+            Json(serde_json::json!({"accepted": true, "receivedAt": shared::storage::rfc3339_ms(now_ms)})),
+        )),
         Err(error) => {
             tracing::error!(%error, "heartbeat not stored");
             Err(ApiError::Unavailable)

@@ -16,8 +16,12 @@ async fn heartbeats_are_authenticated_stored_and_rate_limited() {
 
     let response = system.heartbeat(Some(&ada)).await;
     assert_eq!(response.status(), 202);
+    let answer: serde_json::Value = response.json().await.unwrap();
     let stored = system.gateway.stored_messages().await;
     assert_eq!(stored.len(), 1);
+    let received_at_ms: i64 =
+        stored[0].headers.get(shared::stream::RECEIVED_AT_MS_HEADER).unwrap().as_str().parse().unwrap();
+    assert_eq!(answer["receivedAt"].as_str(), Some(shared::storage::rfc3339_ms(received_at_ms).as_str()), "{answer}");
     assert_eq!(stored[0].subject.as_str(), format!("{}.client_heartbeat", system.gateway.stream.subject_prefix));
     let payload: serde_json::Value = serde_json::from_slice(&stored[0].payload).unwrap();
     assert_eq!(
@@ -66,7 +70,11 @@ async fn the_read_api_shows_attendance_to_whom_it_may_and_refuses_everyone_else(
     let room = testkit::eventually(Duration::from_secs(20), "both participants applied", || async {
         let body: serde_json::Value =
             system.get("/v1/rooms/algebra/attendance", Some(&admin)).await.json().await.ok()?;
-        (body["participants"].as_array()?.len() == 2 && body["participants"][0]["last_heartbeat_at"].is_string())
+        // Applied in any order: the heartbeat may be recorded before ada's joined.
+        let ada = &body["participants"][0];
+        (body["participants"].as_array()?.len() == 2
+            && ada["last_heartbeat_at"].is_string()
+            && ada["cycles"].as_array()?.len() == 1)
             .then_some(body)
     })
     .await;

@@ -306,56 +306,59 @@ pub async fn load_room(conn: &mut PgConnection, room_name: &str) -> Result<BTree
     load_attendance(conn, room_name, None).await
 }
 
-/// The stored attendance of a room (or of one participant in it): two queries, whatever the size.
+/// The stored attendance of a room (or of one participant in it). One statement, so that totals
+/// and cycles come from one snapshot even while a worker commits, whatever the room's size.
 async fn load_attendance(
     conn: &mut PgConnection,
     room_name: &str,
     identity: Option<&str>,
 ) -> Result<BTreeMap<String, Attendance>, sqlx::Error> {
-    let mut cycles: BTreeMap<String, Vec<attendance::Cycle>> = BTreeMap::new();
     let rows = sqlx::query(
-        "SELECT identity, participant_sid, room_sid, joined_at, left_at, closed_by FROM cycles
-         WHERE room_name = $1 AND ($2::text IS NULL OR identity = $2) ORDER BY identity, joined_at, participant_sid",
+        "SELECT p.identity, p.name, p.metadata, p.kind, p.present, p.attended_ms, p.join_count, p.leave_count,
+                p.first_joined_at, p.last_left_at, c.participant_sid, c.room_sid, c.joined_at, c.left_at, c.closed_by
+         FROM participants p
+         LEFT JOIN cycles c ON c.room_name = p.room_name AND c.identity = p.identity
+         WHERE p.room_name = $1 AND ($2::text IS NULL OR p.identity = $2)
+         ORDER BY p.identity, c.joined_at, c.participant_sid",
     )
     .bind(room_name)
     .bind(identity)
     .fetch_all(&mut *conn)
     .await?;
-    for c in rows {
-        cycles.entry(c.try_get("identity")?).or_default().push(attendance::Cycle {
-            participant_sid: c.try_get("participant_sid")?,
-            room_sid: c.try_get("room_sid")?,
-            joined_at_ms: unix_ms(c.try_get("joined_at")?),
-            left_at_ms: c.try_get::<Option<OffsetDateTime>, _>("left_at")?.map(unix_ms),
-            closed_by: c.try_get::<Option<String>, _>("closed_by")?.as_deref().and_then(attendance::ClosedBy::parse),
-        });
-    }
-    let rows = sqlx::query(
-        "SELECT identity, name, metadata, kind, present, attended_ms, join_count, leave_count, first_joined_at,
-                last_left_at
-         FROM participants WHERE room_name = $1 AND ($2::text IS NULL OR identity = $2)",
-    )
-    .bind(room_name)
-    .bind(identity)
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut room = BTreeMap::new();
+    let mut room: BTreeMap<String, Attendance> = BTreeMap::new();
     for row in rows {
         let identity: String = row.try_get("identity")?;
-        let attendance = Attendance {
-            cycles: cycles.remove(&identity).unwrap_or_default(),
-            identity: identity.clone(),
-            name: row.try_get("name")?,
-            metadata: row.try_get("metadata")?,
-            kind: row.try_get("kind")?,
-            attended_ms: row.try_get("attended_ms")?,
-            join_count: i64::from(row.try_get::<i32, _>("join_count")?),
-            leave_count: i64::from(row.try_get::<i32, _>("leave_count")?),
-            first_joined_at_ms: row.try_get::<Option<OffsetDateTime>, _>("first_joined_at")?.map(unix_ms),
-            last_left_at_ms: row.try_get::<Option<OffsetDateTime>, _>("last_left_at")?.map(unix_ms),
-            present: row.try_get("present")?,
+        let attendance = match room.entry(identity) {
+            std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
+            std::collections::btree_map::Entry::Vacant(entry) => {
+                let identity = entry.key().clone();
+                entry.insert(Attendance {
+                    cycles: Vec::new(),
+                    identity,
+                    name: row.try_get("name")?,
+                    metadata: row.try_get("metadata")?,
+                    kind: row.try_get("kind")?,
+                    attended_ms: row.try_get("attended_ms")?,
+                    join_count: i64::from(row.try_get::<i32, _>("join_count")?),
+                    leave_count: i64::from(row.try_get::<i32, _>("leave_count")?),
+                    first_joined_at_ms: row.try_get::<Option<OffsetDateTime>, _>("first_joined_at")?.map(unix_ms),
+                    last_left_at_ms: row.try_get::<Option<OffsetDateTime>, _>("last_left_at")?.map(unix_ms),
+                    present: row.try_get("present")?,
+                })
+            }
         };
-        room.insert(identity, attendance);
+        if let Some(participant_sid) = row.try_get::<Option<String>, _>("participant_sid")? {
+            attendance.cycles.push(attendance::Cycle {
+                participant_sid,
+                room_sid: row.try_get("room_sid")?,
+                joined_at_ms: unix_ms(row.try_get("joined_at")?),
+                left_at_ms: row.try_get::<Option<OffsetDateTime>, _>("left_at")?.map(unix_ms),
+                closed_by: row
+                    .try_get::<Option<String>, _>("closed_by")?
+                    .as_deref()
+                    .and_then(attendance::ClosedBy::parse),
+            });
+        }
     }
     Ok(room)
 }

@@ -3,6 +3,11 @@
 //! left alone, so clients without heartbeats stay correct), or when it has been open longer
 //! than the maximum. The closure is recorded as an estimate (`cycle_closures`) and the
 //! participant recomputed, so the rule decides, and a later participant_left replaces it.
+//!
+//! A cycle that `room_finished` closed is stale too when the heartbeats had stopped more than
+//! the timeout before the room finished: the client was gone long before, and whether the
+//! sweeper or the room_finished came first must not change the result (the rule keeps the
+//! earliest estimate).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -21,9 +26,12 @@ pub struct Swept {
     pub rooms_skipped: usize,
 }
 
-const STALE: &str = "c.left_at IS NULL AND (
-        (h.last_heartbeat_at < $1 AND c.joined_at <= h.last_heartbeat_at)
-        OR c.joined_at < $2)";
+// $1: now - timeout; $2: now - maximum duration; $3: the timeout in milliseconds.
+const STALE: &str = "(
+        (c.left_at IS NULL OR c.closed_by = 'room_finished')
+        AND h.last_heartbeat_at < least($1, c.left_at - $3 * interval '1 millisecond')
+        AND c.joined_at <= h.last_heartbeat_at
+    ) OR (c.left_at IS NULL AND c.joined_at < $2)";
 
 /// Closes the stale cycles as of `now_ms`.
 pub async fn sweep(
@@ -37,11 +45,12 @@ pub async fn sweep(
     let rooms: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "SELECT DISTINCT c.room_name FROM cycles c
          LEFT JOIN participant_heartbeats h USING (room_name, identity)
-         WHERE {STALE}
+         WHERE ({STALE})
          ORDER BY c.room_name LIMIT 1000"
     )))
     .bind(stale_before)
     .bind(opened_before)
+    .bind(millis(timeout))
     .fetch_all(pool)
     .await?;
 
@@ -62,10 +71,11 @@ pub async fn sweep(
             sqlx::query_as(sqlx::AssertSqlSafe(format!(
                 "SELECT c.identity, c.participant_sid, h.last_heartbeat_at, c.joined_at FROM cycles c
                  LEFT JOIN participant_heartbeats h USING (room_name, identity)
-                 WHERE {STALE} AND c.room_name = $3"
+                 WHERE ({STALE}) AND c.room_name = $4"
             )))
             .bind(stale_before)
             .bind(opened_before)
+            .bind(millis(timeout))
             .bind(&room)
             .fetch_all(&mut *tx)
             .await?;
@@ -78,7 +88,8 @@ pub async fn sweep(
             };
             sqlx::query(
                 "INSERT INTO cycle_closures (room_name, identity, participant_sid, closed_by, closed_at)
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (room_name, identity, participant_sid, closed_by)
+                 DO UPDATE SET closed_at = least(cycle_closures.closed_at, excluded.closed_at)",
             )
             .bind(&room)
             .bind(&identity)

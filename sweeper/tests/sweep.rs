@@ -102,6 +102,41 @@ async fn a_heartbeat_after_a_timeout_reopens_the_cycle() {
     database.drop_database().await;
 }
 
+#[tokio::test]
+async fn a_room_that_finished_long_after_the_client_went_silent_ends_the_cycle_at_its_last_heartbeat() {
+    let database = TestDatabase::create_shared().await;
+    let pool = database.pool().await;
+    storage::MIGRATOR.run(&pool).await.unwrap();
+    for (identity, sid) in [("ada", "PA_1"), ("bob", "PA_2")] {
+        apply(&pool, event("participant_joined", &format!("EV_{sid}"), "r", identity, sid, T0, T0), T0).await;
+    }
+    apply(&pool, heartbeat("r", "ada"), T0 + MINUTE).await;
+    apply(&pool, heartbeat("r", "bob"), T0 + 20 * MINUTE).await;
+    // The room finishes before the sweeper saw ada's silence: 19 minutes after her last
+    // heartbeat, but only 2 minutes after bob's.
+    let finished = serde_json::json!({"event": "room_finished", "id": "EV_fin", "createdAt": ((T0 + 22 * MINUTE) / 1000).to_string(),
+                                      "room": {"sid": "RM_r", "name": "r"}});
+    apply(&pool, serde_json::to_vec(&finished).unwrap(), T0 + 22 * MINUTE).await;
+    assert_eq!(cycle(&pool, "r", "ada").await.closed_by, Some(shared::attendance::ClosedBy::RoomFinished));
+
+    let swept = sweeper::sweep::sweep(&pool, T0 + 30 * MINUTE, TIMEOUT, MAX).await.unwrap();
+    assert_eq!(swept.heartbeat_timeouts, 1, "{swept:?}");
+    let ada = cycle(&pool, "r", "ada").await;
+    assert_eq!(
+        (ada.left_at_ms, ada.closed_by),
+        (Some(T0 + MINUTE), Some(shared::attendance::ClosedBy::HeartbeatTimeout))
+    );
+    let bob = cycle(&pool, "r", "bob").await;
+    assert_eq!(
+        (bob.left_at_ms, bob.closed_by),
+        (Some(T0 + 22 * MINUTE), Some(shared::attendance::ClosedBy::RoomFinished))
+    );
+    // Nothing is left to do: the next sweep changes nothing.
+    assert_eq!(sweeper::sweep::sweep(&pool, T0 + 31 * MINUTE, TIMEOUT, MAX).await.unwrap(), Default::default());
+    pool.close().await;
+    database.drop_database().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_sweepers_at_once_close_each_cycle_once_and_publish_each_change_once() {
     let database = TestDatabase::create_shared().await;
