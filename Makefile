@@ -5,7 +5,7 @@ CARGO ?= cargo
 export NATS_URL ?= nats://127.0.0.1:4222
 export DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/attendance
 
-.PHONY: run test test-nats-compat chaos deploy-check bench services services-stop browser build lint fmt clean-local
+.PHONY: run test test-nats-compat chaos deploy-check bench bench-quick services services-stop browser build lint fmt clean-local
 
 ## run: the whole system locally (NATS, PostgreSQL, gateway, worker, sweeper); Ctrl-C stops it
 run: build
@@ -26,10 +26,17 @@ test-nats-compat: services browser
 	$(CARGO) build --workspace --bins
 	scripts/test-nats-compat.sh
 
-## bench: the gateway under load from the workspace's load generator (release build)
+## bench: the benchmark report (about 10 min): 500 rooms, 10 000 participants through the whole
+## system, gateway capacity, workers at saturation; bench-results/latest/report.md and a plot
 bench: services
 	$(CARGO) build --release --bins
-	scripts/bench.sh
+	scripts/bench.sh $(BENCH_ARGS)
+
+## bench-quick: the same report on a small workload (about 1 min)
+bench-quick: services
+	$(CARGO) build --release --bins
+	scripts/bench.sh --rooms 50 --participants 1000 --duration 20s --heartbeat-interval 4s \
+		--capacity-requests 3000 $(BENCH_ARGS)
 
 ## chaos: the chaos suite with a larger load (a short version runs in `make test`)
 chaos: services

@@ -1,0 +1,669 @@
+//! `loadgen bench`: the benchmark report. Three phases, each on streams and databases of the
+//! run's own, with the release binaries as separate processes:
+//!
+//! 1. **Live**: gateway, workers and sweeper take a realistic workload ([`crate::scenario`])
+//!    through the gateway on its schedule. Measured: the gateway's latency, the time from a
+//!    webhook's 200 to its committed attendance, CPU and peak memory of every process; then the
+//!    attendance in PostgreSQL is compared with the workload's own expectation.
+//! 2. **Capacity**: a gateway alone, as fast as it answers, at several concurrency levels.
+//! 3. **Replay**: the live phase's stream (webhooks and heartbeats as the gateway stored
+//!    them) applied again from the start by 1, then 2 workers into fresh databases: events/s
+//!    at saturation, and the same comparison afterwards.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use shared::config::NatsArgs;
+use shared::livekit::KeySet;
+use sqlx::PgPool;
+use tokio::sync::Semaphore;
+
+use crate::capacity::{self, LevelResult};
+use crate::procstat::{self, GroupCpu};
+use crate::report::{self, Report};
+use crate::scenario::{Expected, Plan, Request, ScenarioConfig};
+use crate::sign;
+use crate::system::{self, BenchDatabase, RunNames, Service, with_env};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Rooms in the workload.
+    #[arg(long, default_value_t = 500)]
+    pub rooms: usize,
+    /// Participants (distinct identities), spread over the rooms.
+    #[arg(long, default_value_t = 10_000)]
+    pub participants: usize,
+    /// How long the meetings run; the live phase adds the rooms' finishing.
+    #[arg(long, default_value = "4m", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// How often each client heartbeats.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub heartbeat_interval: Duration,
+    /// The sweeper's heartbeat timeout [default: 3 heartbeat intervals].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub heartbeat_timeout: Option<Duration>,
+    /// After each session, the chance the participant reconnects with the same identity.
+    #[arg(long, default_value_t = 0.3)]
+    pub reconnect_rate: f64,
+    /// The chance a participant's final participant_left is never delivered.
+    #[arg(long, default_value_t = 0.05)]
+    pub lost_left_rate: f64,
+    /// The chance a connection attempt aborts before a session.
+    #[arg(long, default_value_t = 0.02)]
+    pub abort_rate: f64,
+    /// The chance a room finishes (room_finished) within the run.
+    #[arg(long, default_value_t = 0.8)]
+    pub finish_rate: f64,
+    /// The chance a webhook is delivered twice.
+    #[arg(long, default_value_t = 0.05)]
+    pub duplicate_rate: f64,
+    /// The chance a webhook is delivered late (out of order), by up to --reorder-delay.
+    #[arg(long, default_value_t = 0.05)]
+    pub reorder_rate: f64,
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub reorder_delay: Duration,
+    /// Workers in the live phase.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// Worker counts of the replay phase, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    pub replay_workers: Vec<usize>,
+    /// Concurrency levels of the capacity phase, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
+    pub capacity_concurrency: Vec<usize>,
+    /// Requests per concurrency level of the capacity phase.
+    #[arg(long, default_value_t = 20_000)]
+    pub capacity_requests: usize,
+    /// Most live requests in flight at once; past it, sending falls behind schedule (reported).
+    #[arg(long, default_value_t = 2_000)]
+    pub max_in_flight: usize,
+    /// The workload's seed [default: random, printed in the report].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Where the report goes (a folder per run, `latest` links to the newest).
+    #[arg(long, default_value = "bench-results")]
+    pub out: PathBuf,
+    /// Where the release binaries are [default: next to this one].
+    #[arg(long)]
+    pub bin_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    /// The PostgreSQL server; the run creates and drops databases of its own on it.
+    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/attendance")]
+    pub database_url: String,
+}
+
+impl BenchArgs {
+    fn heartbeat_timeout(&self) -> Duration {
+        self.heartbeat_timeout.unwrap_or(self.heartbeat_interval * 3)
+    }
+}
+
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+const COMMIT_CHANNEL: &str = "bench_committed";
+const LIVE_CONSUMER: &str = "bench-live";
+
+/// One answer the gateway gave (or a transport failure: status 0).
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub request: Request,
+    /// Since the live phase's start.
+    pub sent_at: Duration,
+    pub latency: Duration,
+    pub status: u16,
+    /// For a heartbeat: when the gateway received it (its answer says).
+    pub received_at_ms: Option<i64>,
+}
+
+impl Answer {
+    pub fn answered_at(&self) -> Duration {
+        self.sent_at + self.latency
+    }
+
+    pub fn ok(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+}
+
+/// CPU and memory of one process over a phase.
+#[derive(Debug, Clone)]
+pub struct Usage {
+    pub name: String,
+    pub cpu_seconds: f64,
+    pub peak_rss_bytes: Option<u64>,
+}
+
+/// What the live phase measured.
+pub struct Live {
+    pub plan: Plan,
+    pub answers: Vec<Answer>,
+    /// Event id → when its transaction committed, since the phase's start.
+    pub commits: HashMap<String, Duration>,
+    pub max_lag: Duration,
+    pub last_send: Duration,
+    /// From the last request to the database matching the expectation.
+    pub converged_after: Option<Duration>,
+    pub differences: Vec<String>,
+    pub usage: Vec<Usage>,
+    pub stored_messages: u64,
+    pub dead_letters: u64,
+}
+
+/// What one replay measured.
+pub struct Replay {
+    pub workers: usize,
+    pub messages: u64,
+    pub elapsed: Duration,
+    pub cpu_seconds: f64,
+    pub peak_rss_bytes: u64,
+    pub differences: Vec<String>,
+}
+
+/// Runs the three phases and writes the report; returns whether the attendance was exact.
+pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
+    let started_at = time::OffsetDateTime::now_utc();
+    let names = RunNames::unique();
+    let run_dir = args.out.join(format!(
+        "bench-{:04}{:02}{:02}-{:02}{:02}{:02}",
+        started_at.year(),
+        u8::from(started_at.month()),
+        started_at.day(),
+        started_at.hour(),
+        started_at.minute(),
+        started_at.second()
+    ));
+    let log_dir = run_dir.join("logs");
+    std::fs::create_dir_all(&log_dir).with_context(|| format!("create {}", log_dir.display()))?;
+    let (keys_yaml, keys) = sign::random_keys();
+    let keys_file = run_dir.join("livekit-keys.yaml");
+    std::fs::write(&keys_file, keys_yaml)?;
+    let bin_dir = args.bin_dir.clone().unwrap_or_else(system::default_bin_dir);
+    let client = args.nats.connect("loadgen-bench").await?;
+    let jetstream = async_nats::jetstream::new(client.clone());
+    let nats_version = client.server_info().version;
+    let seed = args.seed.unwrap_or_else(|| fastrand::u64(..));
+
+    let outcome = async {
+        eprintln!(
+            "[bench] live phase: {} rooms, {} participants, {:?} (seed {seed})",
+            args.rooms, args.participants, args.duration
+        );
+        let live = live_phase(&args, seed, &names, &keys, &keys_file, &bin_dir, &log_dir, &jetstream).await?;
+        eprintln!(
+            "[bench] capacity phase: concurrency {:?}, {} requests each",
+            args.capacity_concurrency, args.capacity_requests
+        );
+        let capacity = capacity_phase(&args, &names, &keys, &keys_file, &bin_dir, &log_dir).await?;
+        let mut replays = Vec::new();
+        for &workers in &args.replay_workers {
+            eprintln!("[bench] replay phase: {workers} worker(s)");
+            replays.push(replay_phase(&args, workers, &names, &keys_file, &bin_dir, &log_dir, &live).await?);
+        }
+        anyhow::Ok((live, capacity, replays))
+    }
+    .await;
+    names.delete_streams(&jetstream).await;
+    let (live, capacity, replays) = outcome?;
+
+    let postgres_version = postgres_version(&args.database_url).await.unwrap_or_else(|_| "?".into());
+    let report = Report {
+        args: &args,
+        seed,
+        started_at,
+        nats_version,
+        postgres_version,
+        live: &live,
+        capacity: &capacity,
+        replays: &replays,
+        heartbeat_timeout: args.heartbeat_timeout(),
+    };
+    let markdown = report::write(&report, &run_dir)?;
+    let latest = args.out.join("latest");
+    let _ = std::fs::remove_file(&latest);
+    if let Some(dir_name) = run_dir.file_name() {
+        std::os::unix::fs::symlink(dir_name, &latest)?;
+    }
+    println!("{markdown}");
+    eprintln!("[bench] report: {}", run_dir.join("report.md").display());
+    Ok(live.differences.is_empty() && replays.iter().all(|r| r.differences.is_empty()))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn live_phase(
+    args: &BenchArgs,
+    seed: u64,
+    names: &RunNames,
+    keys: &KeySet,
+    keys_file: &std::path::Path,
+    bin_dir: &std::path::Path,
+    log_dir: &std::path::Path,
+    jetstream: &async_nats::jetstream::Context,
+) -> anyhow::Result<Live> {
+    let database = BenchDatabase::create(&args.database_url, &format!("bench_{}_live", names.suffix)).await?;
+    database.announce_commits(COMMIT_CHANNEL).await?;
+    let result = async {
+        let env = names.env(&args.nats.url, &database.url, keys_file);
+        let port = system::free_port()?;
+        // The gateway's limit must not refuse the workload's own pace (jitter, reconnects).
+        let min_interval = (args.heartbeat_interval / 2).min(Duration::from_secs(5));
+        let gateway_env = with_env(env.clone(), "LISTEN_ADDR", format!("127.0.0.1:{port}"));
+        let gateway_env = with_env(gateway_env, "HEARTBEAT_MIN_INTERVAL", format!("{}ms", min_interval.as_millis()));
+        let mut gateway = Service::start(bin_dir, "gateway", "gateway", &gateway_env, log_dir)?;
+        let mut workers = Vec::new();
+        for n in 0..args.workers.max(1) {
+            let worker_env = with_env(env.clone(), "CONSUMER_NAME", LIVE_CONSUMER);
+            workers.push(Service::start(bin_dir, "worker", &format!("worker-{}", n + 1), &worker_env, log_dir)?);
+        }
+        let sweeper_env = with_env(env.clone(), "SWEEP_INTERVAL", format!("{}ms", SWEEP_INTERVAL.as_millis()));
+        let sweeper_env =
+            with_env(sweeper_env, "HEARTBEAT_TIMEOUT", format!("{}ms", args.heartbeat_timeout().as_millis()));
+        let mut sweeper = Service::start(bin_dir, "sweeper", "sweeper", &sweeper_env, log_dir)?;
+
+        let http = reqwest::Client::builder().pool_max_idle_per_host(args.max_in_flight).build()?;
+        let base_url = format!("http://127.0.0.1:{port}");
+        system::wait_ready(&http, &base_url, &mut gateway).await?;
+
+        let config = ScenarioConfig {
+            seed,
+            rooms: args.rooms,
+            participants: args.participants,
+            duration_ms: millis(args.duration),
+            heartbeat_interval_ms: millis(args.heartbeat_interval),
+            heartbeat_timeout_ms: millis(args.heartbeat_timeout()),
+            reconnect_rate: args.reconnect_rate,
+            lost_left_rate: args.lost_left_rate,
+            abort_rate: args.abort_rate,
+            finish_rate: args.finish_rate,
+            duplicate_rate: args.duplicate_rate,
+            reorder_rate: args.reorder_rate,
+            reorder_delay_ms: millis(args.reorder_delay),
+        };
+        let lead = Duration::from_secs(2);
+        let plan = Plan::build(&config, shared::now_unix_ms() + millis(lead));
+        let tokens: Vec<String> = plan
+            .participants
+            .iter()
+            .map(|p| sign::participant_token(keys, &p.identity, &plan.rooms[p.room].name, 6 * 3600))
+            .collect();
+        eprintln!(
+            "[bench] {} webhooks, {} requests in all, over {:.0} s",
+            plan.webhooks.len(),
+            plan.sends.len(),
+            (plan.end_ms() - plan.start_ms) as f64 / 1000.0
+        );
+
+        let phase_start = Instant::now() + lead;
+        let commits = listen_for_commits(&database.url, phase_start).await?;
+        let mut services: Vec<&mut Service> = vec![&mut gateway];
+        services.extend(workers.iter_mut());
+        services.push(&mut sweeper);
+        let cpu_before: Vec<f64> = services.iter().map(|s| s.cpu_seconds()).collect();
+        let (nats_before, postgres_before) = (GroupCpu::read("nats-server"), GroupCpu::read("postgres"));
+        let own_before = procstat::cpu_seconds(std::process::id()).unwrap_or(0.0);
+
+        let plan = Arc::new(plan);
+        let (answers, max_lag) =
+            drive(&http, &base_url, plan.clone(), keys, Arc::new(tokens), phase_start, args.max_in_flight).await?;
+        let last_send = phase_start.elapsed();
+
+        eprintln!("[bench] all requests answered; waiting for the workers to drain");
+        let stored_messages = system::wait_drained(
+            jetstream,
+            &names.webhook_stream(),
+            LIVE_CONSUMER,
+            &mut services,
+            Duration::from_secs(900),
+        )
+        .await?;
+        let expected = plan.expected(|index| last_heartbeat(&answers, index));
+        let pool = PgPool::connect(&database.url).await?;
+        let deadline = Instant::now() + args.heartbeat_timeout() + SWEEP_INTERVAL * 2 + Duration::from_secs(30);
+        let differences = converge(&pool, &expected, deadline).await?;
+        let converged_after = differences.is_empty().then(|| phase_start.elapsed().saturating_sub(last_send));
+        pool.close().await;
+
+        let mut usage: Vec<Usage> = services
+            .iter()
+            .zip(cpu_before)
+            .map(|(service, before)| Usage {
+                name: service.name.clone(),
+                cpu_seconds: service.cpu_seconds() - before,
+                peak_rss_bytes: Some(service.peak_rss_bytes()),
+            })
+            .collect();
+        usage.push(Usage {
+            name: "nats-server".into(),
+            cpu_seconds: GroupCpu::read("nats-server").since(&nats_before),
+            peak_rss_bytes: None,
+        });
+        usage.push(Usage {
+            name: "postgres".into(),
+            cpu_seconds: GroupCpu::read("postgres").since(&postgres_before),
+            peak_rss_bytes: None,
+        });
+        usage.push(Usage {
+            name: "loadgen".into(),
+            cpu_seconds: procstat::cpu_seconds(std::process::id()).unwrap_or(0.0) - own_before,
+            peak_rss_bytes: procstat::peak_rss_bytes(std::process::id()),
+        });
+        let dead_letters = match jetstream.get_stream(names.dlq_stream()).await {
+            Ok(mut stream) => stream.info().await.map(|info| info.state.messages).unwrap_or(0),
+            Err(_) => 0,
+        };
+        drop(services);
+        for service in std::iter::once(gateway).chain(workers).chain(std::iter::once(sweeper)) {
+            service.stop().await?;
+        }
+        let commits = commits.stop().await;
+        let plan = Arc::try_unwrap(plan).unwrap_or_else(|shared| (*shared).clone());
+        anyhow::Ok(Live {
+            plan,
+            answers,
+            commits,
+            max_lag,
+            last_send,
+            converged_after,
+            differences,
+            usage,
+            stored_messages,
+            dead_letters,
+        })
+    }
+    .await;
+    database.drop_database().await;
+    result
+}
+
+/// Sends every planned request at its time (open loop: a slow answer does not delay the next
+/// request), LiveKit-style retries for webhooks that were not answered 200.
+async fn drive(
+    http: &reqwest::Client,
+    base_url: &str,
+    plan: Arc<Plan>,
+    keys: &KeySet,
+    tokens: Arc<Vec<String>>,
+    phase_start: Instant,
+    max_in_flight: usize,
+) -> anyhow::Result<(Vec<Answer>, Duration)> {
+    let answers = Arc::new(Mutex::new(Vec::with_capacity(plan.sends.len())));
+    let in_flight = Arc::new(Semaphore::new(max_in_flight));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let progress = {
+        let (sent, answers, total) = (sent.clone(), answers.clone(), plan.sends.len());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                let answered = answers.lock().expect("not poisoned").len();
+                eprintln!(
+                    "[bench] {:>4.0} s: {} of {total} requests sent, {answered} answered",
+                    phase_start.elapsed().as_secs_f64(),
+                    sent.load(Ordering::Relaxed)
+                );
+            }
+        })
+    };
+    let mut max_lag = Duration::ZERO;
+    for (n, send) in plan.sends.iter().enumerate() {
+        let due = phase_start + Duration::from_millis((send.at_ms - plan.start_ms).max(0) as u64);
+        tokio::time::sleep_until(due.into()).await;
+        let permit = in_flight.clone().acquire_owned().await?;
+        max_lag = max_lag.max(Instant::now().saturating_duration_since(due));
+        let (http, base_url, plan, keys, tokens, answers) =
+            (http.clone(), base_url.to_owned(), plan.clone(), keys.clone(), tokens.clone(), answers.clone());
+        tokio::spawn(async move {
+            let attempts = send_one(&http, &base_url, &plan, &keys, &tokens, n, phase_start).await;
+            answers.lock().expect("not poisoned").extend(attempts);
+            drop(permit);
+        });
+        sent.store(n + 1, Ordering::Relaxed);
+    }
+    let _all_back = in_flight.acquire_many(u32::try_from(max_in_flight)?).await?;
+    progress.abort();
+    let answers = std::mem::take(&mut *answers.lock().expect("not poisoned"));
+    Ok((answers, max_lag))
+}
+
+const WEBHOOK_ATTEMPTS: usize = 5;
+
+async fn send_one(
+    http: &reqwest::Client,
+    base_url: &str,
+    plan: &Plan,
+    keys: &KeySet,
+    tokens: &[String],
+    send: usize,
+    phase_start: Instant,
+) -> Vec<Answer> {
+    let request = plan.sends[send].request;
+    let mut attempts = Vec::new();
+    for attempt in 1..=WEBHOOK_ATTEMPTS {
+        let builder = match request {
+            Request::Webhook { index, .. } => {
+                let body = plan.webhooks[index].body.clone();
+                http.post(format!("{base_url}/webhooks/livekit"))
+                    .header("Content-Type", "application/webhook+json")
+                    .header("Authorization", sign::webhook_authorization(keys, &body))
+                    .body(body)
+            }
+            Request::Heartbeat { index } => http.post(format!("{base_url}/v1/heartbeats")).bearer_auth(&tokens[index]),
+        };
+        let sent_at = phase_start.elapsed();
+        let response = builder.send().await;
+        let (status, received_at_ms) = match response {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let body: Option<serde_json::Value> = response.json().await.ok();
+                let received_at_ms = body
+                    .as_ref()
+                    .and_then(|body| body["receivedAt"].as_str())
+                    .and_then(|at| time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).ok())
+                    .map(|at| (at.unix_timestamp_nanos() / 1_000_000) as i64);
+                (status, received_at_ms)
+            }
+            Err(_) => (0, None),
+        };
+        let answer = Answer { request, sent_at, latency: phase_start.elapsed() - sent_at, status, received_at_ms };
+        let done = answer.ok() || matches!(request, Request::Heartbeat { .. });
+        attempts.push(answer);
+        if done || attempt == WEBHOOK_ATTEMPTS {
+            break;
+        }
+        // As LiveKit does, the event is sent again a little later.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    attempts
+}
+
+/// When the gateway received participant `index`'s last heartbeat.
+fn last_heartbeat(answers: &[Answer], index: usize) -> Option<i64> {
+    answers
+        .iter()
+        .filter(|a| a.ok() && a.request == Request::Heartbeat { index })
+        .filter_map(|a| a.received_at_ms)
+        .max()
+}
+
+/// Event ids as their transactions commit (PostgreSQL delivers a notification at commit).
+struct CommitListener {
+    task: tokio::task::JoinHandle<HashMap<String, Duration>>,
+    stop: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn listen_for_commits(database_url: &str, phase_start: Instant) -> anyhow::Result<CommitListener> {
+    let mut listener = sqlx::postgres::PgListener::connect(database_url).await?;
+    listener.listen(COMMIT_CHANNEL).await?;
+    let (stop, mut stopped) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+        let mut commits = HashMap::new();
+        loop {
+            tokio::select! {
+                notification = listener.recv() => match notification {
+                    Ok(notification) => {
+                        commits.entry(notification.payload().to_owned()).or_insert_with(|| phase_start.elapsed());
+                    }
+                    Err(error) => {
+                        eprintln!("[bench] commit notifications stopped: {error}");
+                        break;
+                    }
+                },
+                _ = &mut stopped => break,
+            }
+        }
+        commits
+    });
+    Ok(CommitListener { task, stop })
+}
+
+impl CommitListener {
+    async fn stop(self) -> HashMap<String, Duration> {
+        let _ = self.stop.send(());
+        self.task.await.unwrap_or_default()
+    }
+}
+
+/// Compares the database with the expectation until they agree or `deadline` passes (the
+/// sweeper closes sessions whose left was lost only after the heartbeat timeout).
+async fn converge(
+    pool: &PgPool,
+    expected: &BTreeMap<(String, String), Expected>,
+    deadline: Instant,
+) -> anyhow::Result<Vec<String>> {
+    loop {
+        let differences = differences(pool, expected).await?;
+        if differences.is_empty() || Instant::now() > deadline {
+            return Ok(differences);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Every way the stored attendance differs from the expectation, one line each.
+pub async fn differences(
+    pool: &PgPool,
+    expected: &BTreeMap<(String, String), Expected>,
+) -> anyhow::Result<Vec<String>> {
+    let mut by_room: BTreeMap<&str, Vec<(&str, &Expected)>> = BTreeMap::new();
+    for ((room, identity), want) in expected {
+        by_room.entry(room).or_default().push((identity, want));
+    }
+    let mut differences = Vec::new();
+    let mut connection = pool.acquire().await?;
+    for (room, participants) in &by_room {
+        let mut stored = shared::storage::load_room(&mut connection, room).await?;
+        for (identity, want) in participants {
+            match stored.remove(*identity) {
+                None => differences.push(format!("{room} / {identity}: missing, expected {want:?}")),
+                Some(attendance) => {
+                    let got = Expected::from(&attendance);
+                    if got != **want {
+                        differences.push(format!("{room} / {identity}: stored {got:?}, expected {want:?}"));
+                    }
+                }
+            }
+        }
+        differences.extend(stored.keys().map(|identity| format!("{room} / {identity}: not in the workload")));
+    }
+    let rooms: Vec<String> = sqlx::query_scalar("SELECT name FROM rooms").fetch_all(&mut *connection).await?;
+    differences.extend(
+        rooms
+            .into_iter()
+            .filter(|room| !by_room.contains_key(room.as_str()))
+            .map(|room| format!("{room}: not in the workload")),
+    );
+    Ok(differences)
+}
+
+async fn capacity_phase(
+    args: &BenchArgs,
+    names: &RunNames,
+    keys: &KeySet,
+    keys_file: &std::path::Path,
+    bin_dir: &std::path::Path,
+    log_dir: &std::path::Path,
+) -> anyhow::Result<Vec<LevelResult>> {
+    let port = system::free_port()?;
+    let env = names.env(&args.nats.url, &args.database_url, keys_file);
+    let env = with_env(env, "LISTEN_ADDR", format!("127.0.0.1:{port}"));
+    let env = with_env(env, "WEBHOOK_STREAM", names.capacity_stream());
+    let env = with_env(env, "WEBHOOK_SUBJECT_PREFIX", format!("benchcap{}.webhook", names.suffix));
+    let mut gateway = Service::start(bin_dir, "gateway", "gateway-capacity", &env, log_dir)?;
+    let http = reqwest::Client::builder().pool_max_idle_per_host(1024).build()?;
+    let base_url = format!("http://127.0.0.1:{port}");
+    system::wait_ready(&http, &base_url, &mut gateway).await?;
+    let results = capacity::measure(&http, &base_url, keys, args.capacity_requests, &args.capacity_concurrency).await;
+    gateway.stop().await?;
+    results
+}
+
+async fn replay_phase(
+    args: &BenchArgs,
+    workers: usize,
+    names: &RunNames,
+    keys_file: &std::path::Path,
+    bin_dir: &std::path::Path,
+    log_dir: &std::path::Path,
+    live: &Live,
+) -> anyhow::Result<Replay> {
+    let database =
+        BenchDatabase::create(&args.database_url, &format!("bench_{}_replay{workers}", names.suffix)).await?;
+    let result = async {
+        let client = args.nats.connect("loadgen-bench").await?;
+        let jetstream = async_nats::jetstream::new(client);
+        let consumer = format!("bench-replay-{workers}");
+        let env = with_env(names.env(&args.nats.url, &database.url, keys_file), "CONSUMER_NAME", consumer.clone());
+        let started = Instant::now();
+        let mut running = Vec::new();
+        for n in 0..workers.max(1) {
+            running.push(Service::start(
+                bin_dir,
+                "worker",
+                &format!("replay{workers}-worker-{}", n + 1),
+                &env,
+                log_dir,
+            )?);
+        }
+        let mut services: Vec<&mut Service> = running.iter_mut().collect();
+        let messages = system::wait_drained(
+            &jetstream,
+            &names.webhook_stream(),
+            &consumer,
+            &mut services,
+            Duration::from_secs(900),
+        )
+        .await?;
+        let elapsed = started.elapsed();
+        let cpu_seconds = running.iter().map(Service::cpu_seconds).sum();
+        let peak_rss_bytes = running.iter().map(Service::peak_rss_bytes).max().unwrap_or(0);
+        for worker in running {
+            worker.stop().await?;
+        }
+        // The sweeper closes the sessions whose left never came, as in the live phase.
+        let sweeper_env = with_env(env.clone(), "SWEEP_INTERVAL", format!("{}ms", SWEEP_INTERVAL.as_millis()));
+        let sweeper_env =
+            with_env(sweeper_env, "HEARTBEAT_TIMEOUT", format!("{}ms", args.heartbeat_timeout().as_millis()));
+        let sweeper = Service::start(bin_dir, "sweeper", &format!("replay{workers}-sweeper"), &sweeper_env, log_dir)?;
+        let expected = live.plan.expected(|index| last_heartbeat(&live.answers, index));
+        let pool = PgPool::connect(&database.url).await?;
+        let differences = converge(&pool, &expected, Instant::now() + Duration::from_secs(60)).await?;
+        pool.close().await;
+        sweeper.stop().await?;
+        anyhow::Ok(Replay { workers, messages, elapsed, cpu_seconds, peak_rss_bytes, differences })
+    }
+    .await;
+    database.drop_database().await;
+    result
+}
+
+async fn postgres_version(database_url: &str) -> anyhow::Result<String> {
+    use sqlx::Connection as _;
+    let mut connection = sqlx::PgConnection::connect(database_url).await?;
+    Ok(sqlx::query_scalar("SHOW server_version").fetch_one(&mut connection).await?)
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}

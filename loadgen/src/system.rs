@@ -1,0 +1,274 @@
+//! The system under test, as separate processes: the release binaries of the gateway, workers
+//! and sweeper, each with its own streams and database for the run, logging to files.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use sqlx::Connection as _;
+
+use crate::procstat;
+
+/// One running binary.
+pub struct Service {
+    pub name: String,
+    child: Child,
+}
+
+impl Service {
+    pub fn start(
+        bin_dir: &Path,
+        binary: &str,
+        name: &str,
+        env: &[(String, String)],
+        log_dir: &Path,
+    ) -> anyhow::Result<Self> {
+        let log = std::fs::File::create(log_dir.join(format!("{name}.log")))?;
+        let child = Command::new(bin_dir.join(binary))
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| {
+                format!("start {} (build it with `cargo build --release`)", bin_dir.join(binary).display())
+            })?;
+        Ok(Service { name: name.to_owned(), child })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn cpu_seconds(&self) -> f64 {
+        procstat::cpu_seconds(self.pid()).unwrap_or(0.0)
+    }
+
+    pub fn peak_rss_bytes(&self) -> u64 {
+        procstat::peak_rss_bytes(self.pid()).unwrap_or(0)
+    }
+
+    /// Fails if the process has exited (it should run until stopped).
+    pub fn check_running(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("{} exited early ({status}); see its log", self.name);
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, then up to 15 s for a graceful exit, then SIGKILL.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        let _ = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while self.child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                eprintln!("{} did not stop within 15 s of SIGTERM: killed", self.name);
+                self.child.kill()?;
+                self.child.wait()?;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound then released).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// `url` with its database name replaced (query parameters kept).
+pub fn with_database(url: &str, database: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("postgres", url));
+    let authority = rest.split(['/', '?']).next().unwrap_or(rest);
+    let query = rest.split_once('?').map(|(_, query)| format!("?{query}")).unwrap_or_default();
+    format!("{scheme}://{authority}/{database}{query}")
+}
+
+/// A database of the run's own on the server of `DATABASE_URL`, migrated.
+pub struct BenchDatabase {
+    pub url: String,
+    name: String,
+    admin_url: String,
+}
+
+impl BenchDatabase {
+    pub async fn create(server_url: &str, name: &str) -> anyhow::Result<Self> {
+        let admin_url = with_database(server_url, "postgres");
+        let mut admin = sqlx::PgConnection::connect(&admin_url).await.context("connect to PostgreSQL")?;
+        // The name is ours: "bench_" and hex digits.
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await?;
+        let database = BenchDatabase { url: with_database(server_url, name), name: name.to_owned(), admin_url };
+        let pool = sqlx::PgPool::connect(&database.url).await?;
+        shared::storage::MIGRATOR.run(&pool).await?;
+        pool.close().await;
+        Ok(database)
+    }
+
+    /// Makes PostgreSQL announce every event-log row when its transaction commits, so the
+    /// benchmark sees the moment attendance is committed (the row and the recomputed attendance
+    /// are in one transaction). Only in the benchmark's own database.
+    pub async fn announce_commits(&self, channel: &str) -> anyhow::Result<()> {
+        let mut connection = sqlx::PgConnection::connect(&self.url).await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "CREATE FUNCTION bench_announce_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN PERFORM pg_notify('{channel}', NEW.event_id); RETURN NULL; END $$;
+             CREATE TRIGGER bench_announce_commit AFTER INSERT ON webhook_events
+             FOR EACH ROW EXECUTE FUNCTION bench_announce_commit();"
+        )))
+        .execute(&mut connection)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn drop_database(self) {
+        if let Ok(mut admin) = sqlx::PgConnection::connect(&self.admin_url).await {
+            let drop = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+            let _ = sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&mut admin).await;
+        }
+    }
+}
+
+/// Names of the run's streams and subjects, unique per run.
+#[derive(Debug, Clone)]
+pub struct RunNames {
+    pub suffix: String,
+}
+
+impl RunNames {
+    /// Fresh names, unlike any other run's.
+    pub fn unique() -> Self {
+        RunNames { suffix: format!("{:010x}", fastrand::u64(..) & 0xff_ffff_ffff) }
+    }
+
+    pub fn webhook_stream(&self) -> String {
+        format!("BENCH_WEBHOOKS_{}", self.suffix)
+    }
+
+    pub fn capacity_stream(&self) -> String {
+        format!("BENCH_CAPACITY_{}", self.suffix)
+    }
+
+    pub fn dlq_stream(&self) -> String {
+        format!("BENCH_DLQ_{}", self.suffix)
+    }
+
+    pub fn presence_stream(&self) -> String {
+        format!("BENCH_PRESENCE_{}", self.suffix)
+    }
+
+    /// The environment every service of the run shares.
+    pub fn env(&self, nats_url: &str, database_url: &str, keys_file: &Path) -> Vec<(String, String)> {
+        let s = &self.suffix;
+        [
+            ("NATS_URL", nats_url.to_owned()),
+            ("DATABASE_URL", database_url.to_owned()),
+            ("LIVEKIT_KEYS_FILE", keys_file.display().to_string()),
+            ("WEBHOOK_STREAM", self.webhook_stream()),
+            ("WEBHOOK_SUBJECT_PREFIX", format!("bench{s}.webhook")),
+            ("WEBHOOK_STREAM_MAX_AGE", "2h".into()),
+            ("DLQ_STREAM", self.dlq_stream()),
+            ("DLQ_SUBJECT_PREFIX", format!("bench{s}.dlq")),
+            ("DLQ_MAX_AGE", "2h".into()),
+            ("PRESENCE_STREAM", self.presence_stream()),
+            ("PRESENCE_SUBJECT_PREFIX", format!("bench{s}.presence")),
+            ("PRESENCE_STREAM_MAX_AGE", "2h".into()),
+            ("METRICS_ADDR", "127.0.0.1:0".into()),
+            ("RUST_LOG", "warn".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+
+    /// Removes the run's streams.
+    pub async fn delete_streams(&self, jetstream: &async_nats::jetstream::Context) {
+        for stream in [self.webhook_stream(), self.capacity_stream(), self.dlq_stream(), self.presence_stream()] {
+            let _ = jetstream.delete_stream(&stream).await;
+        }
+    }
+}
+
+/// Replaces (or adds) `key` in an environment list.
+pub fn with_env(mut env: Vec<(String, String)>, key: &str, value: impl Into<String>) -> Vec<(String, String)> {
+    env.retain(|(k, _)| k != key);
+    env.push((key.to_owned(), value.into()));
+    env
+}
+
+/// Waits up to 30 s for the gateway's `/readyz`.
+pub async fn wait_ready(http: &reqwest::Client, base_url: &str, gateway: &mut Service) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        gateway.check_running()?;
+        let ready = http.get(format!("{base_url}/readyz")).send().await;
+        if ready.is_ok_and(|response| response.status().is_success()) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the gateway at {base_url} did not become ready within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the consumer has delivered and had acknowledged every message of the stream;
+/// returns the number of messages.
+pub async fn wait_drained(
+    jetstream: &async_nats::jetstream::Context,
+    stream: &str,
+    consumer: &str,
+    services: &mut [&mut Service],
+    timeout: Duration,
+) -> anyhow::Result<u64> {
+    let mut stream = jetstream.get_stream(stream).await?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        for service in services.iter_mut() {
+            service.check_running()?;
+        }
+        let last = stream.info().await?.state.last_sequence;
+        if let Ok(info) = stream.consumer_info(consumer).await
+            && info.delivered.stream_sequence >= last
+            && info.num_pending == 0
+            && info.num_ack_pending == 0
+        {
+            return Ok(stream.info().await?.state.messages);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "consumer {consumer} did not drain {stream:?} within {timeout:?}",
+                stream = stream.cached_info().config.name
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Where the binaries are: next to this one (`target/release`).
+pub fn default_bin_dir() -> PathBuf {
+    std::env::current_exe().ok().and_then(|exe| exe.parent().map(Path::to_path_buf)).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_names_are_replaced() {
+        assert_eq!(with_database("postgres://u@h:5432/attendance", "bench_1"), "postgres://u@h:5432/bench_1");
+        assert_eq!(with_database("postgres://u@h:5432", "bench_1"), "postgres://u@h:5432/bench_1");
+        assert_eq!(with_database("postgres://h/a?sslmode=disable", "b"), "postgres://h/b?sslmode=disable");
+    }
+}
