@@ -23,7 +23,7 @@ use sqlx::PgPool;
 use tokio::sync::Semaphore;
 
 use crate::capacity::{self, LevelResult};
-use crate::procstat::{self, GroupCpu};
+use crate::procstat::{self, GroupCpu, MachineCpu};
 use crate::report::{self, Report};
 use crate::scenario::{Expected, Plan, Request, ScenarioConfig};
 use crate::sign;
@@ -151,6 +151,8 @@ pub struct Live {
     pub usage: Vec<Usage>,
     pub stored_messages: u64,
     pub dead_letters: u64,
+    /// The share of the machine's CPU time that was busy.
+    pub machine_busy: f64,
 }
 
 /// What one replay measured.
@@ -160,6 +162,9 @@ pub struct Replay {
     pub elapsed: Duration,
     pub cpu_seconds: f64,
     pub peak_rss_bytes: u64,
+    pub postgres_cpu_seconds: f64,
+    pub nats_cpu_seconds: f64,
+    pub machine_busy: f64,
     pub differences: Vec<String>,
 }
 
@@ -184,7 +189,6 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
     let bin_dir = args.bin_dir.clone().unwrap_or_else(system::default_bin_dir);
     let client = args.nats.connect("loadgen-bench").await?;
     let jetstream = async_nats::jetstream::new(client.clone());
-    let nats_version = client.server_info().version;
     let seed = args.seed.unwrap_or_else(|| fastrand::u64(..));
 
     let outcome = async {
@@ -208,6 +212,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
     .await;
     names.delete_streams(&jetstream).await;
     let (live, capacity, replays) = outcome?;
+    let nats_version = client.server_info().version;
 
     let postgres_version = postgres_version(&args.database_url).await.unwrap_or_else(|_| "?".into());
     let report = Report {
@@ -304,6 +309,7 @@ async fn live_phase(
         let cpu_before: Vec<f64> = services.iter().map(|s| s.cpu_seconds()).collect();
         let (nats_before, postgres_before) = (GroupCpu::read("nats-server"), GroupCpu::read("postgres"));
         let own_before = procstat::cpu_seconds(std::process::id()).unwrap_or(0.0);
+        let machine_before = MachineCpu::read();
 
         let plan = Arc::new(plan);
         let (answers, max_lag) =
@@ -325,6 +331,7 @@ async fn live_phase(
         let differences = converge(&pool, &expected, deadline).await?;
         let converged_after = differences.is_empty().then(|| phase_start.elapsed().saturating_sub(last_send));
         pool.close().await;
+        let machine_busy = MachineCpu::read().busy_since(&machine_before);
 
         let mut usage: Vec<Usage> = services
             .iter()
@@ -371,6 +378,7 @@ async fn live_phase(
             usage,
             stored_messages,
             dead_letters,
+            machine_busy,
         })
     }
     .await;
@@ -615,6 +623,8 @@ async fn replay_phase(
         let jetstream = async_nats::jetstream::new(client);
         let consumer = format!("bench-replay-{workers}");
         let env = with_env(names.env(&args.nats.url, &database.url, keys_file), "CONSUMER_NAME", consumer.clone());
+        let (postgres_before, nats_before) = (GroupCpu::read("postgres"), GroupCpu::read("nats-server"));
+        let machine_before = MachineCpu::read();
         let started = Instant::now();
         let mut running = Vec::new();
         for n in 0..workers.max(1) {
@@ -636,6 +646,9 @@ async fn replay_phase(
         )
         .await?;
         let elapsed = started.elapsed();
+        let machine_busy = MachineCpu::read().busy_since(&machine_before);
+        let postgres_cpu_seconds = GroupCpu::read("postgres").since(&postgres_before);
+        let nats_cpu_seconds = GroupCpu::read("nats-server").since(&nats_before);
         let cpu_seconds = running.iter().map(Service::cpu_seconds).sum();
         let peak_rss_bytes = running.iter().map(Service::peak_rss_bytes).max().unwrap_or(0);
         for worker in running {
@@ -651,7 +664,17 @@ async fn replay_phase(
         let differences = converge(&pool, &expected, Instant::now() + Duration::from_secs(60)).await?;
         pool.close().await;
         sweeper.stop().await?;
-        anyhow::Ok(Replay { workers, messages, elapsed, cpu_seconds, peak_rss_bytes, differences })
+        anyhow::Ok(Replay {
+            workers,
+            messages,
+            elapsed,
+            cpu_seconds,
+            peak_rss_bytes,
+            postgres_cpu_seconds,
+            nats_cpu_seconds,
+            machine_busy,
+            differences,
+        })
     }
     .await;
     database.drop_database().await;

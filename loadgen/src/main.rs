@@ -10,7 +10,9 @@ use shared::config::LiveKitKeyArgs;
 #[command(name = "loadgen", version)]
 enum Command {
     /// The whole system under a realistic workload, then the gateway's capacity and the
-    /// workers' throughput; writes a Markdown report and a plot.
+    /// workers' throughput; writes a Markdown report and a plot. A flag given twice takes
+    /// its last value (`make bench-quick BENCH_ARGS=...` overrides the quick sizes).
+    #[command(args_override_self = true)]
     Bench(Box<bench::BenchArgs>),
     /// Measure a running gateway's webhook endpoint at several concurrency levels.
     Gateway(GatewayArgs),

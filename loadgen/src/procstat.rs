@@ -50,6 +50,37 @@ impl GroupCpu {
     }
 }
 
+/// The machine's CPU time so far (`/proc/stat`'s first line), busy and in all, in ticks.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MachineCpu {
+    busy: u64,
+    total: u64,
+}
+
+impl MachineCpu {
+    pub fn read() -> Self {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let ticks: Vec<u64> = stat
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .skip(1)
+            .take(8) // user nice system idle iowait irq softirq steal (guest time is in user)
+            .filter_map(|field| field.parse().ok())
+            .collect();
+        let total = ticks.iter().sum();
+        let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+        MachineCpu { busy: total - idle.min(total), total }
+    }
+
+    /// The share of all cores' time that was busy since `earlier`, in [0, 1].
+    pub fn busy_since(&self, earlier: &MachineCpu) -> f64 {
+        let total = self.total.saturating_sub(earlier.total);
+        if total == 0 { 0.0 } else { self.busy.saturating_sub(earlier.busy) as f64 / total as f64 }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,5 +97,8 @@ mod tests {
         assert!(cpu_seconds(pid).unwrap() > started, "burning CPU shows");
         assert!(peak_rss_bytes(pid).unwrap() > 1024 * 1024);
         assert_eq!(cpu_seconds(u32::MAX), None);
+        let (before, after) = (MachineCpu::read(), MachineCpu::read());
+        assert!(after.total >= before.total && before.total > 0);
+        assert!((0.0..=1.0).contains(&after.busy_since(&before)));
     }
 }

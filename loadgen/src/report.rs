@@ -171,7 +171,7 @@ fn markdown(report: &Report, figures: &Figures, plot: &str) -> anyhow::Result<St
          sweeper, NATS and PostgreSQL all share this machine.\n",
         report.started_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
         git_commit(),
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cores(),
         cpu_model(),
         report.nats_version,
         report.postgres_version,
@@ -313,7 +313,10 @@ fn markdown(report: &Report, figures: &Figures, plot: &str) -> anyhow::Result<St
     }
     writeln!(
         out,
-        "\nCPU and memory over the phase; \"per 1 000 events\" divides by the {} requests answered 2xx.\n",
+        "\nCPU and memory over the phase (the machine's {} cores were {:.0} % busy); \"per 1 000 events\" divides by \
+         the {} requests answered 2xx.\n",
+        cores(),
+        live.machine_busy * 100.0,
         figures.ok
     )?;
     writeln!(out, "| process | CPU s | CPU ms per 1 000 events | peak RSS MiB |\n|---|---:|---:|---:|")?;
@@ -345,22 +348,28 @@ fn markdown(report: &Report, figures: &Figures, plot: &str) -> anyhow::Result<St
     writeln!(
         out,
         "The live phase's stream (webhooks and heartbeats as stored) applied from its start into a fresh database; \
-         time from the workers' start to everything acknowledged, then the sweeper, then the comparison.\n"
+         time from the workers' start to everything acknowledged, then the sweeper, then the comparison. CPU ms \
+         per 1 000 events: the workers' (all of them), then PostgreSQL's and NATS's over the same time.\n"
     )?;
     writeln!(
         out,
-        "| workers | messages | s | events/s | CPU ms per 1 000 events | peak RSS MiB (largest worker) | attendance |"
+        "| workers | messages | s | events/s | CPU ms per 1 000 events: workers / postgres / nats | machine busy | \
+         peak RSS MiB (largest worker) | attendance |"
     )?;
-    writeln!(out, "|---:|---:|---:|---:|---:|---:|---|")?;
+    writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---|")?;
     for r in report.replays {
+        let per_thousand = |seconds: f64| seconds * 1000.0 / (r.messages.max(1) as f64 / 1000.0);
         writeln!(
             out,
-            "| {} | {} | {:.1} | {:.0} | {:.1} | {} | {} |",
+            "| {} | {} | {:.1} | {:.0} | {:.0} / {:.0} / {:.0} | {:.0} % | {} | {} |",
             r.workers,
             r.messages,
             r.elapsed.as_secs_f64(),
             r.messages as f64 / r.elapsed.as_secs_f64(),
-            r.cpu_seconds * 1000.0 / (r.messages.max(1) as f64 / 1000.0),
+            per_thousand(r.cpu_seconds),
+            per_thousand(r.postgres_cpu_seconds),
+            per_thousand(r.nats_cpu_seconds),
+            r.machine_busy * 100.0,
             mib(r.peak_rss_bytes),
             if r.differences.is_empty() { "exact".to_owned() } else { format!("{} differences", r.differences.len()) }
         )?;
@@ -381,6 +390,10 @@ fn markdown(report: &Report, figures: &Figures, plot: &str) -> anyhow::Result<St
         }
     }
     Ok(out)
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(0, |n| n.get())
 }
 
 fn git_commit() -> String {
