@@ -33,8 +33,13 @@ fn heartbeat(room: &str, identity: &str) -> Vec<u8> {
 }
 
 async fn apply(pool: &sqlx::PgPool, payload: Vec<u8>, received_at_ms: i64) {
-    let input =
-        Input { payload: payload.into(), received_at_ms: Some(received_at_ms), stream_sequence: 1, traceparent: None };
+    let input = Input {
+        payload: payload.into(),
+        received_at_ms: Some(received_at_ms),
+        stream_sequence: 1,
+        traceparent: None,
+        wait_for_room: false,
+    };
     let outcome = apply_batch(pool, &[input]).await.expect("applied");
     assert!(matches!(outcome[0], Applied::Stored { .. }), "{outcome:?}");
 }
@@ -153,12 +158,14 @@ async fn two_sweepers_at_once_close_each_cycle_once_and_publish_each_change_once
                 received_at_ms: Some(T0),
                 stream_sequence: 1,
                 traceparent: None,
+                wait_for_room: false,
             });
             inputs.push(Input {
                 payload: heartbeat(&room, &identity).into(),
                 received_at_ms: Some(T0 + MINUTE),
                 stream_sequence: 2,
                 traceparent: None,
+                wait_for_room: false,
             });
         }
     }

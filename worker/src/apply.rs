@@ -2,9 +2,15 @@
 //!
 //! Each message's insert into the event log runs in its own savepoint, so a message PostgreSQL
 //! refuses (bad data) is rolled back alone and reported as rejected while its neighbours commit.
-//! Rooms are locked first, in name order; each affected participant is then recomputed once from
-//! the log. A transient failure (connection, deadlock, serialization) fails the whole batch,
-//! which is then redelivered; applying it again changes nothing that was already committed.
+//! Rooms are locked first; each affected participant is then recomputed once from the log. A
+//! transient failure (connection, deadlock, serialization) fails the whole batch, which is then
+//! redelivered; applying it again changes nothing that was already committed.
+//!
+//! Replicas do not queue behind each other: a batch takes the rooms no other transaction holds
+//! and puts off the messages of the others ([`Applied::Deferred`]) to the consumer's next batch,
+//! by when the other replica has committed. Only a message put off several times waits for its
+//! room (`Input::wait_for_room`), so none is put off for ever. Order does not matter to the
+//! attendance rule, so applying a message a batch later changes nothing but its latency.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -22,6 +28,8 @@ pub struct Input {
     pub stream_sequence: u64,
     /// Trace context of the message's processing, carried into the presence outbox.
     pub traceparent: Option<String>,
+    /// Wait for the message's room if another transaction holds it, rather than put it off.
+    pub wait_for_room: bool,
 }
 
 /// Why a message can never be applied (it goes to the dead-letter stream).
@@ -41,6 +49,8 @@ pub enum Applied {
     /// Its event id was already in the log: nothing changed.
     Duplicate,
     Rejected(Rejection),
+    /// Another transaction held its room: nothing done, to be applied in a later batch.
+    Deferred,
 }
 
 struct Decoded {
@@ -80,11 +90,20 @@ fn decode(payload: &[u8]) -> Result<Decoded, Rejection> {
 /// `Err` means nothing was committed and every message should be retried.
 pub async fn apply_batch(pool: &PgPool, inputs: &[Input]) -> Result<Vec<Applied>, sqlx::Error> {
     let decoded: Vec<Result<Decoded, Rejection>> = inputs.iter().map(|input| decode(&input.payload)).collect();
-    let rooms: BTreeSet<String> =
-        decoded.iter().flatten().filter_map(Decoded::room_to_lock).map(str::to_owned).collect();
+    let rooms = |waiting: bool| -> BTreeSet<String> {
+        inputs
+            .iter()
+            .zip(&decoded)
+            .filter(|(input, _)| input.wait_for_room == waiting)
+            .filter_map(|(_, decoded)| decoded.as_ref().ok()?.room_to_lock())
+            .map(str::to_owned)
+            .collect()
+    };
+    let (wait_for, if_free) = (rooms(true), rooms(false));
+    storage::create_rooms(pool, &wait_for.union(&if_free).cloned().collect()).await?;
 
     let mut tx = pool.begin().await?;
-    storage::lock_rooms(&mut tx, &rooms).await?;
+    let locked = storage::lock_free_rooms(&mut tx, &wait_for, &if_free).await?;
 
     let mut outcomes = Vec::with_capacity(inputs.len());
     // (room, identity) → what caused the recompute (for the presence outbox)
@@ -98,6 +117,10 @@ pub async fn apply_batch(pool: &PgPool, inputs: &[Input]) -> Result<Vec<Applied>
                 continue;
             }
         };
+        if decoded.room_to_lock().is_some_and(|room| !locked.contains(room)) {
+            outcomes.push(Applied::Deferred);
+            continue;
+        }
         let cause = storage::Cause { event_id: decoded.event.id.clone(), traceparent: input.traceparent.clone() };
         if let Some((room, identity)) = decoded.heartbeat() {
             // Heartbeats are not LiveKit events: they update the participant, not the log.

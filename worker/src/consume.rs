@@ -6,6 +6,8 @@
 //!   letter's message id makes the second copy a duplicate).
 //! - Transient failure: NAK with a delay from the delivery count; on the last allowed delivery,
 //!   dead-letter instead. While PostgreSQL is unreachable, stop pulling until it answers.
+//! - Its room was held by another replica: kept (not acknowledged) and applied in the next
+//!   batch; after [`MAX_DEFERRALS`] such turns the batch waits for the room.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -27,6 +29,10 @@ use crate::retry::nak_delay;
 pub const CRASH_MARGIN: i64 = 3;
 
 const DEAD_LETTER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Batches a message may be put off because another replica held its room, before its batch
+/// waits for the room instead.
+pub const MAX_DEFERRALS: u32 = 3;
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -51,6 +57,8 @@ pub struct Consumer {
     metrics: WorkerMetrics,
     settings: Settings,
     failures: FailureClock,
+    /// Messages put off because another replica held their room, with how often.
+    deferred: Vec<(Message, u32)>,
 }
 
 impl Consumer {
@@ -61,7 +69,15 @@ impl Consumer {
         metrics: WorkerMetrics,
         settings: Settings,
     ) -> Self {
-        Consumer { consumer, pool, dead_letters, metrics, settings, failures: FailureClock::default() }
+        Consumer {
+            consumer,
+            pool,
+            dead_letters,
+            metrics,
+            settings,
+            failures: FailureClock::default(),
+            deferred: Vec::new(),
+        }
     }
 
     /// Pulls and applies until `shutdown` is cancelled. Messages already pulled but not started
@@ -86,6 +102,10 @@ impl Consumer {
                 Health::DatabaseUnavailable => (Some(self.settings.retry_min_delay), "PostgreSQL unavailable"),
             };
             let mut handed_back = 0;
+            for (message, _) in std::mem::take(&mut self.deferred) {
+                let _ = message.ack_with(AckKind::Nak(delay)).await;
+                handed_back += 1;
+            }
             while let Some(Some(Ok(message))) = messages.next().now_or_never() {
                 let _ = message.ack_with(AckKind::Nak(delay)).await;
                 handed_back += 1;
@@ -106,23 +126,30 @@ impl Consumer {
         shutdown: &CancellationToken,
     ) -> Result<Health, ConsumeError> {
         loop {
-            let next = tokio::select! {
-                biased;
-                () = shutdown.cancelled() => return Ok(Health::Ok),
-                next = messages.next() => next,
-            };
-            let first = match next {
-                None => return Err(ConsumeError::Ended),
-                Some(Err(error)) => {
-                    tracing::warn!(%error, "pulling messages failed; the client retries");
-                    continue;
+            // Messages put off last time go first, without waiting for new ones.
+            let mut batch = std::mem::take(&mut self.deferred);
+            if shutdown.is_cancelled() {
+                self.deferred = batch;
+                return Ok(Health::Ok);
+            }
+            if batch.is_empty() {
+                let next = tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => return Ok(Health::Ok),
+                    next = messages.next() => next,
+                };
+                match next {
+                    None => return Err(ConsumeError::Ended),
+                    Some(Err(error)) => {
+                        tracing::warn!(%error, "pulling messages failed; the client retries");
+                        continue;
+                    }
+                    Some(Ok(message)) => batch.push((message, 0)),
                 }
-                Some(Ok(message)) => message,
-            };
-            let mut batch = vec![first];
+            }
             while batch.len() < self.settings.batch_size {
                 match messages.next().now_or_never() {
-                    Some(Some(Ok(message))) => batch.push(message),
+                    Some(Some(Ok(message))) => batch.push((message, 0)),
                     _ => break,
                 }
             }
@@ -132,10 +159,11 @@ impl Consumer {
         }
     }
 
-    /// Applies one batch and acknowledges each message as its outcome says.
-    pub async fn process(&mut self, batch: Vec<Message>) -> Health {
+    /// Applies one batch (each message with the number of times it was put off) and
+    /// acknowledges each message as its outcome says.
+    pub async fn process(&mut self, batch: Vec<(Message, u32)>) -> Health {
         let mut to_apply = Vec::with_capacity(batch.len());
-        for message in batch {
+        for (message, deferrals) in batch {
             let Ok(info) = message.info() else {
                 tracing::error!(subject = %message.subject, "not a JetStream message; terminated");
                 let _ = message.ack_with(AckKind::Term).await;
@@ -162,17 +190,18 @@ impl Consumer {
                 received_at_ms,
                 stream_sequence: sequence,
                 traceparent: shared::trace::traceparent_of(&span),
+                wait_for_room: deferrals >= MAX_DEFERRALS,
             };
-            to_apply.push((message, input, delivered, span));
+            to_apply.push((message, input, delivered, span, deferrals));
         }
         if to_apply.is_empty() {
             return Health::Ok;
         }
 
-        let inputs: Vec<Input> = to_apply.iter().map(|(_, input, _, _)| input.clone()).collect();
+        let inputs: Vec<Input> = to_apply.iter().map(|(_, input, _, _, _)| input.clone()).collect();
         let span = info_span!("apply_batch", messages = inputs.len(), first_sequence = inputs[0].stream_sequence);
         // The transaction serves every message of the batch: linked to each message's span.
-        for (_, _, _, message_span) in &to_apply {
+        for (_, _, _, message_span, _) in &to_apply {
             span.follows_from(message_span);
         }
         let started = Instant::now();
@@ -182,7 +211,7 @@ impl Consumer {
 
         match result {
             Ok(outcomes) => {
-                for ((message, input, _, span), outcome) in to_apply.into_iter().zip(outcomes) {
+                for ((message, input, _, span, deferrals), outcome) in to_apply.into_iter().zip(outcomes) {
                     let handled = async {
                         match outcome {
                             Applied::Stored { event_type } => {
@@ -197,6 +226,10 @@ impl Consumer {
                             Applied::Rejected(Rejection { reason, message: error }) => {
                                 self.dead_letter(&message, reason, &error).await;
                             }
+                            Applied::Deferred => {
+                                self.metrics.deferred.inc();
+                                self.deferred.push((message, deferrals + 1));
+                            }
                         }
                     };
                     handled.instrument(span).await;
@@ -207,7 +240,7 @@ impl Consumer {
                 let unavailable = apply::is_unavailable(&error);
                 tracing::warn!(%error, unavailable, messages = to_apply.len(), "batch not applied; will retry");
                 let error = error.to_string();
-                for (message, input, delivered, span) in to_apply {
+                for (message, input, delivered, span, _) in to_apply {
                     self.failures.record(input.stream_sequence);
                     let handled = async {
                         if delivered >= self.settings.max_deliver {

@@ -23,6 +23,8 @@ pub struct WorkerMetrics {
     pub applied: Family<EventTypeLabel, Counter>,
     /// Redeliveries of already-stored events (LiveKit retries, redeliveries after a crash).
     pub duplicates: Counter,
+    /// Messages put off to the next batch because another replica held their room.
+    pub deferred: Counter,
     /// Messages handed back to JetStream with a delay, by reason.
     pub retries: Family<ReasonLabel, Counter>,
     /// Messages sent to the dead-letter stream, by reason.
@@ -42,6 +44,7 @@ impl WorkerMetrics {
         let metrics = WorkerMetrics {
             applied: Family::default(),
             duplicates: Counter::default(),
+            deferred: Counter::default(),
             retries: Family::default(),
             dead_lettered: Family::default(),
             batch_duration: Histogram::new(exponential_buckets(0.000_5, 2.0, 15)),
@@ -51,6 +54,11 @@ impl WorkerMetrics {
         };
         registry.register("worker_events_applied", "Events applied to PostgreSQL, by type", metrics.applied.clone());
         registry.register("worker_events_duplicate", "Deliveries of events already stored", metrics.duplicates.clone());
+        registry.register(
+            "worker_events_deferred",
+            "Messages put off to the next batch because another replica held their room",
+            metrics.deferred.clone(),
+        );
         registry.register("worker_event_retries", "Messages NAKed with a delay, by reason", metrics.retries.clone());
         registry.register(
             "worker_events_dead_lettered",

@@ -84,6 +84,61 @@ async fn poison_messages_are_dead_lettered_with_their_reason_and_the_others_appl
     harness.cleanup().await;
 }
 
+/// Replicas do not queue behind each other: a room another transaction holds is put off, the
+/// rest of the batch applied; a message put off too often waits for its room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_puts_off_the_rooms_another_transaction_holds_and_applies_the_rest() {
+    use shared::storage;
+    use worker::apply::{Applied, Input, apply_batch};
+
+    let database = TestDatabase::create_shared().await;
+    let pool = database.pool().await;
+    storage::MIGRATOR.run(&pool).await.unwrap();
+    let joined = |id: &str, room: &str, wait_for_room: bool| Input {
+        payload: testkit::livekit::participant_joined(id, room, "ada").into(),
+        received_at_ms: Some(shared::now_unix_ms()),
+        stream_sequence: 1,
+        traceparent: None,
+        wait_for_room,
+    };
+    let logged = |id: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM webhook_events WHERE event_id = $1")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+
+    // Another replica is applying room "busy".
+    let busy = std::collections::BTreeSet::from(["busy".to_owned()]);
+    storage::create_rooms(&pool, &busy).await.unwrap();
+    let mut other = pool.begin().await.unwrap();
+    storage::lock_rooms(&mut other, &busy).await.unwrap();
+
+    let outcomes =
+        apply_batch(&pool, &[joined("EV_busy", "busy", false), joined("EV_free", "free", false)]).await.unwrap();
+    assert_eq!(outcomes[0], Applied::Deferred);
+    assert!(matches!(outcomes[1], Applied::Stored { .. }), "{outcomes:?}");
+    assert_eq!((logged("EV_busy").await, logged("EV_free").await), (0, 1));
+
+    let waiting = {
+        let pool = pool.clone();
+        let input = joined("EV_busy", "busy", true);
+        tokio::spawn(async move { apply_batch(&pool, &[input]).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "waits for the room");
+    other.commit().await.unwrap();
+    let outcomes = waiting.await.unwrap().unwrap();
+    assert!(matches!(outcomes[0], Applied::Stored { .. }), "{outcomes:?}");
+    assert_eq!(logged("EV_busy").await, 1);
+    pool.close().await;
+    database.drop_database().await;
+}
+
 #[tokio::test]
 async fn recompute_rebuilds_the_tables_from_the_event_log() {
     let harness = Harness::new(&testkit::nats::shared_url(), TestDatabase::create_shared().await).await;
