@@ -185,7 +185,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
     std::fs::create_dir_all(&log_dir).with_context(|| format!("create {}", log_dir.display()))?;
     let (keys_yaml, keys) = sign::random_keys();
     let keys_file = run_dir.join("livekit-keys.yaml");
-    std::fs::write(&keys_file, keys_yaml)?;
+    {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        // A secret, if only the run's own: readable by its owner alone.
+        let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&keys_file)?;
+        file.write_all(keys_yaml.as_bytes())?;
+    }
     let bin_dir = args.bin_dir.clone().unwrap_or_else(system::default_bin_dir);
     let client = args.nats.connect("loadgen-bench").await?;
     let jetstream = async_nats::jetstream::new(client.clone());
