@@ -32,32 +32,16 @@ pub fn draw(seconds: &[Second], path: &Path) -> anyhow::Result<()> {
         .y_desc("per second")
         .draw()
         .map_err(|e| anyhow!("{e}"))?;
-    let series = |values: Vec<(f64, f64)>, color: RGBColor, label: &str| (values, color, label.to_owned());
-    for (values, color, label) in [
-        series(
-            seconds.iter().enumerate().map(|(t, s)| (t as f64, s.answered as f64)).collect(),
-            BLUE,
-            "requests answered 2xx",
-        ),
-        series(
-            seconds.iter().enumerate().map(|(t, s)| (t as f64, s.commits as f64)).collect(),
-            RED,
-            "webhooks committed",
-        ),
-    ] {
-        throughput
-            .draw_series(LineSeries::new(values, color.stroke_width(2)))
-            .map_err(|e| anyhow!("{e}"))?
-            .label(label)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
-    }
-    throughput
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()
-        .map_err(|e| anyhow!("{e}"))?;
+    let per_second = |count: fn(&Second) -> u64| -> Vec<(f64, f64)> {
+        seconds.iter().enumerate().map(|(t, s)| (t as f64, count(s) as f64)).collect()
+    };
+    draw_lines(
+        &mut throughput,
+        vec![
+            (per_second(|s| s.answered), BLUE, "requests answered 2xx"),
+            (per_second(|s| s.commits), RED, "webhooks committed"),
+        ],
+    )?;
 
     let quantile_ms = |pick: &dyn Fn(&Second) -> &hdrhistogram::Histogram<u64>, q: f64| -> Vec<(f64, f64)> {
         seconds
@@ -82,21 +66,36 @@ pub fn draw(seconds: &[Second], path: &Path) -> anyhow::Result<()> {
         .build_cartesian_2d(0f64..end, (0.05f64..highest * 2.0).log_scale())
         .map_err(|e| anyhow!("{e}"))?;
     latency.configure_mesh().x_desc("seconds since the start").y_desc("ms").draw().map_err(|e| anyhow!("{e}"))?;
-    for (values, color, label) in lines {
-        latency
-            .draw_series(LineSeries::new(values, color.stroke_width(2)))
+    draw_lines(&mut latency, lines.into())?;
+    root.present().map_err(|e| anyhow!("{e}"))?;
+    Ok(())
+}
+
+/// A line to draw: its points, colour and label.
+type Line<'l> = (Vec<(f64, f64)>, RGBColor, &'l str);
+
+/// Draws each line, and the legend.
+fn draw_lines<'a, Y>(
+    chart: &mut ChartContext<'a, BitMapBackend<'a>, Cartesian2d<plotters::coord::types::RangedCoordf64, Y>>,
+    lines: Vec<Line<'_>>,
+) -> anyhow::Result<()>
+where
+    Y: Ranged<ValueType = f64>,
+{
+    for (points, color, label) in lines {
+        chart
+            .draw_series(LineSeries::new(points, color.stroke_width(2)))
             .map_err(|e| anyhow!("{e}"))?
             .label(label)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
     }
-    latency
+    chart
         .configure_series_labels()
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .position(SeriesLabelPosition::UpperRight)
         .draw()
         .map_err(|e| anyhow!("{e}"))?;
-    root.present().map_err(|e| anyhow!("{e}"))?;
     Ok(())
 }
 

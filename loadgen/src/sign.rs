@@ -7,16 +7,8 @@ use shared::livekit::{KeySet, VideoGrant, webhook};
 
 /// The `Authorization` value LiveKit sends with `body`, signed now with the first key.
 pub fn webhook_authorization(keys: &KeySet, body: &[u8]) -> String {
-    let now = shared::now_unix_ms() / 1000;
     let (api_key, secret) = keys.first();
-    let claims = Claims {
-        iss: api_key.to_owned(),
-        nbf: Some(now),
-        exp: Some(now + 5 * 60),
-        sha256: Some(webhook::body_hash(body)),
-        ..Default::default()
-    };
-    token::sign(&claims, secret)
+    webhook::sign_request(body, api_key, secret, shared::now_unix_ms() / 1000)
 }
 
 /// A participant's access token, as the platform's backend issues it for LiveKit.

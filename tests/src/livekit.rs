@@ -14,15 +14,7 @@ pub fn test_keys() -> KeySet {
 
 /// A LiveKit webhook token for `body`, signed with `api_key` from `keys` at `issued_at`.
 pub fn webhook_token(keys: &KeySet, api_key: &str, body: &[u8], issued_at: i64) -> String {
-    let secret = keys.secret(api_key).expect("the key is configured");
-    let claims = Claims {
-        iss: api_key.to_owned(),
-        nbf: Some(issued_at),
-        exp: Some(issued_at + 5 * 60),
-        sha256: Some(webhook::body_hash(body)),
-        ..Default::default()
-    };
-    token::sign(&claims, secret)
+    webhook::sign_request(body, api_key, keys.secret(api_key).expect("the key is configured"), issued_at)
 }
 
 /// A token for `body` signed now with the first test key.

@@ -74,6 +74,20 @@ pub fn receive(
     Ok(VerifiedEvent::parse(body, received_at_ms)?)
 }
 
+/// The token LiveKit sends with a webhook `body` (the gateway only verifies; load tools and
+/// tests sign): HS256, `iss` = the API key, valid for 5 minutes from `now` (unix seconds),
+/// `sha256` = the body's hash.
+pub fn sign_request(body: &[u8], api_key: &str, secret: &super::keys::Secret, now: i64) -> String {
+    let claims = token::Claims {
+        iss: api_key.to_owned(),
+        nbf: Some(now),
+        exp: Some(now + 5 * 60),
+        sha256: Some(body_hash(body)),
+        ..Default::default()
+    };
+    token::sign(&claims, secret)
+}
+
 /// base64 (standard alphabet, padded) of the body's SHA-256: the `sha256` claim LiveKit signs.
 pub fn body_hash(body: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(Sha256::digest(body))
@@ -96,6 +110,16 @@ mod tests {
         assert_eq!(strip_bearer("Bear"), "Bear");
         assert_eq!(strip_bearer("xBearer abc"), "xBearer abc");
         assert_eq!(strip_bearer("é€"), "é€");
+    }
+
+    #[test]
+    fn a_signed_request_verifies_for_its_body_only_and_expires_after_5_minutes() {
+        let keys = KeySet::parse("alpha: 0123456789abcdef0123456789abcdef").unwrap();
+        let (api_key, secret) = keys.first();
+        let token = sign_request(b"{}", api_key, secret, 1_800_000_000);
+        assert_eq!(verify(Some(token.as_bytes()), b"{}", &keys, 1_800_000_000 + 299), Ok(()));
+        assert_eq!(verify(Some(token.as_bytes()), b"{ }", &keys, 1_800_000_000), Err(VerifyError::BodyHashMismatch));
+        assert!(verify(Some(token.as_bytes()), b"{}", &keys, 1_800_000_000 + 300 + 61).is_err());
     }
 
     #[test]
