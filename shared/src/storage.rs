@@ -411,35 +411,48 @@ async fn load_attendance(
     Ok(room)
 }
 
-/// Records a client heartbeat (keeping the latest) and removes the heartbeat-timeout estimates
-/// it proves wrong: the participant was still there. Returns true when such an estimate was
-/// removed (the caller then recomputes the participant). The room must be locked.
-pub async fn record_heartbeat(
+/// Records client heartbeats (keeping each participant's latest) and removes the
+/// heartbeat-timeout estimates they prove wrong: the participant was still there. Returns the
+/// participants that had such an estimate removed (the caller then recomputes them). Two
+/// statements for any number of heartbeats. The rooms must be locked.
+pub async fn record_heartbeats(
     conn: &mut PgConnection,
-    room_name: &str,
-    identity: &str,
-    at_ms: i64,
-) -> Result<bool, sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO participant_heartbeats (room_name, identity, last_heartbeat_at) VALUES ($1, $2, $3)
+    heartbeats: &[(&str, &str, i64)],
+) -> Result<Vec<(String, String)>, sqlx::Error> {
+    if heartbeats.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rooms: Vec<&str> = heartbeats.iter().map(|h| h.0).collect();
+    let identities: Vec<&str> = heartbeats.iter().map(|h| h.1).collect();
+    let times: Vec<OffsetDateTime> = heartbeats.iter().map(|h| timestamp(h.2)).collect();
+    // One row per participant: ON CONFLICT cannot update a row twice in one statement.
+    const LATEST: &str = "SELECT room_name, identity, max(at) AS at
+        FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS h (room_name, identity, at)
+        GROUP BY room_name, identity";
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO participant_heartbeats (room_name, identity, last_heartbeat_at)
+         SELECT room_name, identity, at FROM ({LATEST}) latest ORDER BY room_name, identity
          ON CONFLICT (room_name, identity) DO UPDATE
-         SET last_heartbeat_at = greatest(participant_heartbeats.last_heartbeat_at, excluded.last_heartbeat_at)",
-    )
-    .bind(room_name)
-    .bind(identity)
-    .bind(timestamp(at_ms))
+         SET last_heartbeat_at = greatest(participant_heartbeats.last_heartbeat_at, excluded.last_heartbeat_at)"
+    )))
+    .bind(&rooms)
+    .bind(&identities)
+    .bind(&times)
     .execute(&mut *conn)
     .await?;
-    let refuted = sqlx::query(
-        "DELETE FROM cycle_closures
-         WHERE room_name = $1 AND identity = $2 AND closed_by = 'heartbeat_timeout' AND closed_at < $3",
-    )
-    .bind(room_name)
-    .bind(identity)
-    .bind(timestamp(at_ms))
-    .execute(&mut *conn)
+    let refuted: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "DELETE FROM cycle_closures c USING ({LATEST}) latest
+         WHERE c.room_name = latest.room_name AND c.identity = latest.identity
+           AND c.closed_by = 'heartbeat_timeout' AND c.closed_at < latest.at
+         RETURNING c.room_name, c.identity"
+    )))
+    .bind(&rooms)
+    .bind(&identities)
+    .bind(&times)
+    .fetch_all(&mut *conn)
     .await?;
-    Ok(refuted.rows_affected() > 0)
+    let unique: BTreeSet<(String, String)> = refuted.into_iter().collect();
+    Ok(unique.into_iter().collect())
 }
 
 /// The last heartbeat of each participant of a room (or of one) whose client sends them.

@@ -108,6 +108,41 @@ async fn a_heartbeat_after_a_timeout_reopens_the_cycle() {
 }
 
 #[tokio::test]
+async fn a_batch_of_heartbeats_keeps_each_participants_latest_and_reopens_once() {
+    let database = TestDatabase::create_shared().await;
+    let pool = database.pool().await;
+    storage::MIGRATOR.run(&pool).await.unwrap();
+    apply(&pool, event("participant_joined", "EV_j", "r", "ada", "PA_1", T0, T0), T0).await;
+    apply(&pool, heartbeat("r", "ada"), T0 + MINUTE).await;
+    sweeper::sweep::sweep(&pool, T0 + 10 * MINUTE, TIMEOUT, MAX).await.unwrap();
+    assert!(cycle(&pool, "r", "ada").await.left_at_ms.is_some());
+
+    // Out of order in one batch: a stale one, the one that proves ada still there, another's.
+    let input = |payload: Vec<u8>, at_ms: i64| Input {
+        payload: payload.into(),
+        received_at_ms: Some(at_ms),
+        stream_sequence: 1,
+        traceparent: None,
+        wait_for_room: false,
+    };
+    let batch = [
+        input(heartbeat("r", "ada"), T0 + 11 * MINUTE),
+        input(heartbeat("r", "ada"), T0 + MINUTE / 2),
+        input(heartbeat("r", "bob"), T0 + 3 * MINUTE),
+    ];
+    let outcomes = apply_batch(&pool, &batch).await.unwrap();
+    assert!(outcomes.iter().all(|o| matches!(o, Applied::Stored { .. })), "{outcomes:?}");
+    assert_eq!(cycle(&pool, "r", "ada").await.left_at_ms, None, "reopened");
+    let mut connection = pool.acquire().await.unwrap();
+    let last = storage::last_heartbeats(&mut connection, "r", None).await.unwrap();
+    assert_eq!(last.get("ada"), Some(&(T0 + 11 * MINUTE)));
+    assert_eq!(last.get("bob"), Some(&(T0 + 3 * MINUTE)));
+    drop(connection);
+    pool.close().await;
+    database.drop_database().await;
+}
+
+#[tokio::test]
 async fn a_room_that_finished_long_after_the_client_went_silent_ends_the_cycle_at_its_last_heartbeat() {
     let database = TestDatabase::create_shared().await;
     let pool = database.pool().await;

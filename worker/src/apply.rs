@@ -109,6 +109,8 @@ pub async fn apply_batch(pool: &PgPool, inputs: &[Input]) -> Result<Vec<Applied>
     // (room, identity) → what caused the recompute (for the presence outbox)
     let mut affected: BTreeMap<(String, String), storage::Cause> = BTreeMap::new();
     let mut finished_instances: Vec<(String, String, storage::Cause)> = Vec::new();
+    // (room, identity) → the latest heartbeat of the batch: (received at, its cause)
+    let mut heartbeats: BTreeMap<(String, String), (i64, storage::Cause)> = BTreeMap::new();
     for (input, decoded) in inputs.iter().zip(decoded) {
         let decoded = match decoded {
             Ok(decoded) => decoded,
@@ -123,10 +125,12 @@ pub async fn apply_batch(pool: &PgPool, inputs: &[Input]) -> Result<Vec<Applied>
         }
         let cause = storage::Cause { event_id: decoded.event.id.clone(), traceparent: input.traceparent.clone() };
         if let Some((room, identity)) = decoded.heartbeat() {
-            // Heartbeats are not LiveKit events: they update the participant, not the log.
+            // Heartbeats are not LiveKit events: they update the participant, not the log. All of
+            // the batch's are recorded at once, below; the latest of a participant is its cause.
             let at_ms = input.received_at_ms.unwrap_or_else(shared::now_unix_ms);
-            if storage::record_heartbeat(&mut tx, room, identity, at_ms).await? {
-                affected.insert((room.to_owned(), identity.to_owned()), cause);
+            let latest = heartbeats.entry((room.to_owned(), identity.to_owned())).or_insert((at_ms, cause.clone()));
+            if at_ms >= latest.0 {
+                *latest = (at_ms, cause);
             }
             outcomes.push(Applied::Stored { event_type: HEARTBEAT_EVENT.to_owned() });
             continue;
@@ -167,6 +171,12 @@ pub async fn apply_batch(pool: &PgPool, inputs: &[Input]) -> Result<Vec<Applied>
         outcomes.push(Applied::Stored { event_type: decoded.event.event.clone() });
     }
 
+    let latest: Vec<(&str, &str, i64)> =
+        heartbeats.iter().map(|((room, identity), (at_ms, _))| (room.as_str(), identity.as_str(), *at_ms)).collect();
+    for participant in storage::record_heartbeats(&mut tx, &latest).await? {
+        let cause = heartbeats[&participant].1.clone();
+        affected.entry(participant).or_insert(cause);
+    }
     for (room_name, room_sid, cause) in finished_instances {
         for identity in storage::identities_in_room_instance(&mut tx, &room_name, &room_sid).await? {
             affected.entry((room_name.clone(), identity)).or_insert_with(|| cause.clone());
