@@ -2,7 +2,7 @@
 //! outbox.
 //!
 //! Invariant: after every commit, a participant's row and cycles equal the attendance rule
-//! applied to the events in the log ([`recompute_participant`] is the only writer). That makes
+//! applied to the events in the log ([`recompute_participants`] is the only writer). That makes
 //! applying an event idempotent and order-independent, whichever replica applies it. Changes to a
 //! room are serialized by locking its `rooms` row: waiting only in name order ([`lock_rooms`]),
 //! or skipping the rooms another transaction holds ([`lock_free_rooms`]), so that two
@@ -167,55 +167,61 @@ pub async fn identities_in_room(conn: &mut PgConnection, room_name: &str) -> Res
     .await
 }
 
-/// The facts the rule needs for one participant: its own events and the room_finished events
-/// of the room instances it was in.
-pub async fn load_facts(conn: &mut PgConnection, room_name: &str, identity: &str) -> Result<Vec<Fact>, sqlx::Error> {
-    let payloads: Vec<String> = sqlx::query_scalar(
-        "SELECT payload::text FROM webhook_events
-         WHERE room_name = $1
-           AND (identity = $2
-                OR (event_type = 'room_finished'
-                    AND room_sid IN (SELECT room_sid FROM webhook_events WHERE room_name = $1 AND identity = $2)))",
+/// The facts the rule needs for each participant (room name, identity): its own events, the
+/// room_finished events of the room instances it was in, and the sweeper's closures. Two
+/// statements for any number of participants.
+pub async fn load_facts_of(
+    conn: &mut PgConnection,
+    participants: &[(String, String)],
+) -> Result<BTreeMap<(String, String), Vec<Fact>>, sqlx::Error> {
+    let rooms: Vec<&str> = participants.iter().map(|p| p.0.as_str()).collect();
+    let identities: Vec<&str> = participants.iter().map(|p| p.1.as_str()).collect();
+    let events: Vec<(String, String, String)> = sqlx::query_as(
+        "WITH p AS (SELECT DISTINCT * FROM unnest($1::text[], $2::text[]) AS p (room_name, identity))
+         SELECT p.room_name, p.identity, e.payload::text FROM p
+         JOIN webhook_events e ON e.room_name = p.room_name AND e.identity = p.identity
+         UNION ALL
+         SELECT p.room_name, p.identity, f.payload::text FROM p
+         JOIN webhook_events f ON f.room_name = p.room_name AND f.event_type = 'room_finished'
+         WHERE f.room_sid IN (SELECT e.room_sid FROM webhook_events e
+                              WHERE e.room_name = p.room_name AND e.identity = p.identity)",
     )
-    .bind(room_name)
-    .bind(identity)
+    .bind(&rooms)
+    .bind(&identities)
     .fetch_all(&mut *conn)
     .await?;
-    let closures: Vec<(String, String, OffsetDateTime)> = sqlx::query_as(
-        "SELECT participant_sid, closed_by, closed_at FROM cycle_closures WHERE room_name = $1 AND identity = $2",
+    let closures: Vec<(String, String, String, String, OffsetDateTime)> = sqlx::query_as(
+        "SELECT c.room_name, c.identity, c.participant_sid, c.closed_by, c.closed_at FROM cycle_closures c
+         JOIN (SELECT DISTINCT * FROM unnest($1::text[], $2::text[]) AS p (room_name, identity)) p
+           USING (room_name, identity)",
     )
-    .bind(room_name)
-    .bind(identity)
+    .bind(&rooms)
+    .bind(&identities)
     .fetch_all(&mut *conn)
     .await?;
-    let closures = closures.into_iter().filter_map(|(participant_sid, closed_by, closed_at)| {
-        Some(Fact {
-            event_id: format!("closure:{participant_sid}:{closed_by}"),
+
+    let mut facts: BTreeMap<(String, String), Vec<Fact>> =
+        participants.iter().map(|participant| (participant.clone(), Vec::new())).collect();
+    for (room_name, identity, payload) in events {
+        // Only events that parsed are logged; a failure here would be a bug, not bad input.
+        match WebhookEvent::parse(payload.as_bytes()).ok().map(|e| Fact::from_event(&e)) {
+            Some(Ok(Some(fact))) => facts.entry((room_name, identity)).or_default().push(fact),
+            Some(Ok(None)) => {}
+            _ => tracing::error!(room_name, identity, "a logged event no longer parses; ignored"),
+        }
+    }
+    for (room_name, identity, participant_sid, closed_by, closed_at) in closures {
+        let Some(closed_by) = attendance::ClosedBy::parse(&closed_by) else { continue };
+        let fact = Fact {
+            event_id: format!("closure:{participant_sid}:{}", closed_by.as_str()),
             created_at_ms: unix_ms(closed_at),
-            room_name: room_name.to_owned(),
+            room_name: room_name.clone(),
             room_sid: String::new(),
-            kind: attendance::FactKind::Closure {
-                identity: identity.to_owned(),
-                participant_sid,
-                closed_by: attendance::ClosedBy::parse(&closed_by)?,
-            },
-        })
-    });
-    Ok(payloads
-        .iter()
-        .filter_map(|payload| {
-            // Only events that parsed are logged; a failure here would be a bug, not bad input.
-            let fact = WebhookEvent::parse(payload.as_bytes()).ok().map(|e| Fact::from_event(&e));
-            match fact {
-                Some(Ok(fact)) => fact,
-                _ => {
-                    tracing::error!(room_name, identity, "a logged event no longer parses; ignored");
-                    None
-                }
-            }
-        })
-        .chain(closures)
-        .collect())
+            kind: attendance::FactKind::Closure { identity: identity.clone(), participant_sid, closed_by },
+        };
+        facts.entry((room_name, identity)).or_default().push(fact);
+    }
+    Ok(facts)
 }
 
 /// What caused a recompute, for the presence outbox: an event id (or `recompute`, `sweeper`)
@@ -232,48 +238,84 @@ impl Cause {
     }
 }
 
-/// Recomputes one participant from the log and stores the result; writes a presence change to
-/// the outbox when "present now" flipped. The room must be locked by the caller's transaction.
-pub async fn recompute_participant(
+/// Recomputes participants, (room name, identity) → what caused it, from the log and stores the
+/// results; writes a presence change to the outbox for each whose "present now" flipped. A fixed
+/// number of statements whatever their number. The rooms must be locked by the caller's
+/// transaction. Returns the presence changes written.
+pub async fn recompute_participants(
     conn: &mut PgConnection,
-    room_name: &str,
-    identity: &str,
-    cause: &Cause,
-) -> Result<Option<PresenceChange>, sqlx::Error> {
-    let facts = load_facts(conn, room_name, identity).await?;
-    let Some(attendance) = attendance::participant_attendance(identity, &facts) else {
-        return Ok(None);
-    };
-    let was_present: Option<bool> =
-        sqlx::query_scalar("SELECT present FROM participants WHERE room_name = $1 AND identity = $2")
-            .bind(room_name)
-            .bind(identity)
-            .fetch_optional(&mut *conn)
-            .await?;
-    write_attendance(conn, room_name, &attendance).await?;
-
-    if was_present.unwrap_or(false) == attendance.present {
-        return Ok(None);
+    participants: &BTreeMap<(String, String), Cause>,
+) -> Result<Vec<PresenceChange>, sqlx::Error> {
+    if participants.is_empty() {
+        return Ok(Vec::new());
     }
-    let change = PresenceChange {
-        room_name: room_name.to_owned(),
-        identity: identity.to_owned(),
-        present: attendance.present,
-        changed_at_ms: presence_changed_at(&attendance),
-    };
-    sqlx::query(
-        "INSERT INTO presence_outbox (room_name, identity, present, changed_at, event_id, traceparent)
-         VALUES ($1, $2, $3, $4, $5, $6)",
+    let keys: Vec<(String, String)> = participants.keys().cloned().collect();
+    let facts = load_facts_of(conn, &keys).await?;
+    let computed: Vec<(&str, Attendance)> = facts
+        .iter()
+        .filter_map(|((room_name, identity), facts)| {
+            Some((room_name.as_str(), attendance::participant_attendance(identity, facts)?))
+        })
+        .collect();
+    if computed.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rooms: Vec<&str> = computed.iter().map(|(room, _)| *room).collect();
+    let identities: Vec<&str> = computed.iter().map(|(_, a)| a.identity.as_str()).collect();
+    let was_present: BTreeMap<(String, String), bool> = sqlx::query_as::<_, (String, String, bool)>(
+        "SELECT room_name, identity, present FROM participants
+         JOIN unnest($1::text[], $2::text[]) AS p (room_name, identity) USING (room_name, identity)",
     )
-    .bind(&change.room_name)
-    .bind(&change.identity)
-    .bind(change.present)
-    .bind(timestamp(change.changed_at_ms))
-    .bind(&cause.event_id)
-    .bind(&cause.traceparent)
-    .execute(&mut *conn)
-    .await?;
-    Ok(Some(change))
+    .bind(&rooms)
+    .bind(&identities)
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .map(|(room_name, identity, present)| ((room_name, identity), present))
+    .collect();
+    write_attendance(conn, &computed).await?;
+
+    let changes: Vec<(PresenceChange, &Cause)> = computed
+        .iter()
+        .filter_map(|(room_name, attendance)| {
+            let key = ((*room_name).to_owned(), attendance.identity.clone());
+            if was_present.get(&key).copied().unwrap_or(false) == attendance.present {
+                return None;
+            }
+            let change = PresenceChange {
+                room_name: key.0.clone(),
+                identity: key.1.clone(),
+                present: attendance.present,
+                changed_at_ms: presence_changed_at(attendance),
+            };
+            Some((change, &participants[&key]))
+        })
+        .collect();
+    if !changes.is_empty() {
+        let rooms: Vec<&str> = changes.iter().map(|(c, _)| c.room_name.as_str()).collect();
+        let identities: Vec<&str> = changes.iter().map(|(c, _)| c.identity.as_str()).collect();
+        let event_ids: Vec<&str> = changes.iter().map(|(_, cause)| cause.event_id.as_str()).collect();
+        let present: Vec<bool> = changes.iter().map(|(c, _)| c.present).collect();
+        let changed_at: Vec<OffsetDateTime> = changes.iter().map(|(c, _)| timestamp(c.changed_at_ms)).collect();
+        let traceparents: Vec<Option<&str>> = changes.iter().map(|(_, cause)| cause.traceparent.as_deref()).collect();
+        // In the order given, so that the outbox ids follow it.
+        sqlx::query(
+            "INSERT INTO presence_outbox (room_name, identity, present, changed_at, event_id, traceparent)
+             SELECT room_name, identity, present, changed_at, event_id, traceparent
+             FROM unnest($1::text[], $2::text[], $3::bool[], $4::timestamptz[], $5::text[], $6::text[])
+                  WITH ORDINALITY AS c (room_name, identity, present, changed_at, event_id, traceparent, n)
+             ORDER BY n",
+        )
+        .bind(&rooms)
+        .bind(&identities)
+        .bind(&present)
+        .bind(&changed_at)
+        .bind(&event_ids)
+        .bind(&traceparents)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(changes.into_iter().map(|(change, _)| change).collect())
 }
 
 /// When the participant became present (its latest open cycle's start) or absent (its last left).
@@ -285,51 +327,75 @@ fn presence_changed_at(attendance: &Attendance) -> i64 {
     }
 }
 
-async fn write_attendance(conn: &mut PgConnection, room_name: &str, a: &Attendance) -> Result<(), sqlx::Error> {
+/// Stores computed attendance, (room name, attendance) each: the participants' rows and cycles.
+async fn write_attendance(conn: &mut PgConnection, computed: &[(&str, Attendance)]) -> Result<(), sqlx::Error> {
+    let rooms: Vec<&str> = computed.iter().map(|(room, _)| *room).collect();
+    let column = |f: fn(&Attendance) -> &str| computed.iter().map(|(_, a)| f(a)).collect::<Vec<&str>>();
+    let present: Vec<bool> = computed.iter().map(|(_, a)| a.present).collect();
+    let attended: Vec<i64> = computed.iter().map(|(_, a)| a.attended_ms).collect();
+    let count = |n: i64| i32::try_from(n).unwrap_or(i32::MAX);
+    let joins: Vec<i32> = computed.iter().map(|(_, a)| count(a.join_count)).collect();
+    let leaves: Vec<i32> = computed.iter().map(|(_, a)| count(a.leave_count)).collect();
+    let first_joined: Vec<Option<OffsetDateTime>> =
+        computed.iter().map(|(_, a)| a.first_joined_at_ms.map(timestamp)).collect();
+    let last_left: Vec<Option<OffsetDateTime>> =
+        computed.iter().map(|(_, a)| a.last_left_at_ms.map(timestamp)).collect();
     sqlx::query(
         "INSERT INTO participants
              (room_name, identity, name, metadata, kind, present, attended_ms, join_count, leave_count,
               first_joined_at, last_left_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, now())
+         SELECT *, now() FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bool[],
+                                     $7::int8[], $8::int4[], $9::int4[], $10::timestamptz[], $11::timestamptz[])
+         ORDER BY 1, 2
          ON CONFLICT (room_name, identity) DO UPDATE SET
              name = excluded.name, metadata = excluded.metadata, kind = excluded.kind, present = excluded.present,
              attended_ms = excluded.attended_ms, join_count = excluded.join_count,
              leave_count = excluded.leave_count, first_joined_at = excluded.first_joined_at,
              last_left_at = excluded.last_left_at, updated_at = now()",
     )
-    .bind(room_name)
-    .bind(&a.identity)
-    .bind(&a.name)
-    .bind(&a.metadata)
-    .bind(&a.kind)
-    .bind(a.present)
-    .bind(a.attended_ms)
-    .bind(i32::try_from(a.join_count).unwrap_or(i32::MAX))
-    .bind(i32::try_from(a.leave_count).unwrap_or(i32::MAX))
-    .bind(a.first_joined_at_ms.map(timestamp))
-    .bind(a.last_left_at_ms.map(timestamp))
+    .bind(&rooms)
+    .bind(column(|a| a.identity.as_str()))
+    .bind(column(|a| a.name.as_str()))
+    .bind(column(|a| a.metadata.as_str()))
+    .bind(column(|a| a.kind.as_str()))
+    .bind(&present)
+    .bind(&attended)
+    .bind(&joins)
+    .bind(&leaves)
+    .bind(&first_joined)
+    .bind(&last_left)
     .execute(&mut *conn)
     .await?;
 
-    sqlx::query("DELETE FROM cycles WHERE room_name = $1 AND identity = $2")
-        .bind(room_name)
-        .bind(&a.identity)
-        .execute(&mut *conn)
-        .await?;
-    if a.cycles.is_empty() {
+    sqlx::query(
+        "DELETE FROM cycles USING unnest($1::text[], $2::text[]) AS p (room_name, identity)
+         WHERE cycles.room_name = p.room_name AND cycles.identity = p.identity",
+    )
+    .bind(&rooms)
+    .bind(column(|a| a.identity.as_str()))
+    .execute(&mut *conn)
+    .await?;
+    let cycles: Vec<(&str, &str, &attendance::Cycle)> = computed
+        .iter()
+        .flat_map(|(room, a)| a.cycles.iter().map(move |cycle| (*room, a.identity.as_str(), cycle)))
+        .collect();
+    if cycles.is_empty() {
         return Ok(());
     }
-    let sids: Vec<&str> = a.cycles.iter().map(|c| c.participant_sid.as_str()).collect();
-    let room_sids: Vec<&str> = a.cycles.iter().map(|c| c.room_sid.as_str()).collect();
-    let joined: Vec<OffsetDateTime> = a.cycles.iter().map(|c| timestamp(c.joined_at_ms)).collect();
-    let left: Vec<Option<OffsetDateTime>> = a.cycles.iter().map(|c| c.left_at_ms.map(timestamp)).collect();
-    let closed_by: Vec<Option<&str>> = a.cycles.iter().map(|c| c.closed_by.map(|b| b.as_str())).collect();
+    let cycle_rooms: Vec<&str> = cycles.iter().map(|c| c.0).collect();
+    let cycle_identities: Vec<&str> = cycles.iter().map(|c| c.1).collect();
+    let sids: Vec<&str> = cycles.iter().map(|c| c.2.participant_sid.as_str()).collect();
+    let room_sids: Vec<&str> = cycles.iter().map(|c| c.2.room_sid.as_str()).collect();
+    let joined: Vec<OffsetDateTime> = cycles.iter().map(|(_, _, c)| timestamp(c.joined_at_ms)).collect();
+    let left: Vec<Option<OffsetDateTime>> = cycles.iter().map(|(_, _, c)| c.left_at_ms.map(timestamp)).collect();
+    let closed_by: Vec<Option<&str>> = cycles.iter().map(|(_, _, c)| c.closed_by.map(|b| b.as_str())).collect();
     sqlx::query(
         "INSERT INTO cycles (room_name, identity, participant_sid, room_sid, joined_at, left_at, closed_by)
-         SELECT $1, $2, * FROM unnest($3::text[], $4::text[], $5::timestamptz[], $6::timestamptz[], $7::text[])",
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
+                              $6::timestamptz[], $7::text[])",
     )
-    .bind(room_name)
-    .bind(&a.identity)
+    .bind(&cycle_rooms)
+    .bind(&cycle_identities)
     .bind(&sids)
     .bind(&room_sids)
     .bind(&joined)

@@ -111,9 +111,11 @@ pub async fn sweep(
             );
             identities.insert(identity);
         }
-        for identity in identities {
-            storage::recompute_participant(&mut tx, &room, &identity, &storage::Cause::named("sweeper")).await?;
-        }
+        let participants = identities
+            .into_iter()
+            .map(|identity| ((room.clone(), identity), storage::Cause::named("sweeper")))
+            .collect();
+        storage::recompute_participants(&mut tx, &participants).await?;
         tx.commit().await?;
     }
     Ok(swept)

@@ -182,9 +182,7 @@ pub async fn apply_batch(pool: &PgPool, inputs: &[Input]) -> Result<Vec<Applied>
             affected.entry((room_name.clone(), identity)).or_insert_with(|| cause.clone());
         }
     }
-    for ((room_name, identity), cause) in &affected {
-        storage::recompute_participant(&mut tx, room_name, identity, cause).await?;
-    }
+    storage::recompute_participants(&mut tx, &affected).await?;
     tx.commit().await?;
     Ok(outcomes)
 }

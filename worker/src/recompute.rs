@@ -20,10 +20,11 @@ pub async fn recompute(pool: &PgPool, room: Option<&str>) -> Result<usize, sqlx:
     for room in rooms {
         let mut tx = pool.begin().await?;
         storage::lock_rooms(&mut tx, &[room.clone()].into()).await?;
-        for identity in storage::identities_in_room(&mut tx, &room).await? {
-            storage::recompute_participant(&mut tx, &room, &identity, &storage::Cause::named("recompute")).await?;
-            participants += 1;
-        }
+        let identities = storage::identities_in_room(&mut tx, &room).await?;
+        participants += identities.len();
+        let cause = storage::Cause::named("recompute");
+        let of_room = identities.into_iter().map(|identity| ((room.clone(), identity), cause.clone())).collect();
+        storage::recompute_participants(&mut tx, &of_room).await?;
         tx.commit().await?;
         tracing::info!(room, "room recomputed");
     }
