@@ -49,32 +49,62 @@ pub fn unix_ms(at: OffsetDateTime) -> i64 {
     i64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
 }
 
-/// Adds an event to the log. Returns false when its id was already there (nothing changes).
-pub async fn insert_event(conn: &mut PgConnection, logged: &LoggedEvent<'_>) -> Result<bool, sqlx::Error> {
-    let event = logged.event;
-    let room = event.room.as_ref();
-    let participant = event.participant.as_ref();
-    let non_empty = |s: Option<&String>| s.filter(|s| !s.is_empty()).cloned();
-    let inserted = sqlx::query(
+fn non_empty(s: Option<&String>) -> Option<&str> {
+    s.map(String::as_str).filter(|s| !s.is_empty())
+}
+
+/// Inserts events into the log, one statement for all; an event whose id is already there is
+/// left as it is. Returns the ids inserted. Ids must be distinct. Fails as a whole if PostgreSQL
+/// refuses any event's data (the caller then finds which, one at a time).
+pub async fn insert_events(
+    conn: &mut PgConnection,
+    events: &[LoggedEvent<'_>],
+) -> Result<BTreeSet<String>, sqlx::Error> {
+    if events.is_empty() {
+        return Ok(BTreeSet::new());
+    }
+    let ids: Vec<&str> = events.iter().map(|l| l.event.id.as_str()).collect();
+    let types: Vec<&str> = events.iter().map(|l| l.event.event.as_str()).collect();
+    let created: Vec<Option<OffsetDateTime>> =
+        events.iter().map(|l| l.event.created_at.map(|s| timestamp(s.saturating_mul(1000)))).collect();
+    let received: Vec<Option<OffsetDateTime>> = events.iter().map(|l| l.received_at_ms.map(timestamp)).collect();
+    let room_names: Vec<Option<&str>> =
+        events.iter().map(|l| non_empty(l.event.room.as_ref().map(|r| &r.name))).collect();
+    let room_sids: Vec<Option<&str>> =
+        events.iter().map(|l| non_empty(l.event.room.as_ref().map(|r| &r.sid))).collect();
+    let identities: Vec<Option<&str>> =
+        events.iter().map(|l| non_empty(l.event.participant.as_ref().map(|p| &p.identity))).collect();
+    let participant_sids: Vec<Option<&str>> =
+        events.iter().map(|l| non_empty(l.event.participant.as_ref().map(|p| &p.sid))).collect();
+    let sequences: Vec<Option<i64>> =
+        events.iter().map(|l| l.stream_sequence.and_then(|s| i64::try_from(s).ok())).collect();
+    let payloads: Vec<&str> = events.iter().map(|l| l.payload).collect();
+    sqlx::query_scalar(
         "INSERT INTO webhook_events
              (event_id, event_type, created_at, received_at, room_name, room_sid, identity, participant_sid,
               stream_sequence, payload)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb)
-         ON CONFLICT (event_id) DO NOTHING",
+         SELECT event_id, event_type, created_at, received_at, room_name, room_sid, identity, participant_sid,
+                stream_sequence, payload::jsonb
+         FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::text[], $6::text[],
+                     $7::text[], $8::text[], $9::int8[], $10::text[])
+              AS e (event_id, event_type, created_at, received_at, room_name, room_sid, identity, participant_sid,
+                    stream_sequence, payload)
+         ON CONFLICT (event_id) DO NOTHING
+         RETURNING event_id",
     )
-    .bind(&event.id)
-    .bind(&event.event)
-    .bind(event.created_at.map(|s| timestamp(s.saturating_mul(1000))))
-    .bind(logged.received_at_ms.map(timestamp))
-    .bind(non_empty(room.map(|r| &r.name)))
-    .bind(non_empty(room.map(|r| &r.sid)))
-    .bind(non_empty(participant.map(|p| &p.identity)))
-    .bind(non_empty(participant.map(|p| &p.sid)))
-    .bind(logged.stream_sequence.and_then(|s| i64::try_from(s).ok()))
-    .bind(logged.payload)
-    .execute(&mut *conn)
-    .await?;
-    Ok(inserted.rows_affected() == 1)
+    .bind(&ids)
+    .bind(&types)
+    .bind(&created)
+    .bind(&received)
+    .bind(&room_names)
+    .bind(&room_sids)
+    .bind(&identities)
+    .bind(&participant_sids)
+    .bind(&sequences)
+    .bind(&payloads)
+    .fetch_all(&mut *conn)
+    .await
+    .map(|inserted: Vec<String>| inserted.into_iter().collect())
 }
 
 /// Locks the rows of these rooms (creating them if needed) for the rest of the transaction,

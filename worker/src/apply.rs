@@ -1,8 +1,8 @@
 //! Applying a batch of webhook messages to PostgreSQL in one transaction.
 //!
-//! Each message's insert into the event log runs in its own savepoint, so a message PostgreSQL
-//! refuses (bad data) is rolled back alone and reported as rejected while its neighbours commit.
-//! Rooms are locked first; each affected participant is then recomputed once from the log. A
+//! The batch's events go into the event log in one statement; when PostgreSQL refuses one's data,
+//! they are inserted again one savepoint each, so a bad message is rejected alone while its
+//! neighbours commit. Rooms are locked first; each affected participant is then recomputed once from the log. A
 //! transient failure (connection, deadlock, serialization) fails the whole batch, which is then
 //! redelivered; applying it again changes nothing that was already committed.
 //!
@@ -18,7 +18,7 @@ use bytes::Bytes;
 use shared::attendance::{Fact, FactKind};
 use shared::event::{HEARTBEAT_EVENT, WebhookEvent};
 use shared::storage::{self, LoggedEvent};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
 /// One message to apply.
 #[derive(Debug, Clone)]
@@ -111,6 +111,9 @@ pub async fn apply_batch(pool: &PgPool, inputs: &[Input]) -> Result<Vec<Applied>
     let mut finished_instances: Vec<(String, String, storage::Cause)> = Vec::new();
     // (room, identity) → the latest heartbeat of the batch: (received at, its cause)
     let mut heartbeats: BTreeMap<(String, String), (i64, storage::Cause)> = BTreeMap::new();
+    // The events to log: (index in `outcomes`, the event, its cause, its input)
+    let mut to_log: Vec<(usize, Decoded, storage::Cause, &Input)> = Vec::new();
+    let mut logged_ids: BTreeSet<String> = BTreeSet::new();
     for (input, decoded) in inputs.iter().zip(decoded) {
         let decoded = match decoded {
             Ok(decoded) => decoded,
@@ -135,40 +138,44 @@ pub async fn apply_batch(pool: &PgPool, inputs: &[Input]) -> Result<Vec<Applied>
             outcomes.push(Applied::Stored { event_type: HEARTBEAT_EVENT.to_owned() });
             continue;
         }
-        let logged = LoggedEvent {
+        if !logged_ids.insert(decoded.event.id.clone()) {
+            // The same event twice in one batch: the first one is logged.
+            outcomes.push(Applied::Duplicate);
+            continue;
+        }
+        outcomes.push(Applied::Duplicate); // until the insert says otherwise
+        to_log.push((outcomes.len() - 1, decoded, cause, input));
+    }
+
+    let logged: Vec<LoggedEvent> = to_log
+        .iter()
+        .map(|(_, decoded, _, input)| LoggedEvent {
             event: &decoded.event,
             payload: &decoded.payload,
             received_at_ms: input.received_at_ms,
             stream_sequence: Some(input.stream_sequence),
-        };
-        let mut savepoint = sqlx::Connection::begin(&mut *tx).await?;
-        match storage::insert_event(&mut savepoint, &logged).await {
-            Ok(inserted) => {
-                savepoint.commit().await?;
-                if !inserted {
-                    outcomes.push(Applied::Duplicate);
-                    continue;
+        })
+        .collect();
+    let inserted = insert_logged(&mut tx, &logged).await?;
+    for ((index, decoded, cause, _), inserted) in to_log.iter().zip(inserted) {
+        match inserted {
+            Err(rejection) => outcomes[*index] = Applied::Rejected(rejection),
+            Ok(false) => outcomes[*index] = Applied::Duplicate,
+            Ok(true) => {
+                if let Some(fact) = &decoded.fact {
+                    match (&fact.kind, fact.participant()) {
+                        (FactKind::RoomFinished, _) => {
+                            finished_instances.push((fact.room_name.clone(), fact.room_sid.clone(), cause.clone()))
+                        }
+                        (_, Some(participant)) => {
+                            affected.insert((fact.room_name.clone(), participant.identity.clone()), cause.clone());
+                        }
+                        (_, None) => {}
+                    }
                 }
-            }
-            Err(error) if is_permanent(&error) => {
-                savepoint.rollback().await?;
-                outcomes.push(Applied::Rejected(Rejection { reason: "unstorable_event", message: error.to_string() }));
-                continue;
-            }
-            Err(error) => return Err(error),
-        }
-        if let Some(fact) = &decoded.fact {
-            match (&fact.kind, fact.participant()) {
-                (FactKind::RoomFinished, _) => {
-                    finished_instances.push((fact.room_name.clone(), fact.room_sid.clone(), cause))
-                }
-                (_, Some(participant)) => {
-                    affected.insert((fact.room_name.clone(), participant.identity.clone()), cause);
-                }
-                (_, None) => {}
+                outcomes[*index] = Applied::Stored { event_type: decoded.event.event.clone() };
             }
         }
-        outcomes.push(Applied::Stored { event_type: decoded.event.event.clone() });
     }
 
     let latest: Vec<(&str, &str, i64)> =
@@ -185,6 +192,43 @@ pub async fn apply_batch(pool: &PgPool, inputs: &[Input]) -> Result<Vec<Applied>
     storage::recompute_participants(&mut tx, &affected).await?;
     tx.commit().await?;
     Ok(outcomes)
+}
+
+/// Logs the events in one statement. If PostgreSQL refuses the data of one of them, finds which,
+/// one savepoint each, so that a bad event is rejected alone while the others are logged.
+/// Per event: whether it was new (`false`: its id was already logged), or why it was refused.
+async fn insert_logged(
+    tx: &mut PgConnection,
+    logged: &[LoggedEvent<'_>],
+) -> Result<Vec<Result<bool, Rejection>>, sqlx::Error> {
+    if logged.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut savepoint = sqlx::Connection::begin(&mut *tx).await?;
+    match storage::insert_events(&mut savepoint, logged).await {
+        Ok(inserted) => {
+            savepoint.commit().await?;
+            return Ok(logged.iter().map(|one| Ok(inserted.contains(&one.event.id))).collect());
+        }
+        Err(error) if is_permanent(&error) => savepoint.rollback().await?,
+        Err(error) => return Err(error),
+    }
+    let mut results = Vec::with_capacity(logged.len());
+    for one in logged {
+        let mut savepoint = sqlx::Connection::begin(&mut *tx).await?;
+        match storage::insert_events(&mut savepoint, std::slice::from_ref(one)).await {
+            Ok(inserted) => {
+                savepoint.commit().await?;
+                results.push(Ok(!inserted.is_empty()));
+            }
+            Err(error) if is_permanent(&error) => {
+                savepoint.rollback().await?;
+                results.push(Err(Rejection { reason: "unstorable_event", message: error.to_string() }));
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(results)
 }
 
 /// A failure that retrying cannot fix: PostgreSQL refused this message's data (SQLSTATE class
