@@ -101,6 +101,53 @@ impl BenchArgs {
     fn heartbeat_timeout(&self) -> Duration {
         self.heartbeat_timeout.unwrap_or(self.heartbeat_interval * 3)
     }
+
+    fn scenario(&self, seed: u64) -> ScenarioConfig {
+        ScenarioConfig {
+            seed,
+            rooms: self.rooms,
+            participants: self.participants,
+            duration_ms: millis(self.duration),
+            heartbeat_interval_ms: millis(self.heartbeat_interval),
+            heartbeat_timeout_ms: millis(self.heartbeat_timeout()),
+            reconnect_rate: self.reconnect_rate,
+            lost_left_rate: self.lost_left_rate,
+            abort_rate: self.abort_rate,
+            finish_rate: self.finish_rate,
+            duplicate_rate: self.duplicate_rate,
+            reorder_rate: self.reorder_rate,
+            reorder_delay_ms: millis(self.reorder_delay),
+        }
+    }
+}
+
+/// What every phase shares: the arguments, the run's names, keys, folders and NATS.
+struct Run<'a> {
+    args: &'a BenchArgs,
+    names: RunNames,
+    keys: KeySet,
+    keys_file: PathBuf,
+    bin_dir: PathBuf,
+    log_dir: PathBuf,
+    jetstream: async_nats::jetstream::Context,
+}
+
+impl Run<'_> {
+    /// The environment of the run's services, on `database_url`.
+    fn env(&self, database_url: &str) -> Vec<(String, String)> {
+        self.names.env(&self.args.nats.url, database_url, &self.keys_file)
+    }
+
+    fn start(&self, binary: &str, name: &str, env: &[(String, String)]) -> anyhow::Result<Service> {
+        Service::start(&self.bin_dir, binary, name, env, &self.log_dir)
+    }
+
+    /// A sweeper that looks every [`SWEEP_INTERVAL`], with the run's heartbeat timeout.
+    fn start_sweeper(&self, name: &str, env: &[(String, String)]) -> anyhow::Result<Service> {
+        let env = with_env(env.to_vec(), "SWEEP_INTERVAL", format!("{}ms", SWEEP_INTERVAL.as_millis()));
+        let env = with_env(env, "HEARTBEAT_TIMEOUT", format!("{}ms", self.args.heartbeat_timeout().as_millis()));
+        self.start("sweeper", name, &env)
+    }
 }
 
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -153,6 +200,8 @@ pub struct Live {
     pub dead_letters: u64,
     /// The share of the machine's CPU time that was busy.
     pub machine_busy: f64,
+    /// The attendance the workload implies, given when the gateway received each heartbeat.
+    pub expected: BTreeMap<(String, String), Expected>,
 }
 
 /// What one replay measured.
@@ -192,9 +241,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
         let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&keys_file)?;
         file.write_all(keys_yaml.as_bytes())?;
     }
-    let bin_dir = args.bin_dir.clone().unwrap_or_else(system::default_bin_dir);
     let client = args.nats.connect("loadgen-bench").await?;
-    let jetstream = async_nats::jetstream::new(client.clone());
+    let run = Run {
+        args: &args,
+        names,
+        keys,
+        keys_file,
+        bin_dir: args.bin_dir.clone().unwrap_or_else(system::default_bin_dir),
+        log_dir,
+        jetstream: async_nats::jetstream::new(client.clone()),
+    };
     let seed = args.seed.unwrap_or_else(|| fastrand::u64(..));
 
     let outcome = async {
@@ -202,21 +258,21 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
             "[bench] live phase: {} rooms, {} participants, {:?} (seed {seed})",
             args.rooms, args.participants, args.duration
         );
-        let live = live_phase(&args, seed, &names, &keys, &keys_file, &bin_dir, &log_dir, &jetstream).await?;
+        let live = live_phase(&run, seed).await?;
         eprintln!(
             "[bench] capacity phase: concurrency {:?}, {} requests each",
             args.capacity_concurrency, args.capacity_requests
         );
-        let capacity = capacity_phase(&args, &names, &keys, &keys_file, &bin_dir, &log_dir).await?;
+        let capacity = capacity_phase(&run).await?;
         let mut replays = Vec::new();
         for &workers in &args.replay_workers {
             eprintln!("[bench] replay phase: {workers} worker(s)");
-            replays.push(replay_phase(&args, workers, &names, &keys_file, &bin_dir, &log_dir, &live).await?);
+            replays.push(replay_phase(&run, workers, &live).await?);
         }
         anyhow::Ok((live, capacity, replays))
     }
     .await;
-    names.delete_streams(&jetstream).await;
+    run.names.delete_streams(&run.jetstream).await;
     let (live, capacity, replays) = outcome?;
     let nats_version = client.server_info().version;
 
@@ -243,62 +299,35 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
     Ok(live.differences.is_empty() && replays.iter().all(|r| r.differences.is_empty()))
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn live_phase(
-    args: &BenchArgs,
-    seed: u64,
-    names: &RunNames,
-    keys: &KeySet,
-    keys_file: &std::path::Path,
-    bin_dir: &std::path::Path,
-    log_dir: &std::path::Path,
-    jetstream: &async_nats::jetstream::Context,
-) -> anyhow::Result<Live> {
+async fn live_phase(run: &Run<'_>, seed: u64) -> anyhow::Result<Live> {
+    let (args, names) = (run.args, &run.names);
     let database = BenchDatabase::create(&args.database_url, &format!("bench_{}_live", names.suffix)).await?;
     database.announce_commits(COMMIT_CHANNEL).await?;
     let result = async {
-        let env = names.env(&args.nats.url, &database.url, keys_file);
+        let env = run.env(&database.url);
         let port = system::free_port()?;
         // The gateway's limit must not refuse the workload's own pace (jitter, reconnects).
         let min_interval = (args.heartbeat_interval / 2).min(Duration::from_secs(5));
         let gateway_env = with_env(env.clone(), "LISTEN_ADDR", format!("127.0.0.1:{port}"));
         let gateway_env = with_env(gateway_env, "HEARTBEAT_MIN_INTERVAL", format!("{}ms", min_interval.as_millis()));
-        let mut gateway = Service::start(bin_dir, "gateway", "gateway", &gateway_env, log_dir)?;
+        let mut gateway = run.start("gateway", "gateway", &gateway_env)?;
         let mut workers = Vec::new();
         for n in 0..args.workers.max(1) {
             let worker_env = with_env(env.clone(), "CONSUMER_NAME", LIVE_CONSUMER);
-            workers.push(Service::start(bin_dir, "worker", &format!("worker-{}", n + 1), &worker_env, log_dir)?);
+            workers.push(run.start("worker", &format!("worker-{}", n + 1), &worker_env)?);
         }
-        let sweeper_env = with_env(env.clone(), "SWEEP_INTERVAL", format!("{}ms", SWEEP_INTERVAL.as_millis()));
-        let sweeper_env =
-            with_env(sweeper_env, "HEARTBEAT_TIMEOUT", format!("{}ms", args.heartbeat_timeout().as_millis()));
-        let mut sweeper = Service::start(bin_dir, "sweeper", "sweeper", &sweeper_env, log_dir)?;
+        let mut sweeper = run.start_sweeper("sweeper", &env)?;
 
         let http = reqwest::Client::builder().pool_max_idle_per_host(args.max_in_flight).build()?;
         let base_url = format!("http://127.0.0.1:{port}");
         system::wait_ready(&http, &base_url, &mut gateway).await?;
 
-        let config = ScenarioConfig {
-            seed,
-            rooms: args.rooms,
-            participants: args.participants,
-            duration_ms: millis(args.duration),
-            heartbeat_interval_ms: millis(args.heartbeat_interval),
-            heartbeat_timeout_ms: millis(args.heartbeat_timeout()),
-            reconnect_rate: args.reconnect_rate,
-            lost_left_rate: args.lost_left_rate,
-            abort_rate: args.abort_rate,
-            finish_rate: args.finish_rate,
-            duplicate_rate: args.duplicate_rate,
-            reorder_rate: args.reorder_rate,
-            reorder_delay_ms: millis(args.reorder_delay),
-        };
         let lead = Duration::from_secs(2);
-        let plan = Plan::build(&config, shared::now_unix_ms() + millis(lead));
+        let plan = Plan::build(&args.scenario(seed), shared::now_unix_ms() + millis(lead));
         let tokens: Vec<String> = plan
             .participants
             .iter()
-            .map(|p| sign::participant_token(keys, &p.identity, &plan.rooms[p.room].name, 6 * 3600))
+            .map(|p| sign::participant_token(&run.keys, &p.identity, &plan.rooms[p.room].name, 6 * 3600))
             .collect();
         eprintln!(
             "[bench] {} webhooks, {} requests in all, over {:.0} s",
@@ -319,19 +348,20 @@ async fn live_phase(
 
         let plan = Arc::new(plan);
         let (answers, max_lag) =
-            drive(&http, &base_url, plan.clone(), keys, Arc::new(tokens), phase_start, args.max_in_flight).await?;
+            drive(&http, &base_url, plan.clone(), &run.keys, Arc::new(tokens), phase_start, args.max_in_flight).await?;
         let last_send = phase_start.elapsed();
 
         eprintln!("[bench] all requests answered; waiting for the workers to drain");
         let stored_messages = system::wait_drained(
-            jetstream,
+            &run.jetstream,
             &names.webhook_stream(),
             LIVE_CONSUMER,
             &mut services,
             Duration::from_secs(900),
         )
         .await?;
-        let expected = plan.expected(|index| last_heartbeat(&answers, index));
+        let last_heartbeats = last_heartbeats(&answers);
+        let expected = plan.expected(|index| last_heartbeats.get(&index).copied());
         let pool = PgPool::connect(&database.url).await?;
         let deadline = Instant::now() + args.heartbeat_timeout() + SWEEP_INTERVAL * 2 + Duration::from_secs(30);
         let differences = converge(&pool, &expected, deadline).await?;
@@ -363,7 +393,7 @@ async fn live_phase(
             cpu_seconds: procstat::cpu_seconds(std::process::id()).unwrap_or(0.0) - own_before,
             peak_rss_bytes: procstat::peak_rss_bytes(std::process::id()),
         });
-        let dead_letters = match jetstream.get_stream(names.dlq_stream()).await {
+        let dead_letters = match run.jetstream.get_stream(names.dlq_stream()).await {
             Ok(mut stream) => stream.info().await.map(|info| info.state.messages).unwrap_or(0),
             Err(_) => 0,
         };
@@ -385,6 +415,7 @@ async fn live_phase(
             stored_messages,
             dead_letters,
             machine_busy,
+            expected,
         })
     }
     .await;
@@ -492,13 +523,16 @@ async fn send_one(
     attempts
 }
 
-/// When the gateway received participant `index`'s last heartbeat.
-fn last_heartbeat(answers: &[Answer], index: usize) -> Option<i64> {
-    answers
-        .iter()
-        .filter(|a| a.ok() && a.request == Request::Heartbeat { index })
-        .filter_map(|a| a.received_at_ms)
-        .max()
+/// When the gateway received each participant's last heartbeat, by participant index.
+fn last_heartbeats(answers: &[Answer]) -> HashMap<usize, i64> {
+    let mut last = HashMap::new();
+    for answer in answers.iter().filter(|a| a.ok()) {
+        if let (Request::Heartbeat { index }, Some(at)) = (answer.request, answer.received_at_ms) {
+            let latest = last.entry(index).or_insert(at);
+            *latest = (*latest).max(at);
+        }
+    }
+    last
 }
 
 /// Event ids as their transactions commit (PostgreSQL delivers a notification at commit).
@@ -591,60 +625,40 @@ pub async fn differences(
     Ok(differences)
 }
 
-async fn capacity_phase(
-    args: &BenchArgs,
-    names: &RunNames,
-    keys: &KeySet,
-    keys_file: &std::path::Path,
-    bin_dir: &std::path::Path,
-    log_dir: &std::path::Path,
-) -> anyhow::Result<Vec<LevelResult>> {
+async fn capacity_phase(run: &Run<'_>) -> anyhow::Result<Vec<LevelResult>> {
+    let (args, names) = (run.args, &run.names);
     let port = system::free_port()?;
-    let env = names.env(&args.nats.url, &args.database_url, keys_file);
+    let env = run.env(&args.database_url);
     let env = with_env(env, "LISTEN_ADDR", format!("127.0.0.1:{port}"));
     let env = with_env(env, "WEBHOOK_STREAM", names.capacity_stream());
     let env = with_env(env, "WEBHOOK_SUBJECT_PREFIX", format!("benchcap{}.webhook", names.suffix));
-    let mut gateway = Service::start(bin_dir, "gateway", "gateway-capacity", &env, log_dir)?;
+    let mut gateway = run.start("gateway", "gateway-capacity", &env)?;
     let http = reqwest::Client::builder().pool_max_idle_per_host(1024).build()?;
     let base_url = format!("http://127.0.0.1:{port}");
     system::wait_ready(&http, &base_url, &mut gateway).await?;
-    let results = capacity::measure(&http, &base_url, keys, args.capacity_requests, &args.capacity_concurrency).await;
+    let results =
+        capacity::measure(&http, &base_url, &run.keys, args.capacity_requests, &args.capacity_concurrency).await;
     gateway.stop().await?;
     results
 }
 
-async fn replay_phase(
-    args: &BenchArgs,
-    workers: usize,
-    names: &RunNames,
-    keys_file: &std::path::Path,
-    bin_dir: &std::path::Path,
-    log_dir: &std::path::Path,
-    live: &Live,
-) -> anyhow::Result<Replay> {
+async fn replay_phase(run: &Run<'_>, workers: usize, live: &Live) -> anyhow::Result<Replay> {
+    let (args, names) = (run.args, &run.names);
     let database =
         BenchDatabase::create(&args.database_url, &format!("bench_{}_replay{workers}", names.suffix)).await?;
     let result = async {
-        let client = args.nats.connect("loadgen-bench").await?;
-        let jetstream = async_nats::jetstream::new(client);
         let consumer = format!("bench-replay-{workers}");
-        let env = with_env(names.env(&args.nats.url, &database.url, keys_file), "CONSUMER_NAME", consumer.clone());
+        let env = with_env(run.env(&database.url), "CONSUMER_NAME", consumer.clone());
         let (postgres_before, nats_before) = (GroupCpu::read("postgres"), GroupCpu::read("nats-server"));
         let machine_before = MachineCpu::read();
         let started = Instant::now();
         let mut running = Vec::new();
         for n in 0..workers.max(1) {
-            running.push(Service::start(
-                bin_dir,
-                "worker",
-                &format!("replay{workers}-worker-{}", n + 1),
-                &env,
-                log_dir,
-            )?);
+            running.push(run.start("worker", &format!("replay{workers}-worker-{}", n + 1), &env)?);
         }
         let mut services: Vec<&mut Service> = running.iter_mut().collect();
         let messages = system::wait_drained(
-            &jetstream,
+            &run.jetstream,
             &names.webhook_stream(),
             &consumer,
             &mut services,
@@ -661,13 +675,9 @@ async fn replay_phase(
             worker.stop().await?;
         }
         // The sweeper closes the sessions whose left never came, as in the live phase.
-        let sweeper_env = with_env(env.clone(), "SWEEP_INTERVAL", format!("{}ms", SWEEP_INTERVAL.as_millis()));
-        let sweeper_env =
-            with_env(sweeper_env, "HEARTBEAT_TIMEOUT", format!("{}ms", args.heartbeat_timeout().as_millis()));
-        let sweeper = Service::start(bin_dir, "sweeper", &format!("replay{workers}-sweeper"), &sweeper_env, log_dir)?;
-        let expected = live.plan.expected(|index| last_heartbeat(&live.answers, index));
+        let sweeper = run.start_sweeper(&format!("replay{workers}-sweeper"), &env)?;
         let pool = PgPool::connect(&database.url).await?;
-        let differences = converge(&pool, &expected, Instant::now() + Duration::from_secs(60)).await?;
+        let differences = converge(&pool, &live.expected, Instant::now() + Duration::from_secs(60)).await?;
         pool.close().await;
         sweeper.stop().await?;
         anyhow::Ok(Replay {

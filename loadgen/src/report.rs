@@ -1,7 +1,7 @@
 //! The benchmark report: Markdown with the figures, and a PNG of throughput and latency over
 //! the live phase.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
@@ -40,14 +40,13 @@ pub struct Figures {
     /// Webhooks answered 200 whose commit was not seen.
     pub commits_unseen: usize,
     pub ok: usize,
-    pub not_ok: BTreeMapCount,
+    /// Answers that were not 2xx, by status (0: no answer).
+    pub not_ok: BTreeMap<u16, usize>,
     pub retries: usize,
     pub seconds: Vec<Second>,
     /// From the first request to the last answer.
     pub span: Duration,
 }
-
-type BTreeMapCount = std::collections::BTreeMap<u16, usize>;
 
 impl Figures {
     pub fn of(live: &Live) -> Figures {
@@ -57,7 +56,7 @@ impl Figures {
             end_to_end_us: latency_histogram(),
             commits_unseen: 0,
             ok: 0,
-            not_ok: BTreeMapCount::new(),
+            not_ok: BTreeMap::new(),
             retries: 0,
             seconds: Vec::new(),
             span: Duration::ZERO,

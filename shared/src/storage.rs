@@ -4,9 +4,9 @@
 //! Invariant: after every commit, a participant's row and cycles equal the attendance rule
 //! applied to the events in the log ([`recompute_participants`] is the only writer). That makes
 //! applying an event idempotent and order-independent, whichever replica applies it. Changes to a
-//! room are serialized by locking its `rooms` row: waiting only in name order ([`lock_rooms`]),
-//! or skipping the rooms another transaction holds ([`lock_free_rooms`]), so that two
-//! transactions never wait on each other in a cycle.
+//! room are serialized by locking its `rooms` row ([`lock_free_rooms`]): waiting only in name
+//! order, or skipping the rooms another transaction holds, so that two transactions never wait
+//! on each other in a cycle.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -105,24 +105,6 @@ pub async fn insert_events(
     .fetch_all(&mut *conn)
     .await
     .map(|inserted: Vec<String>| inserted.into_iter().collect())
-}
-
-/// Locks the rows of these rooms (creating them if needed) for the rest of the transaction,
-/// in name order, so that two transactions never wait on each other in a cycle.
-pub async fn lock_rooms(conn: &mut PgConnection, names: &BTreeSet<String>) -> Result<(), sqlx::Error> {
-    if names.is_empty() {
-        return Ok(());
-    }
-    let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    sqlx::query("INSERT INTO rooms (name) SELECT unnest($1::text[]) ORDER BY 1 ON CONFLICT (name) DO NOTHING")
-        .bind(&names)
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query("SELECT name FROM rooms WHERE name = ANY($1) ORDER BY name FOR UPDATE")
-        .bind(&names)
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
 }
 
 /// Creates the rows of rooms not seen before, in a statement of its own (not inside the

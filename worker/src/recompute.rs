@@ -18,8 +18,10 @@ pub async fn recompute(pool: &PgPool, room: Option<&str>) -> Result<usize, sqlx:
     };
     let mut participants = 0;
     for room in rooms {
+        let this_room = [room.clone()].into();
+        storage::create_rooms(pool, &this_room).await?;
         let mut tx = pool.begin().await?;
-        storage::lock_rooms(&mut tx, &[room.clone()].into()).await?;
+        storage::lock_free_rooms(&mut tx, &this_room, &Default::default()).await?;
         let identities = storage::identities_in_room(&mut tx, &room).await?;
         participants += identities.len();
         let cause = storage::Cause::named("recompute");

@@ -116,7 +116,7 @@ async fn a_batch_puts_off_the_rooms_another_transaction_holds_and_applies_the_re
     let busy = std::collections::BTreeSet::from(["busy".to_owned()]);
     storage::create_rooms(&pool, &busy).await.unwrap();
     let mut other = pool.begin().await.unwrap();
-    storage::lock_rooms(&mut other, &busy).await.unwrap();
+    storage::lock_free_rooms(&mut other, &busy, &Default::default()).await.unwrap();
 
     let outcomes =
         apply_batch(&pool, &[joined("EV_busy", "busy", false), joined("EV_free", "free", false)]).await.unwrap();
