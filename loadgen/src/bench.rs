@@ -9,6 +9,8 @@
 //! 3. **Replay**: the live phase's stream (webhooks and heartbeats as the gateway stored
 //!    them) applied again from the start by 1, then 2 workers into fresh databases: events/s
 //!    at saturation, and the same comparison afterwards.
+//!
+//! What the phases measure goes into [`crate::results`], from which [`crate::report`] writes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -24,7 +26,8 @@ use tokio::sync::Semaphore;
 
 use crate::capacity::{self, LevelResult};
 use crate::procstat::{self, GroupCpu, MachineCpu};
-use crate::report::{self, Report};
+use crate::report;
+use crate::results::{Answer, Live, Replay, Results, Settings, Usage};
 use crate::scenario::{Expected, Plan, Request, ScenarioConfig};
 use crate::sign;
 use crate::system::{self, BenchDatabase, RunNames, Service, with_env};
@@ -102,6 +105,15 @@ impl BenchArgs {
         self.heartbeat_timeout.unwrap_or(self.heartbeat_interval * 3)
     }
 
+    fn settings(&self) -> Settings {
+        Settings {
+            workers: self.workers,
+            heartbeat_interval: self.heartbeat_interval,
+            heartbeat_timeout: self.heartbeat_timeout(),
+            reorder_delay: self.reorder_delay,
+        }
+    }
+
     fn scenario(&self, seed: u64) -> ScenarioConfig {
         ScenarioConfig {
             seed,
@@ -153,69 +165,6 @@ impl Run<'_> {
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 const COMMIT_CHANNEL: &str = "bench_committed";
 const LIVE_CONSUMER: &str = "bench-live";
-
-/// One answer the gateway gave (or a transport failure: status 0).
-#[derive(Debug, Clone)]
-pub struct Answer {
-    pub request: Request,
-    /// Since the live phase's start.
-    pub sent_at: Duration,
-    pub latency: Duration,
-    pub status: u16,
-    /// For a heartbeat: when the gateway received it (its answer says).
-    pub received_at_ms: Option<i64>,
-}
-
-impl Answer {
-    pub fn answered_at(&self) -> Duration {
-        self.sent_at + self.latency
-    }
-
-    pub fn ok(&self) -> bool {
-        (200..300).contains(&self.status)
-    }
-}
-
-/// CPU and memory of one process over a phase.
-#[derive(Debug, Clone)]
-pub struct Usage {
-    pub name: String,
-    pub cpu_seconds: f64,
-    pub peak_rss_bytes: Option<u64>,
-}
-
-/// What the live phase measured.
-pub struct Live {
-    pub plan: Plan,
-    pub answers: Vec<Answer>,
-    /// Event id → when its transaction committed, since the phase's start.
-    pub commits: HashMap<String, Duration>,
-    pub max_lag: Duration,
-    pub last_send: Duration,
-    /// From the last request to the database matching the expectation.
-    pub converged_after: Option<Duration>,
-    pub differences: Vec<String>,
-    pub usage: Vec<Usage>,
-    pub stored_messages: u64,
-    pub dead_letters: u64,
-    /// The share of the machine's CPU time that was busy.
-    pub machine_busy: f64,
-    /// The attendance the workload implies, given when the gateway received each heartbeat.
-    pub expected: BTreeMap<(String, String), Expected>,
-}
-
-/// What one replay measured.
-pub struct Replay {
-    pub workers: usize,
-    pub messages: u64,
-    pub elapsed: Duration,
-    pub cpu_seconds: f64,
-    pub peak_rss_bytes: u64,
-    pub postgres_cpu_seconds: f64,
-    pub nats_cpu_seconds: f64,
-    pub machine_busy: f64,
-    pub differences: Vec<String>,
-}
 
 /// Runs the three phases and writes the report; returns whether the attendance was exact.
 pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
@@ -277,18 +226,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
     let nats_version = client.server_info().version;
 
     let postgres_version = postgres_version(&args.database_url).await.unwrap_or_else(|_| "?".into());
-    let report = Report {
-        args: &args,
+    let results = Results {
+        settings: args.settings(),
         seed,
         started_at,
         nats_version,
         postgres_version,
-        live: &live,
-        capacity: &capacity,
-        replays: &replays,
-        heartbeat_timeout: args.heartbeat_timeout(),
+        live,
+        capacity,
+        replays,
     };
-    let markdown = report::write(&report, &run_dir)?;
+    let markdown = report::write(&results, &run_dir)?;
     let latest = args.out.join("latest");
     let _ = std::fs::remove_file(&latest);
     if let Some(dir_name) = run_dir.file_name() {
@@ -296,7 +244,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
     }
     println!("{markdown}");
     eprintln!("[bench] report: {}", run_dir.join("report.md").display());
-    Ok(live.differences.is_empty() && replays.iter().all(|r| r.differences.is_empty()))
+    Ok(results.attendance_exact())
 }
 
 async fn live_phase(run: &Run<'_>, seed: u64) -> anyhow::Result<Live> {
@@ -408,7 +356,6 @@ async fn live_phase(run: &Run<'_>, seed: u64) -> anyhow::Result<Live> {
             answers,
             commits,
             max_lag,
-            last_send,
             converged_after,
             differences,
             usage,

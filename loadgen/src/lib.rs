@@ -1,12 +1,24 @@
 //! The load generator and benchmark report: a realistic meeting workload signed as LiveKit signs
-//! it ([`scenario`]), driven through the whole system as separate processes ([`bench`]), with
-//! CPU and memory read from `/proc` and a Markdown + PNG report.
+//! it, driven through the whole system as separate processes, with CPU and memory read from
+//! `/proc` and a Markdown + PNG report.
+//!
+//! - [`scenario`]: the workload, planned ahead from a seed, and the attendance it implies.
+//! - [`sign`]: requests signed as LiveKit signs them.
+//! - [`system`]: the system under test as processes, with streams and databases of the run's own.
+//! - [`procstat`]: CPU time and peak memory of processes.
+//! - [`capacity`]: the gateway's capacity at several concurrency levels.
+//! - [`bench`]: the phases of `loadgen bench`; they fill in [`results`].
+//! - [`results`]: what a run measured, as plain data.
+//! - [`report`]: the Markdown report, from [`results`]; [`plot`] draws its PNG.
+//!
+//! The dependencies point one way: bench → report → plot, and each of them → results.
 
 pub mod bench;
 pub mod capacity;
 pub mod plot;
 pub mod procstat;
 pub mod report;
+pub mod results;
 pub mod scenario;
 pub mod sign;
 pub mod system;

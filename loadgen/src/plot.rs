@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::{Context as _, anyhow};
 use plotters::prelude::*;
 
-use crate::report::Second;
+use crate::results::Second;
 
 /// Where Debian's fonts-dejavu-core puts the font (plotters draws text with a TrueType font).
 const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";

@@ -1,0 +1,358 @@
+//! The report's Markdown, one function per section, each appending to the report in turn.
+
+use std::fmt::{self, Write as _};
+
+use hdrhistogram::Histogram;
+
+use super::Figures;
+use crate::capacity;
+use crate::results::{Live, Replay, Results};
+use crate::scenario::Request;
+
+/// The title, when and on what machine the run ran, and the command that ran it.
+pub(super) fn title_and_environment(out: &mut String, results: &Results) -> fmt::Result {
+    let command: Vec<String> = std::env::args().skip(1).collect();
+    writeln!(out, "# Benchmark report\n")?;
+    writeln!(
+        out,
+        "{} · commit {} · {} cores ({}) · NATS {} · PostgreSQL {}. The load generator, gateway, workers, \
+         sweeper, NATS and PostgreSQL all share this machine.\n",
+        results.started_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+        git_commit(),
+        cores(),
+        cpu_model(),
+        results.nats_version,
+        results.postgres_version,
+    )?;
+    writeln!(out, "Command: `loadgen {}` (seed {})\n", command.join(" "), results.seed)
+}
+
+/// `## Result`: whether the attendance came out exact, then the headline figures.
+pub(super) fn result(out: &mut String, results: &Results, figures: &Figures) -> fmt::Result {
+    let plan = &results.live.plan;
+    writeln!(out, "## Result\n")?;
+    if results.attendance_exact() {
+        writeln!(
+            out,
+            "**Attendance exact**: all {} participants of {} rooms match the workload's own expectation \
+             after the live phase and after every replay.\n",
+            plan.participants.len(),
+            plan.rooms.len()
+        )?;
+    } else {
+        writeln!(out, "**Attendance differs** from the workload's expectation: see Differences below.\n")?;
+    }
+    headline_figures(out, results, figures)
+}
+
+/// The table under `## Result`: gateway throughput and latency, webhook to commit, the
+/// gateway's best capacity and the workers' replay rates.
+fn headline_figures(out: &mut String, results: &Results, figures: &Figures) -> fmt::Result {
+    let replay_rate = |workers: usize| {
+        results
+            .replays
+            .iter()
+            .find(|r| r.workers == workers)
+            .map_or("–".to_owned(), |r| format!("{:.0}", r.events_per_second()))
+    };
+    writeln!(out, "| figure | value |\n|---|---:|")?;
+    writeln!(
+        out,
+        "| gateway, live: requests/s (mean / peak second) | {:.0} / {} |",
+        figures.requests_per_second(),
+        figures.peak_second()
+    )?;
+    writeln!(
+        out,
+        "| gateway, live: webhook latency p50 / p99 / p99.9 / max ms | {} |",
+        quantiles(&figures.webhook_us)
+    )?;
+    writeln!(
+        out,
+        "| gateway, live: heartbeat latency p50 / p99 / p99.9 / max ms | {} |",
+        quantiles(&figures.heartbeat_us)
+    )?;
+    writeln!(
+        out,
+        "| webhook 200 → attendance committed, p50 / p99 / p99.9 / max ms | {} |",
+        quantiles(&figures.end_to_end_us)
+    )?;
+    if let Some(best) =
+        results.capacity.iter().max_by(|a, b| a.requests_per_second().total_cmp(&b.requests_per_second()))
+    {
+        writeln!(
+            out,
+            "| gateway capacity: requests/s (at concurrency {}; p99 ms) | {:.0} ({:.1}) |",
+            best.concurrency,
+            best.requests_per_second(),
+            best.ms(0.99)
+        )?;
+    }
+    writeln!(
+        out,
+        "| workers at saturation: events/s, 1 worker / 2 workers | {} / {} |",
+        replay_rate(1),
+        replay_rate(2)
+    )?;
+    writeln!(out)
+}
+
+/// `## Workload`: what the plan held, counted from the plan itself.
+pub(super) fn workload(out: &mut String, results: &Results) -> fmt::Result {
+    let (plan, settings) = (&results.live.plan, &results.settings);
+    let count = |event_type: &str| plan.webhooks.iter().filter(|w| w.event_type == event_type).count();
+    let heartbeats = plan.sends.iter().filter(|s| matches!(s.request, Request::Heartbeat { .. })).count();
+    let duplicates =
+        plan.sends.iter().filter(|s| matches!(s.request, Request::Webhook { duplicate: true, .. })).count();
+    let sessions = plan.sessions().count();
+    let lost = plan.sessions().filter(|s| !s.left_delivered).count();
+    let reconnecting = plan.participants.iter().filter(|p| p.sessions.len() > 1).count();
+    let finished = plan.rooms.iter().filter(|r| r.finished_at_ms.is_some()).count();
+    writeln!(out, "## Workload\n")?;
+    writeln!(out, "| | |\n|---|---:|")?;
+    writeln!(out, "| rooms (finished with room_finished) | {} ({finished}) |", plan.rooms.len())?;
+    writeln!(
+        out,
+        "| participants (reconnecting with the same identity) | {} ({reconnecting}) |",
+        plan.participants.len()
+    )?;
+    writeln!(out, "| sessions (left never delivered: closed by the sweeper) | {sessions} ({lost}) |")?;
+    for event_type in [
+        "room_started",
+        "participant_joined",
+        "track_published",
+        "participant_left",
+        "participant_connection_aborted",
+        "room_finished",
+    ] {
+        writeln!(out, "| {event_type} webhooks | {} |", count(event_type))?;
+    }
+    writeln!(
+        out,
+        "| webhooks delivered twice / late (by up to {:?}) | {duplicates} / {} |",
+        settings.reorder_delay, plan.reordered
+    )?;
+    writeln!(
+        out,
+        "| heartbeats (every {:?}; sweeper timeout {:?}) | {heartbeats} |",
+        settings.heartbeat_interval, settings.heartbeat_timeout
+    )?;
+    writeln!(
+        out,
+        "| requests in all, over {:.0} s | {} |",
+        (plan.end_ms() - plan.start_ms) as f64 / 1000.0,
+        plan.sends.len()
+    )?;
+    writeln!(out)
+}
+
+/// `## Live phase`: how the gateway answered, what the stream kept, whether every commit was
+/// seen and when the database matched the expectation.
+pub(super) fn live_phase(out: &mut String, results: &Results, figures: &Figures) -> fmt::Result {
+    let live = &results.live;
+    writeln!(out, "## Live phase: gateway, {} workers, sweeper\n", results.settings.workers)?;
+    let failures: Vec<String> = figures
+        .not_ok
+        .iter()
+        .map(|(status, n)| format!("{n} × {}", if *status == 0 { "no answer".to_owned() } else { status.to_string() }))
+        .collect();
+    writeln!(
+        out,
+        "- {} requests answered 2xx over {:.1} s; not 2xx: {}; webhook retries: {}. Sending fell behind schedule by at most {:.0} ms.",
+        figures.ok,
+        figures.span.as_secs_f64(),
+        if failures.is_empty() { "none".to_owned() } else { failures.join(", ") },
+        figures.retries,
+        live.max_lag.as_secs_f64() * 1000.0
+    )?;
+    writeln!(
+        out,
+        "- The stream stored {} messages (duplicates removed by JetStream's message id); dead letters: {}.",
+        live.stored_messages, live.dead_letters
+    )?;
+    writeln!(
+        out,
+        "- Commit seen for every webhook answered 200: {} (unseen: {}).",
+        if figures.commits_unseen == 0 { "yes" } else { "no" },
+        figures.commits_unseen
+    )?;
+    match live.converged_after {
+        Some(after) => writeln!(
+            out,
+            "- The database matched the expectation {:.1} s after the last request (the sweeper closes a session \
+             whose left never came once its heartbeat is {:?} old).",
+            after.as_secs_f64(),
+            results.settings.heartbeat_timeout
+        ),
+        None => writeln!(out, "- The database did not match the expectation: {} differences.", live.differences.len()),
+    }
+}
+
+/// The live phase's CPU and peak memory, a row per process.
+pub(super) fn live_usage(out: &mut String, live: &Live, figures: &Figures) -> fmt::Result {
+    writeln!(
+        out,
+        "\nCPU and memory over the phase (the machine's {} cores were {:.0} % busy); \"per 1 000 events\" divides by \
+         the {} requests answered 2xx.\n",
+        cores(),
+        live.machine_busy * 100.0,
+        figures.ok
+    )?;
+    writeln!(out, "| process | CPU s | CPU ms per 1 000 events | peak RSS MiB |\n|---|---:|---:|---:|")?;
+    for usage in &live.usage {
+        writeln!(
+            out,
+            "| {} | {:.1} | {:.1} | {} |",
+            usage.name,
+            usage.cpu_seconds,
+            cpu_ms_per_thousand(usage.cpu_seconds, figures.ok as u64),
+            usage.peak_rss_bytes.map_or("–".to_owned(), mib)
+        )?;
+    }
+    writeln!(
+        out,
+        "\nnats-server and postgres are the machine's servers (all their processes); their memory is not theirs for this run alone.\n"
+    )
+}
+
+/// The plot of the live phase over time (or why there is none).
+pub(super) fn timeline(out: &mut String, plot: &str) -> fmt::Result {
+    writeln!(out, "{plot}\n")
+}
+
+/// `## Gateway capacity`: a row per concurrency level.
+pub(super) fn gateway_capacity(out: &mut String, results: &Results) -> fmt::Result {
+    writeln!(out, "## Gateway capacity\n")?;
+    writeln!(out, "A gateway alone (no workers), distinct participant_joined webhooks as fast as it answers.\n")?;
+    writeln!(out, "{}", capacity::TABLE_HEADER)?;
+    for level in &results.capacity {
+        writeln!(out, "{}", level.row())?;
+    }
+    writeln!(out)
+}
+
+/// `## Workers at saturation (replay)`: a row per replay.
+pub(super) fn replays(out: &mut String, results: &Results) -> fmt::Result {
+    writeln!(out, "## Workers at saturation (replay)\n")?;
+    writeln!(
+        out,
+        "The live phase's stream (webhooks and heartbeats as stored) applied from its start into a fresh database; \
+         time from the workers' start to everything acknowledged, then the sweeper, then the comparison. CPU ms \
+         per 1 000 events: the workers' (all of them), then PostgreSQL's and NATS's over the same time.\n"
+    )?;
+    writeln!(
+        out,
+        "| workers | messages | s | events/s | CPU ms per 1 000 events: workers / postgres / nats | machine busy | \
+         peak RSS MiB (largest worker) | attendance |"
+    )?;
+    writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---|")?;
+    for replay in &results.replays {
+        writeln!(out, "{}", replay_row(replay))?;
+    }
+    writeln!(out)
+}
+
+fn replay_row(r: &Replay) -> String {
+    format!(
+        "| {} | {} | {:.1} | {:.0} | {:.0} / {:.0} / {:.0} | {:.0} % | {} | {} |",
+        r.workers,
+        r.messages,
+        r.elapsed.as_secs_f64(),
+        r.events_per_second(),
+        cpu_ms_per_thousand(r.cpu_seconds, r.messages),
+        cpu_ms_per_thousand(r.postgres_cpu_seconds, r.messages),
+        cpu_ms_per_thousand(r.nats_cpu_seconds, r.messages),
+        r.machine_busy * 100.0,
+        mib(r.peak_rss_bytes),
+        if r.differences.is_empty() { "exact".to_owned() } else { format!("{} differences", r.differences.len()) }
+    )
+}
+
+/// Differences listed at the most; the rest are counted.
+const DIFFERENCES_LISTED: usize = 200;
+
+/// `## Differences`: how the stored attendance differs from the expectation, live phase first.
+pub(super) fn differences(out: &mut String, results: &Results) -> fmt::Result {
+    writeln!(out, "## Differences\n")?;
+    let all: Vec<&String> =
+        results.live.differences.iter().chain(results.replays.iter().flat_map(|r| r.differences.iter())).collect();
+    if all.is_empty() {
+        return writeln!(out, "None.");
+    }
+    for line in all.iter().take(DIFFERENCES_LISTED) {
+        writeln!(out, "- {line}")?;
+    }
+    if all.len() > DIFFERENCES_LISTED {
+        writeln!(out, "- … and {} more", all.len() - DIFFERENCES_LISTED)?;
+    }
+    Ok(())
+}
+
+/// CPU milliseconds per 1 000 events (at least one event, so that an idle phase reads 0, not NaN).
+fn cpu_ms_per_thousand(cpu_seconds: f64, events: u64) -> f64 {
+    cpu_seconds * 1000.0 / (events.max(1) as f64 / 1000.0)
+}
+
+fn ms(histogram: &Histogram<u64>, quantile: f64) -> f64 {
+    histogram.value_at_quantile(quantile) as f64 / 1000.0
+}
+
+/// p50 / p99 / p99.9 / max in milliseconds, or a dash for no samples.
+fn quantiles(histogram: &Histogram<u64>) -> String {
+    if histogram.is_empty() {
+        return "–".into();
+    }
+    format!(
+        "{:.1} / {:.1} / {:.1} / {:.1}",
+        ms(histogram, 0.5),
+        ms(histogram, 0.99),
+        ms(histogram, 0.999),
+        histogram.max() as f64 / 1000.0
+    )
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.0}", bytes as f64 / (1024.0 * 1024.0))
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(0, |n| n.get())
+}
+
+fn git_commit() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|output| output.status.success())
+        .and_then(|output| String::from_utf8(output.stdout).ok())
+        .map_or("?".into(), |commit| commit.trim().to_owned())
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "?".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capacity::latency_histogram;
+
+    #[test]
+    fn quantiles_read_in_milliseconds() {
+        let mut histogram = latency_histogram();
+        for us in [1_000, 2_000, 3_000] {
+            histogram.record(us).unwrap();
+        }
+        assert_eq!(quantiles(&histogram), "2.0 / 3.0 / 3.0 / 3.0");
+        assert_eq!(quantiles(&latency_histogram()), "–");
+    }
+}
