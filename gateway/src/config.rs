@@ -3,9 +3,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use shared::config::{LiveKitKeyArgs, NatsArgs, WebhookStreamArgs, parse_duration};
-use shared::db::DatabaseArgs;
-use shared::presence::PresenceArgs;
+use shared::nats::{PresenceArgs, WebhookStreamArgs};
+use shared::runtime::config::{LiveKitKeyArgs, NatsArgs, parse_duration};
+use shared::runtime::database::DatabaseArgs;
 
 /// LiveKit webhook gateway: verifies, stores in JetStream, then answers.
 #[derive(Debug, Clone, clap::Parser)]

@@ -5,9 +5,8 @@
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use shared::event::EventError;
-use shared::livekit::VerifyError;
-use shared::livekit::heartbeat::HeartbeatError;
+use shared::domain::event::EventError;
+use shared::livekit::{ParticipantTokenError, TokenError, VerifyError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -23,12 +22,15 @@ pub enum ApiError {
     BodyTimeout,
     #[error("the event could not be stored now; retry later")]
     Unavailable,
-    /// A participant or admin token that is missing or invalid.
+    /// A request to the heartbeat or read API without a bearer token.
+    #[error("the request has no bearer token")]
+    MissingToken,
+    /// A participant or admin token that is not valid.
     #[error(transparent)]
-    BadToken(HeartbeatError),
+    InvalidToken(TokenError),
     /// A valid token without the grant this needs.
-    #[error("{message}")]
-    Forbidden { code: &'static str, message: &'static str },
+    #[error(transparent)]
+    Forbidden(Forbidden),
     #[error("too many heartbeats; slow down")]
     RateLimited,
     #[error("attendance cannot be read now; retry later")]
@@ -49,8 +51,8 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unavailable | ApiError::ReadUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::BadToken(_) => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ApiError::MissingToken | ApiError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotFound | ApiError::NoSuchParticipant => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -66,13 +68,54 @@ impl ApiError {
             ApiError::UnreadableBody => "unreadable_body",
             ApiError::BodyTimeout => "body_timeout",
             ApiError::Unavailable | ApiError::ReadUnavailable => "unavailable",
-            ApiError::BadToken(HeartbeatError::Token(reason)) => reason.code(),
-            ApiError::BadToken(_) => "missing_token",
-            ApiError::Forbidden { code, .. } => code,
+            ApiError::MissingToken => "missing_token",
+            ApiError::InvalidToken(reason) => reason.code(),
+            ApiError::Forbidden(reason) => reason.code(),
             ApiError::RateLimited => "rate_limited",
             ApiError::NoSuchParticipant => "participant_not_found",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
+        }
+    }
+}
+
+/// What a valid token does not grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Forbidden {
+    /// A heartbeat's token without `roomJoin` for a room.
+    #[error("the token does not grant joining a room")]
+    NoRoomGrant,
+    /// A heartbeat's token without an identity (`sub`).
+    #[error("the token names no participant identity")]
+    NoIdentity,
+    /// A token that grants nothing in the room read.
+    #[error("this token does not grant reading this room")]
+    NotThisRoom,
+    /// A participant's own token, used to read the whole room.
+    #[error("a participant token reads only its own attendance (/attendance/{{identity}})")]
+    WholeRoom,
+    /// A participant's own token, used to read another participant.
+    #[error("a participant token reads only its own attendance")]
+    OtherParticipant,
+}
+
+impl Forbidden {
+    pub fn code(self) -> &'static str {
+        match self {
+            Forbidden::NoRoomGrant => "no_room_grant",
+            Forbidden::NoIdentity => "no_identity",
+            Forbidden::NotThisRoom | Forbidden::WholeRoom | Forbidden::OtherParticipant => "forbidden",
+        }
+    }
+}
+
+impl From<ParticipantTokenError> for ApiError {
+    fn from(error: ParticipantTokenError) -> Self {
+        match error {
+            ParticipantTokenError::MissingToken => ApiError::MissingToken,
+            ParticipantTokenError::Token(reason) => ApiError::InvalidToken(reason),
+            ParticipantTokenError::NoRoomGrant => ApiError::Forbidden(Forbidden::NoRoomGrant),
+            ParticipantTokenError::NoIdentity => ApiError::Forbidden(Forbidden::NoIdentity),
         }
     }
 }

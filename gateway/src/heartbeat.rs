@@ -9,9 +9,11 @@ use std::time::{Duration, Instant};
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
-use shared::livekit::KeySet;
-use shared::livekit::heartbeat::{self, HeartbeatError, Participant};
-use shared::stream::WebhookStream;
+use shared::domain::heartbeat::Heartbeat;
+use shared::domain::time::{now_unix_ms, rfc3339_ms};
+use shared::livekit::{KeySet, ParticipantGrant, participant};
+use shared::nats::webhooks::WebhookStream;
+use shared::runtime::trace;
 use tracing::Instrument as _;
 
 use crate::error::ApiError;
@@ -28,7 +30,7 @@ pub async fn receive(
     headers: HeaderMap,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let span = tracing::info_span!("heartbeat", room = tracing::field::Empty, identity = tracing::field::Empty);
-    shared::trace::continue_from_http(&span, &headers);
+    trace::continue_from_http(&span, &headers);
     receive_traced(&state, &headers).instrument(span).await
 }
 
@@ -36,28 +38,20 @@ async fn receive_traced(
     state: &HeartbeatState,
     headers: &HeaderMap,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    let now_ms = shared::now_unix_ms();
+    let now_ms = now_unix_ms();
     let authorization = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
-    let (who, event) = heartbeat::receive(authorization, &state.keys, now_ms).map_err(|error| match error {
-        HeartbeatError::NoRoomGrant => {
-            ApiError::Forbidden { code: "no_room_grant", message: "the token does not grant joining a room" }
-        }
-        HeartbeatError::NoIdentity => {
-            ApiError::Forbidden { code: "no_identity", message: "the token names no participant identity" }
-        }
-        other => ApiError::BadToken(other),
-    })?;
+    let who = participant::verify_header(authorization, &state.keys, now_ms / 1000)?;
     tracing::Span::current().record("room", &who.room).record("identity", &who.identity);
     if !state.limiter.allow(&who, Instant::now()) {
         return Err(ApiError::RateLimited);
     }
-    match state.stream.publish(&event, state.publish_timeout).await {
+    let heartbeat = Heartbeat::new(who.room, who.identity, now_ms);
+    match state.stream.publish_heartbeat(&heartbeat, state.publish_timeout).await {
         // The receipt time is the time the sweeper would close the cycle at, were this the
         // last heartbeat: the client learns it (and the server's clock) from the answer.
-        Ok(_) => Ok((
-            StatusCode::ACCEPTED,
-            Json(serde_json::json!({"accepted": true, "receivedAt": shared::storage::rfc3339_ms(now_ms)})),
-        )),
+        Ok(_) => {
+            Ok((StatusCode::ACCEPTED, Json(serde_json::json!({"accepted": true, "receivedAt": rfc3339_ms(now_ms)}))))
+        }
         Err(error) => {
             tracing::error!(%error, "heartbeat not stored");
             Err(ApiError::Unavailable)
@@ -80,7 +74,7 @@ impl RateLimiter {
     }
 
     /// Takes a token for this participant if one is left.
-    pub fn allow(&self, who: &Participant, now: Instant) -> bool {
+    pub fn allow(&self, who: &ParticipantGrant, now: Instant) -> bool {
         let mut buckets = self.buckets.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if buckets.len() >= Self::MAX_TRACKED {
             // Forget participants whose bucket has refilled: they lose nothing.
@@ -107,8 +101,8 @@ mod tests {
     #[test]
     fn allows_a_burst_then_one_per_interval_per_participant() {
         let limiter = RateLimiter::new(Duration::from_secs(5), 2);
-        let ada = Participant { room: "r".into(), identity: "ada".into() };
-        let bob = Participant { room: "r".into(), identity: "bob".into() };
+        let ada = ParticipantGrant { room: "r".into(), identity: "ada".into() };
+        let bob = ParticipantGrant { room: "r".into(), identity: "bob".into() };
         let t0 = Instant::now();
         assert!(limiter.allow(&ada, t0));
         assert!(limiter.allow(&ada, t0));

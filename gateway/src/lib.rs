@@ -1,13 +1,20 @@
 //! The gateway: LiveKit's webhook receiver. It verifies each request as LiveKit's own receivers
 //! do, stores the event in JetStream and answers 2xx only once JetStream acknowledged it. It also
 //! takes client heartbeats and serves the attendance read API and live presence stream.
+//!
+//! - [`webhook`]: `POST /webhooks/livekit` (verification is `shared::livekit::webhook`);
+//! - [`heartbeat`]: `POST /v1/heartbeats`;
+//! - [`read_api`]: attendance reads, the presence stream and the live page, with
+//!   [`read_access`] deciding who may read what;
+//! - [`routes`]: every route; [`error`]: every error, mapped to a status and a stable code.
 
-pub mod attendance;
-pub mod auth;
 pub mod config;
 pub mod error;
 pub mod heartbeat;
 pub mod metrics;
+pub mod read_access;
+pub mod read_api;
+pub mod routes;
 pub mod startup;
 pub mod webhook;
 

@@ -4,9 +4,9 @@ use gateway::{Application, GatewayConfig};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let telemetry = shared::telemetry::init("attendance-gateway");
+    let telemetry = shared::runtime::telemetry::init("attendance-gateway");
     let config = GatewayConfig::parse();
-    let shutdown = shared::shutdown::on_signal();
+    let shutdown = shared::runtime::shutdown::on_signal();
     let app = Application::build(config).await.context("gateway start-up failed")?;
     let result = app.run(shutdown).await.context("gateway server failed");
     telemetry.shutdown();

@@ -5,22 +5,21 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::{get, post};
 use prometheus_client::registry::Registry;
-use shared::config::StartupError;
-use shared::ops::{self, ReadinessCheck};
-use shared::stream::WebhookStream;
+use shared::nats::webhooks::WebhookStream;
+use shared::runtime::config::StartupError;
+use shared::runtime::ops::{self, ReadinessCheck};
+use shared::runtime::startup_retry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower_http::trace::TraceLayer;
 
-use crate::attendance::{self, ReadState};
 use crate::config::GatewayConfig;
-use crate::error::ApiError;
-use crate::heartbeat::{self, HeartbeatState, RateLimiter};
+use crate::heartbeat::{HeartbeatState, RateLimiter};
 use crate::metrics::GatewayMetrics;
-use crate::webhook::{self, WebhookState};
+use crate::read_api::ReadState;
+use crate::routes::{AppState, router};
+use crate::webhook::WebhookState;
 
 /// A gateway bound to its port, ready to run.
 pub struct Application {
@@ -36,49 +35,40 @@ impl Application {
     pub async fn build(config: GatewayConfig) -> Result<Self, StartupError> {
         let keys = config.keys.key_set()?;
         tracing::info!(api_keys = ?keys.key_ids().collect::<Vec<_>>(), "LiveKit keys loaded");
-        let listener = shared::config::bind(config.listen_addr).await?;
+        let listener = shared::runtime::config::bind(config.listen_addr).await?;
         let nats = config.nats.connect("attendance-gateway").await?;
-        let stream = WebhookStream::new(nats.clone(), config.stream.clone());
+        let stream = WebhookStream::new(nats.clone(), &config.stream);
 
         let mut registry = Registry::default();
         let metrics = GatewayMetrics::register(&mut registry);
         let pool = config.database.pool()?;
         let streams_shutdown = CancellationToken::new();
-        let heartbeats = Arc::new(HeartbeatState {
-            keys: keys.clone(),
-            stream: stream.clone(),
-            publish_timeout: config.publish_timeout,
-            limiter: RateLimiter::new(config.heartbeat_min_interval, config.heartbeat_burst),
-        });
-        let reads = Arc::new(ReadState {
-            keys: keys.clone(),
-            pool,
-            nats: nats.clone(),
-            presence_subject_prefix: config.presence.subject_prefix.clone(),
-            shutdown: streams_shutdown.clone(),
-        });
-        let state = Arc::new(WebhookState {
-            keys,
-            stream: stream.clone(),
-            body_limit: config.body_limit,
-            body_timeout: config.body_timeout,
-            publish_timeout: config.publish_timeout,
-            metrics,
-        });
-        let readiness = readiness_check(nats.clone(), stream.clone());
-        let router = Router::new()
-            .route("/webhooks/livekit", post(webhook::receive))
-            .with_state(state)
-            .route("/v1/heartbeats", post(heartbeat::receive).with_state(heartbeats))
-            .route("/v1/rooms/{room}/attendance", get(attendance::room).with_state(reads.clone()))
-            .route("/v1/rooms/{room}/attendance/{identity}", get(attendance::participant).with_state(reads.clone()))
-            .route("/v1/rooms/{room}/presence", get(attendance::presence).with_state(reads))
-            .route("/rooms/{room}", get(attendance::live_page))
-            .merge(ops::router(Arc::new(registry), readiness))
-            .fallback(|| async { ApiError::NotFound })
-            .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-            .layer(TraceLayer::new_for_http());
-        Ok(Application { listener, router, nats, stream, streams_shutdown })
+        let state = AppState {
+            heartbeats: Arc::new(HeartbeatState {
+                keys: keys.clone(),
+                stream: stream.clone(),
+                publish_timeout: config.publish_timeout,
+                limiter: RateLimiter::new(config.heartbeat_min_interval, config.heartbeat_burst),
+            }),
+            reads: Arc::new(ReadState {
+                keys: keys.clone(),
+                pool,
+                nats: nats.clone(),
+                presence_subject_prefix: config.presence.subject_prefix.clone(),
+                shutdown: streams_shutdown.clone(),
+            }),
+            webhooks: Arc::new(WebhookState {
+                keys,
+                stream: stream.clone(),
+                body_limit: config.body_limit,
+                body_timeout: config.body_timeout,
+                publish_timeout: config.publish_timeout,
+                metrics,
+            }),
+            registry: Arc::new(registry),
+            readiness: readiness_check(nats.clone(), stream.clone()),
+        };
+        Ok(Application { listener, router: router(state), nats, stream, streams_shutdown })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -122,7 +112,7 @@ fn readiness_check(nats: async_nats::Client, stream: WebhookStream) -> Readiness
 /// Creates or updates the stream, retrying while NATS is unreachable, so that the gateway can
 /// start during an outage (and reports not ready until this succeeds).
 async fn ensure_stream(stream: WebhookStream, shutdown: CancellationToken) {
-    if shared::retry::until_ok(&shutdown, "stream set-up", || stream.ensure()).await.is_some() {
+    if startup_retry::until_ok(&shutdown, "stream set-up", || stream.ensure()).await.is_some() {
         tracing::info!(stream = stream.name(), "stream ready");
     }
 }

@@ -15,8 +15,10 @@ use bytes::Bytes;
 use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use prometheus_client::metrics::gauge::Gauge;
 use serde::Serialize;
+use shared::domain::time::now_unix_ms;
 use shared::livekit::{KeySet, ReceiveError, webhook};
-use shared::stream::WebhookStream;
+use shared::nats::webhooks::WebhookStream;
+use shared::runtime::trace;
 use tracing::field::Empty;
 use tracing::{Instrument as _, Span};
 
@@ -35,7 +37,7 @@ pub struct WebhookState {
 
 /// The answer to LiveKit once the event is stored.
 #[derive(Debug, Serialize)]
-pub struct Stored {
+pub struct Accepted {
     pub event_id: String,
     /// JetStream sequence of the stored event.
     pub sequence: u64,
@@ -47,19 +49,19 @@ pub async fn receive(
     State(state): State<Arc<WebhookState>>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<Stored>, ApiError> {
+) -> Result<Json<Accepted>, ApiError> {
     let _in_flight = InFlight::enter(&state.metrics.in_flight);
     // The parent (the caller's trace, if any) must be set before the span is first entered.
     let span = tracing::info_span!("webhook", event_id = Empty, event_type = Empty, room = Empty, trace_id = Empty);
-    shared::trace::continue_from_http(&span, &headers);
-    span.record("trace_id", shared::trace::trace_id(&span));
+    trace::continue_from_http(&span, &headers);
+    span.record("trace_id", trace::trace_id(&span));
     receive_traced(&state, &headers, body).instrument(span).await
 }
 
-async fn receive_traced(state: &WebhookState, headers: &HeaderMap, body: Body) -> Result<Json<Stored>, ApiError> {
+async fn receive_traced(state: &WebhookState, headers: &HeaderMap, body: Body) -> Result<Json<Accepted>, ApiError> {
     let result = receive_inner(state, headers, body).await;
     match &result {
-        Ok(stored) => state.metrics.count(if stored.duplicate { "duplicate" } else { "stored" }),
+        Ok(accepted) => state.metrics.count(if accepted.duplicate { "duplicate" } else { "stored" }),
         Err(error) => {
             state.metrics.count(error.code());
             if let ApiError::Unauthorized(reason) = error {
@@ -74,8 +76,8 @@ async fn receive_traced(state: &WebhookState, headers: &HeaderMap, body: Body) -
     result.map(Json)
 }
 
-async fn receive_inner(state: &WebhookState, headers: &HeaderMap, body: Body) -> Result<Stored, ApiError> {
-    let received_at_ms = shared::now_unix_ms();
+async fn receive_inner(state: &WebhookState, headers: &HeaderMap, body: Body) -> Result<Accepted, ApiError> {
+    let received_at_ms = now_unix_ms();
     let body = read_body(body, headers, state.body_limit, state.body_timeout).await?;
     let authorization = headers.get(header::AUTHORIZATION).map(|value| value.as_bytes());
     let event =
@@ -95,9 +97,9 @@ async fn receive_inner(state: &WebhookState, headers: &HeaderMap, body: Body) ->
     let published = state.stream.publish(&event, state.publish_timeout).await;
     state.metrics.publish_duration.observe(started.elapsed().as_secs_f64());
     match published {
-        Ok(stored) => {
-            tracing::info!(sequence = stored.sequence, duplicate = stored.duplicate, "event stored");
-            Ok(Stored { event_id: event.id().to_owned(), sequence: stored.sequence, duplicate: stored.duplicate })
+        Ok(ack) => {
+            tracing::info!(sequence = ack.sequence, duplicate = ack.duplicate, "event stored");
+            Ok(Accepted { event_id: event.id().to_owned(), sequence: ack.sequence, duplicate: ack.duplicate })
         }
         Err(error) => {
             tracing::error!(%error, "event not stored, answering 503 so that LiveKit retries");

@@ -20,8 +20,12 @@ async fn heartbeats_are_authenticated_stored_and_rate_limited() {
     let stored = system.gateway.stored_messages().await;
     assert_eq!(stored.len(), 1);
     let received_at_ms: i64 =
-        stored[0].headers.get(shared::stream::RECEIVED_AT_MS_HEADER).unwrap().as_str().parse().unwrap();
-    assert_eq!(answer["receivedAt"].as_str(), Some(shared::storage::rfc3339_ms(received_at_ms).as_str()), "{answer}");
+        stored[0].headers.get(shared::nats::webhooks::RECEIVED_AT_MS_HEADER).unwrap().as_str().parse().unwrap();
+    assert_eq!(
+        answer["receivedAt"].as_str(),
+        Some(shared::domain::time::rfc3339_ms(received_at_ms).as_str()),
+        "{answer}"
+    );
     assert_eq!(stored[0].subject.as_str(), format!("{}.client_heartbeat", system.gateway.stream.subject_prefix));
     let payload: serde_json::Value = serde_json::from_slice(&stored[0].payload).unwrap();
     assert_eq!(
@@ -156,7 +160,7 @@ async fn a_presence_stream_sees_join_and_leave_within_a_second_of_the_webhook() 
     let join_latency = answered.elapsed();
     assert_eq!((change["identity"].as_str(), change["present"].as_bool()), (Some("ada"), Some(true)));
 
-    let left = participant_left("EV_live_2", "algebra", "ada", shared::now_unix_ms() / 1000);
+    let left = participant_left("EV_live_2", "algebra", "ada", shared::domain::time::now_unix_ms() / 1000);
     assert_eq!(system.gateway.post_webhook(left.clone(), Some(&sign_now(&left))).await.status(), 200);
     let answered = Instant::now();
     let change = tokio::time::timeout(Duration::from_secs(5), next_change()).await.expect("a leave change");

@@ -32,7 +32,7 @@ async fn the_page_shows_who_is_present_and_follows_joins_and_leaves() {
     assert_eq!(browser.eval("return location.hash").await, "", "the token leaves the address bar");
 
     // Joined three minutes ago (LiveKit's joinedAt), reported now.
-    let joined_at = shared::now_unix_ms() / 1000 - 180;
+    let joined_at = shared::domain::time::now_unix_ms() / 1000 - 180;
     let joined = participant_joined_at("EV_page_1", "algebra 101", "ada", joined_at);
     assert_eq!(system.gateway.post_webhook(joined.clone(), Some(&sign_now(&joined))).await.status(), 200);
     wait_for(&browser, ROW_STATE, "ada=true").await;

@@ -15,7 +15,7 @@ use testkit::livekit::{admin_token, participant_joined, sign_now};
 async fn one_trace_links_the_webhook_the_worker_and_the_presence_publish() {
     let exporter = InMemorySpanExporter::default();
     let provider = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
-    let _telemetry = shared::telemetry::init_with(provider.clone());
+    let _telemetry = shared::runtime::telemetry::init_with(provider.clone());
     let system = System::start().await;
 
     // The caller's own trace continues through the gateway.

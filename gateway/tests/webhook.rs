@@ -32,7 +32,10 @@ async fn an_event_posted_three_times_is_stored_once_without_its_turn_password() 
     let parts: Vec<&str> = traceparent.split('-').collect();
     assert_eq!(parts.iter().map(|p| p.len()).collect::<Vec<_>>(), [2, 32, 16, 2], "W3C traceparent: {traceparent}");
     assert!(
-        message.headers.get(shared::stream::RECEIVED_AT_MS_HEADER).is_some_and(|v| v.as_str().parse::<i64>().is_ok())
+        message
+            .headers
+            .get(shared::nats::webhooks::RECEIVED_AT_MS_HEADER)
+            .is_some_and(|v| v.as_str().parse::<i64>().is_ok())
     );
     let payload: serde_json::Value = serde_json::from_slice(&message.payload).expect("stored JSON");
     assert_eq!(payload["room"]["name"], "algebra");
@@ -45,7 +48,7 @@ async fn an_event_posted_three_times_is_stored_once_without_its_turn_password() 
 #[tokio::test]
 async fn events_signed_with_either_key_and_a_bearer_prefix_are_accepted() {
     let gateway = TestGateway::spawn(&shared_url(), &[]).await;
-    let now = shared::now_unix_ms() / 1000;
+    let now = shared::domain::time::now_unix_ms() / 1000;
     let first = participant_joined("EV_alpha", "r", "a");
     let second = participant_joined("EV_bravo", "r", "b");
     let bearer = format!("Bearer {}", webhook_token(&test_keys(), "APItestAlpha", &first, now));
@@ -61,7 +64,7 @@ async fn events_signed_with_either_key_and_a_bearer_prefix_are_accepted() {
 async fn requests_that_fail_verification_get_401_with_a_reason_and_are_not_stored() {
     let gateway = TestGateway::spawn(&shared_url(), &[]).await;
     let body = participant_joined("EV_refused", "r", "a");
-    let now = shared::now_unix_ms() / 1000;
+    let now = shared::domain::time::now_unix_ms() / 1000;
     let stranger = shared::livekit::KeySet::parse("APItestAlpha: another-secret-entirely-0123456789abcdef").unwrap();
     let mut tampered = body.clone();
     tampered[10] ^= 1;

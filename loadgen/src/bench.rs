@@ -19,8 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use shared::config::NatsArgs;
 use shared::livekit::KeySet;
+use shared::runtime::config::NatsArgs;
 use sqlx::PgPool;
 use tokio::sync::Semaphore;
 
@@ -271,7 +271,7 @@ async fn live_phase(run: &Run<'_>, seed: u64) -> anyhow::Result<Live> {
         system::wait_ready(&http, &base_url, &mut gateway).await?;
 
         let lead = Duration::from_secs(2);
-        let plan = Plan::build(&args.scenario(seed), shared::now_unix_ms() + millis(lead));
+        let plan = Plan::build(&args.scenario(seed), shared::domain::time::now_unix_ms() + millis(lead));
         let tokens: Vec<String> = plan
             .participants
             .iter()
@@ -548,7 +548,7 @@ pub async fn differences(
     let mut differences = Vec::new();
     let mut connection = pool.acquire().await?;
     for (room, participants) in &by_room {
-        let mut stored = shared::storage::load_room(&mut connection, room).await?;
+        let mut stored = shared::store::read_model::load_room(&mut connection, room).await?;
         for (identity, want) in participants {
             match stored.remove(*identity) {
                 None => differences.push(format!("{room} / {identity}: missing, expected {want:?}")),
@@ -562,7 +562,7 @@ pub async fn differences(
         }
         differences.extend(stored.keys().map(|identity| format!("{room} / {identity}: not in the workload")));
     }
-    let rooms: Vec<String> = sqlx::query_scalar("SELECT name FROM rooms").fetch_all(&mut *connection).await?;
+    let rooms = shared::store::rooms::room_names(&mut connection).await?;
     differences.extend(
         rooms
             .into_iter()
@@ -645,9 +645,7 @@ async fn replay_phase(run: &Run<'_>, workers: usize, live: &Live) -> anyhow::Res
 }
 
 async fn postgres_version(database_url: &str) -> anyhow::Result<String> {
-    use sqlx::Connection as _;
-    let mut connection = sqlx::PgConnection::connect(database_url).await?;
-    Ok(sqlx::query_scalar("SHOW server_version").fetch_one(&mut connection).await?)
+    Ok(shared::store::admin::server_version(database_url).await?)
 }
 
 fn millis(duration: Duration) -> i64 {

@@ -126,7 +126,7 @@ pub fn latency_histogram() -> Histogram<u64> {
 
 /// A `participant_joined` body of realistic size and its LiveKit signature.
 fn joined(keys: &KeySet, event_id: &str, n: usize) -> (Bytes, String) {
-    let now = shared::now_unix_ms() / 1000;
+    let now = shared::domain::time::now_unix_ms() / 1000;
     let room = format!("bench-room-{}", n % 500);
     let body = serde_json::json!({
         "event": "participant_joined",

@@ -4,7 +4,7 @@
 use anyhow::Context as _;
 use clap::Parser;
 use loadgen::{bench, capacity};
-use shared::config::LiveKitKeyArgs;
+use shared::runtime::config::LiveKitKeyArgs;
 
 #[derive(Debug, Parser)]
 #[command(name = "loadgen", version)]

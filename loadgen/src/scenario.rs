@@ -114,8 +114,8 @@ pub struct Expected {
     pub present: bool,
 }
 
-impl From<&shared::attendance::Attendance> for Expected {
-    fn from(stored: &shared::attendance::Attendance) -> Self {
+impl From<&shared::domain::attendance::Attendance> for Expected {
+    fn from(stored: &shared::domain::attendance::Attendance) -> Self {
         Expected {
             attended_ms: stored.attended_ms,
             join_count: stored.join_count,
@@ -368,8 +368,8 @@ fn participant_json(identity: &str, sid: &str, joined_at_ms: i64, state: &str) -
 
 #[cfg(test)]
 mod tests {
-    use shared::attendance::{ClosedBy, Fact, FactKind, room_attendance};
-    use shared::event::WebhookEvent;
+    use shared::domain::attendance::{ClosedBy, Fact, FactKind, room_attendance};
+    use shared::domain::event::WebhookEvent;
 
     use super::*;
 

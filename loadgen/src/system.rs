@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use sqlx::Connection as _;
+use shared::store::admin;
 
 use crate::procstat;
 
@@ -88,54 +88,31 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// `url` with its database name replaced (query parameters kept).
-pub fn with_database(url: &str, database: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("postgres", url));
-    let authority = rest.split(['/', '?']).next().unwrap_or(rest);
-    let query = rest.split_once('?').map(|(_, query)| format!("?{query}")).unwrap_or_default();
-    format!("{scheme}://{authority}/{database}{query}")
-}
-
 /// A database of the run's own on the server of `DATABASE_URL`, migrated.
 pub struct BenchDatabase {
     pub url: String,
     name: String,
-    admin_url: String,
+    server_url: String,
 }
 
 impl BenchDatabase {
     pub async fn create(server_url: &str, name: &str) -> anyhow::Result<Self> {
-        let admin_url = with_database(server_url, "postgres");
-        let mut admin = sqlx::PgConnection::connect(&admin_url).await.context("connect to PostgreSQL")?;
-        // The name is ours: "bench_" and hex digits.
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await?;
-        let database = BenchDatabase { url: with_database(server_url, name), name: name.to_owned(), admin_url };
+        let url = admin::create_database(server_url, name).await.context("create the benchmark's database")?;
+        let database = BenchDatabase { url, name: name.to_owned(), server_url: server_url.to_owned() };
         let pool = sqlx::PgPool::connect(&database.url).await?;
-        shared::storage::MIGRATOR.run(&pool).await?;
+        shared::store::MIGRATOR.run(&pool).await?;
         pool.close().await;
         Ok(database)
     }
 
-    /// Makes PostgreSQL announce every event-log row when its transaction commits, so the
-    /// benchmark sees the moment attendance is committed (the row and the recomputed attendance
-    /// are in one transaction). Only in the benchmark's own database.
+    /// Makes PostgreSQL announce every event-log row on `channel` when its transaction commits.
     pub async fn announce_commits(&self, channel: &str) -> anyhow::Result<()> {
-        let mut connection = sqlx::PgConnection::connect(&self.url).await?;
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "CREATE FUNCTION bench_announce_commit() RETURNS trigger LANGUAGE plpgsql AS $$
-             BEGIN PERFORM pg_notify('{channel}', NEW.event_id); RETURN NULL; END $$;
-             CREATE TRIGGER bench_announce_commit AFTER INSERT ON webhook_events
-             FOR EACH ROW EXECUTE FUNCTION bench_announce_commit();"
-        )))
-        .execute(&mut connection)
-        .await?;
-        Ok(())
+        Ok(admin::announce_event_log_commits(&self.url, channel).await?)
     }
 
     pub async fn drop_database(self) {
-        if let Ok(mut admin) = sqlx::PgConnection::connect(&self.admin_url).await {
-            let drop = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
-            let _ = sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&mut admin).await;
+        if let Err(error) = admin::drop_database(&self.server_url, &self.name).await {
+            eprintln!("could not drop the benchmark's database {}: {error}", self.name);
         }
     }
 }
@@ -259,16 +236,4 @@ pub async fn wait_drained(
 /// Where the binaries are: next to this one (`target/release`).
 pub fn default_bin_dir() -> PathBuf {
     std::env::current_exe().ok().and_then(|exe| exe.parent().map(Path::to_path_buf)).unwrap_or_default()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn database_names_are_replaced() {
-        assert_eq!(with_database("postgres://u@h:5432/attendance", "bench_1"), "postgres://u@h:5432/bench_1");
-        assert_eq!(with_database("postgres://u@h:5432", "bench_1"), "postgres://u@h:5432/bench_1");
-        assert_eq!(with_database("postgres://h/a?sslmode=disable", "b"), "postgres://h/b?sslmode=disable");
-    }
 }

@@ -1,25 +1,21 @@
-//! Everything the gateway, the worker and the sweeper share: configuration pieces, telemetry,
-//! LiveKit authentication, the webhook event model and the JetStream plumbing.
+//! The layers every service is built from. Each layer only calls the ones above it in this list:
 //!
-//! Domain logic lives here as plain functions over plain types so that it can be tested without
-//! a socket; the service crates only wire it to the network.
+//! - [`domain`]: LiveKit's events, the attendance rule (a pure function from a set of events to
+//!   cycles and totals), client heartbeats, time. No I/O.
+//! - [`livekit`]: API keys and access tokens; webhook verification (the only way to make a
+//!   [`livekit::VerifiedEvent`]); participants' own tokens.
+//! - [`store`]: PostgreSQL, every SQL statement of the project: the event log, room locks,
+//!   recompute, heartbeats, the sweeper's estimates, the presence outbox and the read model.
+//! - [`runtime`]: configuration, the database pool, the ops server, start-up retries, shutdown,
+//!   telemetry and trace propagation.
+//! - [`nats`]: the JetStream streams (one settings type), publishing with an acknowledgement,
+//!   and each stream's message format, written and read in one module.
+//!
+//! The service crates (gateway, worker, sweeper) decide what happens when; what is stored and
+//! how attendance is computed is here, testable without a socket.
 
-pub mod attendance;
-pub mod config;
-pub mod db;
-pub mod event;
+pub mod domain;
 pub mod livekit;
-pub mod ops;
-pub mod presence;
-pub mod retry;
-pub mod shutdown;
-pub mod storage;
-pub mod stream;
-pub mod telemetry;
-pub mod trace;
-
-/// Milliseconds since the Unix epoch, from the system clock.
-pub fn now_unix_ms() -> i64 {
-    let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
-}
+pub mod nats;
+pub mod runtime;
+pub mod store;

@@ -2,7 +2,7 @@
 //! duplicates and arrival order never change the result.
 
 use proptest::prelude::*;
-use shared::attendance::{
+use shared::domain::attendance::{
     Attendance, ClosedBy, Cycle, Fact, FactKind, ParticipantInfo, participant_attendance, room_attendance, union_ms,
 };
 
@@ -213,15 +213,15 @@ fn facts_come_from_livekit_bodies() {
     let body = br#"{"event":"participant_left","id":"EV_1","createdAt":"1717405302",
         "room":{"sid":"RM_a","name":"algebra"},
         "participant":{"sid":"PA_a","identity":"ada","joinedAt":"1717405000","joinedAtMs":"1717405000123","kind":"AGENT"}}"#;
-    let event = shared::event::WebhookEvent::parse(body).unwrap();
+    let event = shared::domain::event::WebhookEvent::parse(body).unwrap();
     let fact = Fact::from_event(&event).unwrap().unwrap();
     assert_eq!(fact.created_at_ms, 1_717_405_302_000);
     let FactKind::Left { participant, joined_at_ms } = fact.kind else { panic!("a left fact") };
     assert_eq!((participant.kind.as_str(), joined_at_ms), ("AGENT", Some(1_717_405_000_123)));
 
-    let track = shared::event::WebhookEvent::parse(br#"{"event":"track_published","id":"EV_2"}"#).unwrap();
+    let track = shared::domain::event::WebhookEvent::parse(br#"{"event":"track_published","id":"EV_2"}"#).unwrap();
     assert_eq!(Fact::from_event(&track), Ok(None));
-    let no_participant = shared::event::WebhookEvent::parse(
+    let no_participant = shared::domain::event::WebhookEvent::parse(
         br#"{"event":"participant_joined","id":"EV_3","room":{"sid":"RM_a","name":"r"}}"#,
     )
     .unwrap();

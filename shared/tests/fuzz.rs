@@ -1,12 +1,13 @@
 //! Property-based fuzzing (stable Rust, runs in `make test`) of everything that reads untrusted
-//! input: the token verifier, the webhook verifier and event parser, and the heartbeat path.
+//! input: the token verifier, the webhook verifier and event parser, and the participant tokens
+//! of heartbeats.
 //! Whatever the bytes, they return an error and never panic; what they accept is well-formed.
 
 use bytes::Bytes;
 use proptest::prelude::*;
-use shared::event::WebhookEvent;
 use shared::livekit::token::{self, Claims, VideoGrant};
-use shared::livekit::{KeySet, heartbeat, webhook};
+use shared::livekit::{KeySet, participant, webhook};
+use shared::nats::webhooks::WebhookMessage;
 
 const NOW: i64 = 1_800_000_000;
 
@@ -111,8 +112,8 @@ proptest! {
                 prop_assert!(stored["room"].get("turnPassword").is_none());
                 prop_assert!(!event.id().is_empty() && !event.event_type().is_empty());
                 // The worker's parser and the rule accept or refuse it without panicking.
-                if let Ok(parsed) = WebhookEvent::parse(event.payload()) {
-                    let _ = shared::attendance::Fact::from_event(&parsed);
+                if let Ok(WebhookMessage::LiveKit { event, .. }) = WebhookMessage::decode(event.payload(), Some(0)) {
+                    let _ = shared::domain::attendance::Fact::from_event(&event);
                 }
             }
             Err(shared::livekit::ReceiveError::Invalid(reason)) => prop_assert!(!reason.code().is_empty()),
@@ -122,7 +123,7 @@ proptest! {
 
     #[test]
     fn heartbeats_need_a_valid_participant_token(authorization in proptest::option::of(jwt_like())) {
-        let result = heartbeat::receive(authorization.as_deref().map(str::as_bytes), &keys(), NOW * 1000);
+        let result = participant::verify_header(authorization.as_deref().map(str::as_bytes), &keys(), NOW);
         prop_assert!(result.is_err());
     }
 
@@ -135,7 +136,7 @@ proptest! {
             ..Default::default()
         };
         let token = token::sign(&claims, keys().secret("alpha").unwrap());
-        let result = heartbeat::participant(&token, &keys(), NOW);
+        let result = participant::verify(&token, &keys(), NOW);
         let admitted = join && room.as_deref().is_some_and(|r| !r.is_empty()) && sub.as_deref().is_some_and(|s| !s.is_empty());
         prop_assert_eq!(result.is_ok(), admitted);
     }

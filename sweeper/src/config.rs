@@ -3,9 +3,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use shared::config::{NatsArgs, parse_duration};
-use shared::db::DatabaseArgs;
-use shared::presence::PresenceArgs;
+use shared::nats::PresenceArgs;
+use shared::runtime::config::{NatsArgs, parse_duration};
+use shared::runtime::database::DatabaseArgs;
 
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "sweeper", version)]

@@ -1,6 +1,8 @@
 //! The sweeper: closes the attendance cycles whose client heartbeats stopped (LiveKit never
 //! sends `participant_left` for a crashed node), and publishes the presence outbox to NATS.
 //!
+//! - [`sweep`]: closing stale cycles; [`publish_presence`]: the presence outbox to NATS.
+//!
 //! Any number of replicas may run: a room is swept under its row lock taken with
 //! `FOR UPDATE SKIP LOCKED` (a room busy elsewhere is left for the next round), and the outbox is
 //! published by one replica at a time under a transaction-scoped advisory lock, in id order.
@@ -9,7 +11,7 @@
 
 pub mod config;
 pub mod metrics;
-pub mod outbox;
+pub mod publish_presence;
 pub mod startup;
 pub mod sweep;
 

@@ -4,9 +4,9 @@ use sweeper::{Application, SweeperConfig};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let telemetry = shared::telemetry::init("attendance-sweeper");
+    let telemetry = shared::runtime::telemetry::init("attendance-sweeper");
     let config = SweeperConfig::parse();
-    let shutdown = shared::shutdown::on_signal();
+    let shutdown = shared::runtime::shutdown::on_signal();
     let app = Application::build(config).await.context("sweeper start-up failed")?;
     let result = app.run(shutdown).await.context("sweeper failed");
     telemetry.shutdown();

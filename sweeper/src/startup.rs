@@ -1,52 +1,50 @@
 //! Building and running a sweeper: two cancellable loops, the sweep and the outbox publisher.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use prometheus_client::registry::Registry;
-use shared::config::StartupError;
-use shared::ops;
-use shared::presence::PresenceStream;
-use tokio::net::TcpListener;
+use shared::nats::presence::PresenceStream;
+use shared::runtime::config::StartupError;
+use shared::runtime::ops::{self, OpsServer, ServiceConnections};
+use shared::runtime::shutdown::Ticks;
+use shared::runtime::startup_retry;
+use shared::store::closures::Staleness;
+use shared::store::{MIGRATOR, presence_outbox};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::SweeperConfig;
 use crate::metrics::{ClosedByLabel, SweeperMetrics};
-use crate::{outbox, sweep};
+use crate::{publish_presence, sweep};
 
 pub struct Application {
     config: SweeperConfig,
-    listener: TcpListener,
-    nats: async_nats::Client,
-    pool: sqlx::PgPool,
+    connections: ServiceConnections,
 }
 
 impl Application {
     pub async fn build(config: SweeperConfig) -> Result<Self, StartupError> {
-        let listener = shared::config::bind(config.metrics_addr).await?;
-        let nats = config.nats.connect("attendance-sweeper").await?;
-        let pool = config.database.pool()?;
-        Ok(Application { config, listener, nats, pool })
+        let connections =
+            ServiceConnections::open(config.metrics_addr, &config.nats, &config.database, "attendance-sweeper").await?;
+        Ok(Application { config, connections })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("a bound listener has an address")
+        self.connections.local_addr()
     }
 
     /// Runs until `shutdown` is cancelled; the round in progress finishes first.
     pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
-        let Application { config, listener, nats, pool } = self;
+        let Application { config, connections } = self;
+        let (nats, pool) = (connections.nats.clone(), connections.pool.clone());
         let mut registry = Registry::default();
         let metrics = SweeperMetrics::register(&mut registry);
-        let running = Arc::new(AtomicBool::new(false));
-        let readiness = ops::background_readiness(nats.clone(), pool.clone(), running.clone(), "not sweeping yet");
-        let ops_server = ops::OpsServer::spawn(listener, registry, readiness);
+        let (ops_server, running) = OpsServer::spawn_background(connections, registry, "not sweeping yet");
 
-        let presence = PresenceStream::new(nats.clone(), config.presence.clone());
+        let presence = PresenceStream::new(nats.clone(), &config.presence);
         let prepared = async {
-            shared::retry::until_ok(&shutdown, "database migrations", || shared::storage::MIGRATOR.run(&pool)).await?;
-            shared::retry::until_ok(&shutdown, "presence stream set-up", || presence.ensure()).await
+            startup_retry::until_ok(&shutdown, "database migrations", || MIGRATOR.run(&pool)).await?;
+            startup_retry::until_ok(&shutdown, "presence stream set-up", || presence.ensure()).await
         };
         if prepared.await.is_some() {
             running.store(true, Ordering::Relaxed);
@@ -71,14 +69,14 @@ async fn sweep_loop(
     metrics: &SweeperMetrics,
     shutdown: &CancellationToken,
 ) {
-    let mut ticks = tokio::time::interval(config.sweep_interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = ticks.tick() => {}
-        }
-        match sweep::sweep(pool, shared::now_unix_ms(), config.heartbeat_timeout, config.max_cycle_duration).await {
+    let mut ticks = Ticks::every(config.sweep_interval, shutdown);
+    while ticks.next().await {
+        let staleness = Staleness {
+            now_ms: shared::domain::time::now_unix_ms(),
+            heartbeat_timeout: config.heartbeat_timeout,
+            max_duration: config.max_cycle_duration,
+        };
+        match sweep::sweep(pool, &staleness).await {
             Ok(swept) => {
                 let closed = |closed_by| metrics.cycles_closed.get_or_create(&ClosedByLabel { closed_by });
                 closed("heartbeat_timeout").inc_by(swept.heartbeat_timeouts as u64);
@@ -99,16 +97,11 @@ async fn outbox_loop(
     metrics: &SweeperMetrics,
     shutdown: &CancellationToken,
 ) {
-    let mut ticks = tokio::time::interval(config.outbox_poll_interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = ticks.tick() => {}
-        }
+    let mut ticks = Ticks::every(config.outbox_poll_interval, shutdown);
+    while ticks.next().await {
         // Drain what is there, a batch at a time.
         loop {
-            match outbox::publish_batch(pool, presence, config.outbox_batch_size).await {
+            match publish_presence::publish_batch(pool, presence, config.outbox_batch_size).await {
                 Ok(published) => {
                     metrics.presence_published.inc_by(published as u64);
                     if (published as i64) < config.outbox_batch_size || shutdown.is_cancelled() {
@@ -122,7 +115,7 @@ async fn outbox_loop(
                 }
             }
         }
-        if let Ok(pending) = outbox::pending(pool).await {
+        if let Ok(pending) = presence_outbox::pending(pool).await {
             metrics.outbox_pending.set(pending);
         }
     }

@@ -5,8 +5,11 @@
 use std::time::Duration;
 
 use futures::StreamExt as _;
-use shared::presence::{PresenceArgs, PresenceChange, PresenceStream};
-use shared::storage;
+use shared::nats::PresenceArgs;
+use shared::nats::presence::{PresenceMessage, PresenceStream};
+use shared::store::closures::Staleness;
+use shared::store::{self, read_model};
+use sweeper::sweep::Swept;
 use testkit::postgres::TestDatabase;
 use worker::apply::{Applied, Input, apply_batch};
 
@@ -44,9 +47,13 @@ async fn apply(pool: &sqlx::PgPool, payload: Vec<u8>, received_at_ms: i64) {
     assert!(matches!(outcome[0], Applied::Stored { .. }), "{outcome:?}");
 }
 
-async fn cycle(pool: &sqlx::PgPool, room: &str, identity: &str) -> shared::attendance::Cycle {
+async fn sweep_at(pool: &sqlx::PgPool, now_ms: i64) -> Result<Swept, sqlx::Error> {
+    sweeper::sweep::sweep(pool, &Staleness { now_ms, heartbeat_timeout: TIMEOUT, max_duration: MAX }).await
+}
+
+async fn cycle(pool: &sqlx::PgPool, room: &str, identity: &str) -> shared::domain::attendance::Cycle {
     let mut connection = pool.acquire().await.unwrap();
-    let attendance = storage::load_participant(&mut connection, room, identity).await.unwrap().expect("participant");
+    let attendance = read_model::load_participant(&mut connection, room, identity).await.unwrap().expect("participant");
     assert_eq!(attendance.cycles.len(), 1);
     attendance.cycles[0].clone()
 }
@@ -55,36 +62,36 @@ async fn cycle(pool: &sqlx::PgPool, room: &str, identity: &str) -> shared::atten
 async fn a_silent_client_is_closed_at_its_last_heartbeat_and_a_later_left_corrects_it() {
     let database = TestDatabase::create_shared().await;
     let pool = database.pool().await;
-    storage::MIGRATOR.run(&pool).await.unwrap();
+    store::MIGRATOR.run(&pool).await.unwrap();
     apply(&pool, event("participant_joined", "EV_j", "r", "ada", "PA_1", T0, T0), T0).await;
     apply(&pool, heartbeat("r", "ada"), T0 + MINUTE).await;
     apply(&pool, heartbeat("r", "ada"), T0 + 2 * MINUTE).await;
     // A client without heartbeats in the same room is never closed this way.
     apply(&pool, event("participant_joined", "EV_k", "r", "bob", "PA_2", T0, T0), T0).await;
 
-    let early = sweeper::sweep::sweep(&pool, T0 + 2 * MINUTE + 4 * MINUTE, TIMEOUT, MAX).await.unwrap();
+    let early = sweep_at(&pool, T0 + 2 * MINUTE + 4 * MINUTE).await.unwrap();
     assert_eq!(early.heartbeat_timeouts, 0, "4 minutes of silence is within the timeout");
-    let swept = sweeper::sweep::sweep(&pool, T0 + 2 * MINUTE + 6 * MINUTE, TIMEOUT, MAX).await.unwrap();
+    let swept = sweep_at(&pool, T0 + 2 * MINUTE + 6 * MINUTE).await.unwrap();
     assert_eq!((swept.heartbeat_timeouts, swept.max_durations), (1, 0));
 
     let closed = cycle(&pool, "r", "ada").await;
     assert_eq!(closed.left_at_ms, Some(T0 + 2 * MINUTE), "closed at the last heartbeat");
-    assert_eq!(closed.closed_by, Some(shared::attendance::ClosedBy::HeartbeatTimeout));
+    assert_eq!(closed.closed_by, Some(shared::domain::attendance::ClosedBy::HeartbeatTimeout));
     assert_eq!(cycle(&pool, "r", "bob").await.left_at_ms, None);
 
     // The authoritative left arrives late and replaces the estimate.
     apply(&pool, event("participant_left", "EV_l", "r", "ada", "PA_1", T0 + 3 * MINUTE, T0), T0 + 9 * MINUTE).await;
     let corrected = cycle(&pool, "r", "ada").await;
     assert_eq!(corrected.left_at_ms, Some(T0 + 3 * MINUTE));
-    assert_eq!(corrected.closed_by, Some(shared::attendance::ClosedBy::ParticipantLeft));
+    assert_eq!(corrected.closed_by, Some(shared::domain::attendance::ClosedBy::ParticipantLeft));
 
     // bob's cycle has no heartbeat but runs past the maximum: closed there and flagged.
-    let late = sweeper::sweep::sweep(&pool, T0 + 13 * 60 * MINUTE, TIMEOUT, MAX).await.unwrap();
+    let late = sweep_at(&pool, T0 + 13 * 60 * MINUTE).await.unwrap();
     assert_eq!(late.max_durations, 1);
     let capped = cycle(&pool, "r", "bob").await;
     assert_eq!(
         (capped.left_at_ms, capped.closed_by),
-        (Some(T0 + 12 * 60 * MINUTE), Some(shared::attendance::ClosedBy::MaxDuration))
+        (Some(T0 + 12 * 60 * MINUTE), Some(shared::domain::attendance::ClosedBy::MaxDuration))
     );
     pool.close().await;
     database.drop_database().await;
@@ -94,10 +101,10 @@ async fn a_silent_client_is_closed_at_its_last_heartbeat_and_a_later_left_correc
 async fn a_heartbeat_after_a_timeout_reopens_the_cycle_and_a_batch_keeps_each_participants_latest() {
     let database = TestDatabase::create_shared().await;
     let pool = database.pool().await;
-    storage::MIGRATOR.run(&pool).await.unwrap();
+    store::MIGRATOR.run(&pool).await.unwrap();
     apply(&pool, event("participant_joined", "EV_j", "r", "ada", "PA_1", T0, T0), T0).await;
     apply(&pool, heartbeat("r", "ada"), T0 + MINUTE).await;
-    sweeper::sweep::sweep(&pool, T0 + 10 * MINUTE, TIMEOUT, MAX).await.unwrap();
+    sweep_at(&pool, T0 + 10 * MINUTE).await.unwrap();
     assert!(cycle(&pool, "r", "ada").await.left_at_ms.is_some());
 
     // The client was only cut off: a later heartbeat proves it is still there. Out of order in
@@ -118,7 +125,7 @@ async fn a_heartbeat_after_a_timeout_reopens_the_cycle_and_a_batch_keeps_each_pa
     assert!(outcomes.iter().all(|o| matches!(o, Applied::Stored { .. })), "{outcomes:?}");
     assert_eq!(cycle(&pool, "r", "ada").await.left_at_ms, None, "reopened");
     let mut connection = pool.acquire().await.unwrap();
-    let last = storage::last_heartbeats(&mut connection, "r", None).await.unwrap();
+    let last = read_model::last_heartbeats(&mut connection, "r", None).await.unwrap();
     assert_eq!(last.get("ada"), Some(&(T0 + 11 * MINUTE)));
     assert_eq!(last.get("bob"), Some(&(T0 + 3 * MINUTE)));
     drop(connection);
@@ -130,7 +137,7 @@ async fn a_heartbeat_after_a_timeout_reopens_the_cycle_and_a_batch_keeps_each_pa
 async fn a_room_that_finished_long_after_the_client_went_silent_ends_the_cycle_at_its_last_heartbeat() {
     let database = TestDatabase::create_shared().await;
     let pool = database.pool().await;
-    storage::MIGRATOR.run(&pool).await.unwrap();
+    store::MIGRATOR.run(&pool).await.unwrap();
     for (identity, sid) in [("ada", "PA_1"), ("bob", "PA_2")] {
         apply(&pool, event("participant_joined", &format!("EV_{sid}"), "r", identity, sid, T0, T0), T0).await;
     }
@@ -141,22 +148,22 @@ async fn a_room_that_finished_long_after_the_client_went_silent_ends_the_cycle_a
     let finished = serde_json::json!({"event": "room_finished", "id": "EV_fin", "createdAt": ((T0 + 22 * MINUTE) / 1000).to_string(),
                                       "room": {"sid": "RM_r", "name": "r"}});
     apply(&pool, serde_json::to_vec(&finished).unwrap(), T0 + 22 * MINUTE).await;
-    assert_eq!(cycle(&pool, "r", "ada").await.closed_by, Some(shared::attendance::ClosedBy::RoomFinished));
+    assert_eq!(cycle(&pool, "r", "ada").await.closed_by, Some(shared::domain::attendance::ClosedBy::RoomFinished));
 
-    let swept = sweeper::sweep::sweep(&pool, T0 + 30 * MINUTE, TIMEOUT, MAX).await.unwrap();
+    let swept = sweep_at(&pool, T0 + 30 * MINUTE).await.unwrap();
     assert_eq!(swept.heartbeat_timeouts, 1, "{swept:?}");
     let ada = cycle(&pool, "r", "ada").await;
     assert_eq!(
         (ada.left_at_ms, ada.closed_by),
-        (Some(T0 + MINUTE), Some(shared::attendance::ClosedBy::HeartbeatTimeout))
+        (Some(T0 + MINUTE), Some(shared::domain::attendance::ClosedBy::HeartbeatTimeout))
     );
     let bob = cycle(&pool, "r", "bob").await;
     assert_eq!(
         (bob.left_at_ms, bob.closed_by),
-        (Some(T0 + 22 * MINUTE), Some(shared::attendance::ClosedBy::RoomFinished))
+        (Some(T0 + 22 * MINUTE), Some(shared::domain::attendance::ClosedBy::RoomFinished))
     );
     // Nothing is left to do: the next sweep changes nothing.
-    assert_eq!(sweeper::sweep::sweep(&pool, T0 + 31 * MINUTE, TIMEOUT, MAX).await.unwrap(), Default::default());
+    assert_eq!(sweep_at(&pool, T0 + 31 * MINUTE).await.unwrap(), Default::default());
     pool.close().await;
     database.drop_database().await;
 }
@@ -165,7 +172,7 @@ async fn a_room_that_finished_long_after_the_client_went_silent_ends_the_cycle_a
 async fn two_sweepers_at_once_close_each_cycle_once_and_publish_each_change_once() {
     let database = TestDatabase::create_shared().await;
     let pool = database.pool().await;
-    storage::MIGRATOR.run(&pool).await.unwrap();
+    store::MIGRATOR.run(&pool).await.unwrap();
     let (rooms, people) = (20, 10);
     let mut inputs = Vec::new();
     for r in 0..rooms {
@@ -191,11 +198,10 @@ async fn two_sweepers_at_once_close_each_cycle_once_and_publish_each_change_once
     apply_batch(&pool, &inputs).await.unwrap();
 
     let now = T0 + 30 * MINUTE;
-    let (a, b) =
-        tokio::join!(sweeper::sweep::sweep(&pool, now, TIMEOUT, MAX), sweeper::sweep::sweep(&pool, now, TIMEOUT, MAX));
+    let (a, b) = tokio::join!(sweep_at(&pool, now), sweep_at(&pool, now));
     let (a, b) = (a.unwrap(), b.unwrap());
     // A room skipped by one (locked by the other) is swept by the next round.
-    let again = sweeper::sweep::sweep(&pool, now, TIMEOUT, MAX).await.unwrap();
+    let again = sweep_at(&pool, now).await.unwrap();
     assert_eq!(
         a.heartbeat_timeouts + b.heartbeat_timeouts + again.heartbeat_timeouts,
         rooms * people,
@@ -214,14 +220,14 @@ async fn two_sweepers_at_once_close_each_cycle_once_and_publish_each_change_once
         max_age: Duration::from_secs(3600),
     };
     let nats = async_nats::connect(testkit::nats::shared_url()).await.unwrap();
-    let presence = PresenceStream::new(nats.clone(), args.clone());
+    let presence = PresenceStream::new(nats.clone(), &args);
     presence.ensure().await.unwrap();
     let publisher = |presence: PresenceStream, pool: sqlx::PgPool| async move {
         let mut published = 0;
         loop {
-            let n = sweeper::outbox::publish_batch(&pool, &presence, 37).await.unwrap();
+            let n = sweeper::publish_presence::publish_batch(&pool, &presence, 37).await.unwrap();
             published += n;
-            let pending = sweeper::outbox::pending(&pool).await.unwrap();
+            let pending = store::presence_outbox::pending(&pool).await.unwrap();
             if pending == 0 {
                 return published;
             }
@@ -242,7 +248,7 @@ async fn two_sweepers_at_once_close_each_cycle_once_and_publish_each_change_once
     let mut last_id_by_participant = std::collections::HashMap::new();
     let mut seen = 0;
     while let Some(message) = messages.next().await {
-        let change: PresenceChange = serde_json::from_slice(&message.unwrap().payload).unwrap();
+        let change = PresenceMessage::decode(&message.unwrap().payload).expect("a presence message");
         let previous =
             last_id_by_participant.insert((change.room.clone(), change.identity.clone()), (change.id, change.present));
         match previous {

@@ -19,12 +19,12 @@ pub fn webhook_token(keys: &KeySet, api_key: &str, body: &[u8], issued_at: i64) 
 
 /// A token for `body` signed now with the first test key.
 pub fn sign_now(body: &[u8]) -> String {
-    webhook_token(&test_keys(), "APItestAlpha", body, shared::now_unix_ms() / 1000)
+    webhook_token(&test_keys(), "APItestAlpha", body, shared::domain::time::now_unix_ms() / 1000)
 }
 
 /// A protojson-like `participant_joined` event with a `turnPassword` to redact.
 pub fn participant_joined(event_id: &str, room: &str, identity: &str) -> Vec<u8> {
-    participant_joined_at(event_id, room, identity, shared::now_unix_ms() / 1000)
+    participant_joined_at(event_id, room, identity, shared::domain::time::now_unix_ms() / 1000)
 }
 
 /// A `participant_joined` whose session began at `joined_at_secs`.
@@ -32,7 +32,7 @@ pub fn participant_joined_at(event_id: &str, room: &str, identity: &str, joined_
     serde_json::to_vec(&serde_json::json!({
         "event": "participant_joined",
         "id": event_id,
-        "createdAt": (shared::now_unix_ms() / 1000).to_string(),
+        "createdAt": (shared::domain::time::now_unix_ms() / 1000).to_string(),
         "room": {"sid": format!("RM_{room}"), "name": room, "turnPassword": "turn-secret-must-be-redacted"},
         "participant": {"sid": format!("PA_{identity}"), "identity": identity, "state": "ACTIVE",
                          "joinedAt": joined_at_secs.to_string()},
@@ -61,7 +61,7 @@ pub fn admin_token(room: &str) -> String {
 /// An access token with any grant, valid for `ttl_secs` (negative: already expired).
 pub fn access_token(identity: Option<&str>, video: shared::livekit::VideoGrant, ttl_secs: i64) -> String {
     let keys = test_keys();
-    let now = shared::now_unix_ms() / 1000;
+    let now = shared::domain::time::now_unix_ms() / 1000;
     let claims = Claims {
         iss: "APItestAlpha".into(),
         sub: identity.map(Into::into),
@@ -78,7 +78,7 @@ pub fn participant_left(event_id: &str, room: &str, identity: &str, joined_at_se
     serde_json::to_vec(&serde_json::json!({
         "event": "participant_left",
         "id": event_id,
-        "createdAt": (shared::now_unix_ms() / 1000).to_string(),
+        "createdAt": (shared::domain::time::now_unix_ms() / 1000).to_string(),
         "room": {"sid": format!("RM_{room}"), "name": room},
         "participant": {"sid": format!("PA_{identity}"), "identity": identity, "state": "DISCONNECTED",
                          "joinedAt": joined_at_secs.to_string()},

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use shared::config::WebhookStreamArgs;
+use shared::nats::WebhookStreamArgs;
 
 /// The shared NATS (`NATS_URL`, default `nats://127.0.0.1:4222`).
 pub fn shared_url() -> String {

@@ -5,17 +5,11 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use sqlx::Connection as _;
+use shared::store::admin;
 
 /// The shared server's URL for database `attendance` (`DATABASE_URL`).
 pub fn shared_url() -> String {
     std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/attendance".into())
-}
-
-/// `url` with its database name replaced.
-pub fn with_database(url: &str, database: &str) -> String {
-    let (server, _) = url.rsplit_once('/').expect("a database URL");
-    format!("{server}/{database}")
 }
 
 /// A database of its own on a server, dropped by [`TestDatabase::drop_database`].
@@ -29,14 +23,8 @@ impl TestDatabase {
     /// Creates a fresh, empty database on the server of `server_url`.
     pub async fn create(server_url: &str) -> Self {
         let name = format!("test_{}", crate::unique_suffix());
-        let admin_url = with_database(server_url, "postgres");
-        let mut admin = sqlx::PgConnection::connect(&admin_url).await.expect("connect to PostgreSQL");
-        // The name is ours: "test_" and hex digits.
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut admin)
-            .await
-            .expect("create a test database");
-        TestDatabase { url: with_database(server_url, &name), name, server_url: server_url.to_owned() }
+        let url = admin::create_database(server_url, &name).await.expect("create a test database");
+        TestDatabase { url, name, server_url: server_url.to_owned() }
     }
 
     /// A fresh database on the shared server.
@@ -49,12 +37,7 @@ impl TestDatabase {
     }
 
     pub async fn drop_database(self) {
-        let admin_url = with_database(&self.server_url, "postgres");
-        if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url).await {
-            let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)))
-                .execute(&mut admin)
-                .await;
-        }
+        let _ = admin::drop_database(&self.server_url, &self.name).await;
     }
 }
 

@@ -78,13 +78,14 @@ pub fn meetings(seed: u64, rooms: usize, participants: usize, start_ms: i64) -> 
 /// The attendance the rule gives for these events, by room then identity.
 pub fn expected(
     events: &[Event],
-) -> std::collections::BTreeMap<String, std::collections::BTreeMap<String, shared::attendance::Attendance>> {
-    let mut facts_by_room: std::collections::BTreeMap<String, Vec<shared::attendance::Fact>> = Default::default();
+) -> std::collections::BTreeMap<String, std::collections::BTreeMap<String, shared::domain::attendance::Attendance>> {
+    let mut facts_by_room: std::collections::BTreeMap<String, Vec<shared::domain::attendance::Fact>> =
+        Default::default();
     for event in events {
-        let parsed = shared::event::WebhookEvent::parse(&event.body).expect("a valid event");
-        if let Some(fact) = shared::attendance::Fact::from_event(&parsed).expect("a valid fact") {
+        let parsed = shared::domain::event::WebhookEvent::parse(&event.body).expect("a valid event");
+        if let Some(fact) = shared::domain::attendance::Fact::from_event(&parsed).expect("a valid fact") {
             facts_by_room.entry(fact.room_name.clone()).or_default().push(fact);
         }
     }
-    facts_by_room.into_iter().map(|(room, facts)| (room, shared::attendance::room_attendance(&facts))).collect()
+    facts_by_room.into_iter().map(|(room, facts)| (room, shared::domain::attendance::room_attendance(&facts))).collect()
 }

@@ -198,7 +198,7 @@ async fn every_acknowledged_event_survives_each_fault_exactly_once() {
         let mut connection = pool.acquire().await.unwrap();
         let (mut mismatched, mut counted, mut expected_count) = (0, 0, 0);
         for (room, participants) in &expected {
-            let stored = shared::storage::load_room(&mut connection, room).await.unwrap();
+            let stored = shared::store::read_model::load_room(&mut connection, room).await.unwrap();
             mismatched += participants.iter().filter(|(identity, a)| stored.get(*identity) != Some(*a)).count();
             mismatched += stored.keys().filter(|identity| !participants.contains_key(*identity)).count();
             counted += stored.values().map(|a| a.join_count + a.leave_count).sum::<i64>();

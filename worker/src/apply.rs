@@ -2,9 +2,9 @@
 //!
 //! The batch's events go into the event log in one statement; when PostgreSQL refuses one's data,
 //! they are inserted again one savepoint each, so a bad message is rejected alone while its
-//! neighbours commit. Rooms are locked first; each affected participant is then recomputed once from the log. A
-//! transient failure (connection, deadlock, serialization) fails the whole batch, which is then
-//! redelivered; applying it again changes nothing that was already committed.
+//! neighbours commit. Rooms are locked first; each affected participant is then recomputed once
+//! from the log. A transient failure (connection, deadlock, serialization) fails the whole batch,
+//! which is then redelivered; applying it again changes nothing that was already committed.
 //!
 //! Replicas do not queue behind each other: a batch takes the rooms no other transaction holds
 //! and puts off the messages of the others ([`Applied::Deferred`]) to the consumer's next batch,
@@ -15,9 +15,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
-use shared::attendance::{Fact, FactKind};
-use shared::event::{HEARTBEAT_EVENT, WebhookEvent};
-use shared::storage::{self, LoggedEvent};
+use shared::domain::attendance::{Fact, FactKind};
+use shared::domain::event::WebhookEvent;
+use shared::domain::heartbeat::Heartbeat;
+use shared::nats::webhooks::WebhookMessage;
+use shared::store::event_log::{self, LoggedEvent};
+use shared::store::presence_outbox::Cause;
+use shared::store::{self, heartbeats, recompute, rooms};
 use sqlx::{PgConnection, PgPool};
 
 /// One message to apply.
@@ -43,6 +47,7 @@ pub struct Rejection {
 /// What happened to one message of a committed batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Applied {
+    /// Logged (a LiveKit event) or recorded (a heartbeat).
     Stored {
         event_type: String,
     },
@@ -53,44 +58,42 @@ pub enum Applied {
     Deferred,
 }
 
-struct Decoded {
-    event: WebhookEvent,
-    fact: Option<Fact>,
-    payload: String,
+/// The event type heartbeats are counted under in metrics and traces.
+const HEARTBEAT: &str = "client_heartbeat";
+
+/// A message, read and checked.
+#[expect(clippy::large_enum_variant, reason = "one short-lived value per message of a batch")]
+enum Decoded {
+    LiveKit { event: WebhookEvent, json: String, fact: Option<Fact> },
+    Heartbeat(Heartbeat),
 }
 
 impl Decoded {
-    /// A client heartbeat (from the gateway, not LiveKit): (room, identity).
-    fn heartbeat(&self) -> Option<(&str, &str)> {
-        if self.event.event != HEARTBEAT_EVENT {
-            return None;
-        }
-        Some((self.event.room.as_ref()?.name.as_str(), self.event.participant.as_ref()?.identity.as_str()))
-    }
-
     /// The room whose lock applying this message needs.
     fn room_to_lock(&self) -> Option<&str> {
-        self.fact.as_ref().map(|f| f.room_name.as_str()).or_else(|| self.heartbeat().map(|(room, _)| room))
+        match self {
+            Decoded::LiveKit { fact, .. } => fact.as_ref().map(|f| f.room_name.as_str()),
+            Decoded::Heartbeat(heartbeat) => Some(&heartbeat.room_name),
+        }
     }
 }
 
-fn decode(payload: &[u8]) -> Result<Decoded, Rejection> {
+fn decode(input: &Input) -> Result<Decoded, Rejection> {
     let invalid = |message: String| Rejection { reason: "invalid_event", message };
-    let text = std::str::from_utf8(payload).map_err(|_| invalid("the payload is not UTF-8".into()))?;
-    let event = WebhookEvent::parse(payload).map_err(|e| invalid(e.to_string()))?;
-    let fact = Fact::from_event(&event).map_err(|e| invalid(e.to_string()))?;
-    let decoded = Decoded { fact, payload: text.to_owned(), event };
-    if decoded.event.event == HEARTBEAT_EVENT && decoded.heartbeat().is_none_or(|(r, i)| r.is_empty() || i.is_empty()) {
-        return Err(invalid("a heartbeat needs a room name and an identity".into()));
+    match WebhookMessage::decode(&input.payload, input.received_at_ms).map_err(|e| invalid(e.to_string()))? {
+        WebhookMessage::Heartbeat(heartbeat) => Ok(Decoded::Heartbeat(heartbeat)),
+        WebhookMessage::LiveKit { event, json } => {
+            let fact = Fact::from_event(&event).map_err(|e| invalid(e.to_string()))?;
+            Ok(Decoded::LiveKit { event, json, fact })
+        }
     }
-    Ok(decoded)
 }
 
 /// Applies the messages in one transaction and returns one outcome per message, in order.
 /// `Err` means nothing was committed and every message should be retried.
 pub async fn apply_batch(pool: &PgPool, inputs: &[Input]) -> Result<Vec<Applied>, sqlx::Error> {
-    let decoded: Vec<Result<Decoded, Rejection>> = inputs.iter().map(|input| decode(&input.payload)).collect();
-    let rooms = |waiting: bool| -> BTreeSet<String> {
+    let decoded: Vec<Result<Decoded, Rejection>> = inputs.iter().map(decode).collect();
+    let rooms_of = |waiting: bool| -> BTreeSet<String> {
         inputs
             .iter()
             .zip(&decoded)
@@ -99,20 +102,19 @@ pub async fn apply_batch(pool: &PgPool, inputs: &[Input]) -> Result<Vec<Applied>
             .map(str::to_owned)
             .collect()
     };
-    let (wait_for, if_free) = (rooms(true), rooms(false));
-    storage::create_rooms(pool, &wait_for.union(&if_free).cloned().collect()).await?;
+    let (wait_for, if_free) = (rooms_of(true), rooms_of(false));
+    rooms::create_rooms(pool, &wait_for.union(&if_free).cloned().collect()).await?;
 
     let mut tx = pool.begin().await?;
-    let locked = storage::lock_free_rooms(&mut tx, &wait_for, &if_free).await?;
+    let locked = rooms::lock_rooms(&mut tx, &wait_for, &if_free).await?;
 
     let mut outcomes = Vec::with_capacity(inputs.len());
     // (room, identity) → what caused the recompute (for the presence outbox)
-    let mut affected: BTreeMap<(String, String), storage::Cause> = BTreeMap::new();
-    let mut finished_instances: Vec<(String, String, storage::Cause)> = Vec::new();
-    // (room, identity) → the latest heartbeat of the batch: (received at, its cause)
-    let mut heartbeats: BTreeMap<(String, String), (i64, storage::Cause)> = BTreeMap::new();
-    // The events to log: (index in `outcomes`, the event, its cause, its input)
-    let mut to_log: Vec<(usize, Decoded, storage::Cause, &Input)> = Vec::new();
+    let mut affected: BTreeMap<(String, String), Cause> = BTreeMap::new();
+    let mut finished_instances: Vec<(String, String, Cause)> = Vec::new();
+    // (room, identity) → the latest heartbeat of the batch, and its cause
+    let mut latest_heartbeats: BTreeMap<(String, String), (Heartbeat, Cause)> = BTreeMap::new();
+    let mut to_log: Vec<ToLog> = Vec::new();
     let mut logged_ids: BTreeSet<String> = BTreeSet::new();
     for (input, decoded) in inputs.iter().zip(decoded) {
         let decoded = match decoded {
@@ -126,72 +128,88 @@ pub async fn apply_batch(pool: &PgPool, inputs: &[Input]) -> Result<Vec<Applied>
             outcomes.push(Applied::Deferred);
             continue;
         }
-        let cause = storage::Cause { event_id: decoded.event.id.clone(), traceparent: input.traceparent.clone() };
-        if let Some((room, identity)) = decoded.heartbeat() {
-            // Heartbeats are not LiveKit events: they update the participant, not the log. All of
-            // the batch's are recorded at once, below; the latest of a participant is its cause.
-            let at_ms = input.received_at_ms.unwrap_or_else(shared::now_unix_ms);
-            let latest = heartbeats.entry((room.to_owned(), identity.to_owned())).or_insert((at_ms, cause.clone()));
-            if at_ms >= latest.0 {
-                *latest = (at_ms, cause);
+        match decoded {
+            Decoded::Heartbeat(heartbeat) => {
+                // Heartbeats update the participant, not the log. All of the batch's are recorded
+                // at once, below; the latest of a participant is its cause.
+                let cause = Cause { event_id: heartbeat.id.clone(), traceparent: input.traceparent.clone() };
+                let key = (heartbeat.room_name.clone(), heartbeat.identity.clone());
+                match latest_heartbeats.get(&key) {
+                    Some((latest, _)) if latest.received_at_ms > heartbeat.received_at_ms => {}
+                    _ => {
+                        latest_heartbeats.insert(key, (heartbeat, cause));
+                    }
+                }
+                outcomes.push(Applied::Stored { event_type: HEARTBEAT.to_owned() });
             }
-            outcomes.push(Applied::Stored { event_type: HEARTBEAT_EVENT.to_owned() });
-            continue;
+            Decoded::LiveKit { event, json, fact } => {
+                if !logged_ids.insert(event.id.clone()) {
+                    // The same event twice in one batch: the first one is logged.
+                    outcomes.push(Applied::Duplicate);
+                    continue;
+                }
+                outcomes.push(Applied::Duplicate); // until the insert says otherwise
+                let cause = Cause { event_id: event.id.clone(), traceparent: input.traceparent.clone() };
+                to_log.push(ToLog { outcome: outcomes.len() - 1, event, json, fact, cause, input });
+            }
         }
-        if !logged_ids.insert(decoded.event.id.clone()) {
-            // The same event twice in one batch: the first one is logged.
-            outcomes.push(Applied::Duplicate);
-            continue;
-        }
-        outcomes.push(Applied::Duplicate); // until the insert says otherwise
-        to_log.push((outcomes.len() - 1, decoded, cause, input));
     }
 
     let logged: Vec<LoggedEvent> = to_log
         .iter()
-        .map(|(_, decoded, _, input)| LoggedEvent {
-            event: &decoded.event,
-            payload: &decoded.payload,
-            received_at_ms: input.received_at_ms,
-            stream_sequence: Some(input.stream_sequence),
+        .map(|one| LoggedEvent {
+            event: &one.event,
+            payload: &one.json,
+            received_at_ms: one.input.received_at_ms,
+            stream_sequence: Some(one.input.stream_sequence),
         })
         .collect();
     let inserted = insert_logged(&mut tx, &logged).await?;
-    for ((index, decoded, cause, _), inserted) in to_log.iter().zip(inserted) {
-        match inserted {
-            Err(rejection) => outcomes[*index] = Applied::Rejected(rejection),
-            Ok(false) => outcomes[*index] = Applied::Duplicate,
+    for (one, inserted) in to_log.iter().zip(inserted) {
+        outcomes[one.outcome] = match inserted {
+            Err(rejection) => Applied::Rejected(rejection),
+            Ok(false) => Applied::Duplicate,
             Ok(true) => {
-                if let Some(fact) = &decoded.fact {
+                if let Some(fact) = &one.fact {
                     match (&fact.kind, fact.participant()) {
                         (FactKind::RoomFinished, _) => {
-                            finished_instances.push((fact.room_name.clone(), fact.room_sid.clone(), cause.clone()))
+                            finished_instances.push((fact.room_name.clone(), fact.room_sid.clone(), one.cause.clone()))
                         }
                         (_, Some(participant)) => {
-                            affected.insert((fact.room_name.clone(), participant.identity.clone()), cause.clone());
+                            affected.insert((fact.room_name.clone(), participant.identity.clone()), one.cause.clone());
                         }
                         (_, None) => {}
                     }
                 }
-                outcomes[*index] = Applied::Stored { event_type: decoded.event.event.clone() };
+                Applied::Stored { event_type: one.event.event.clone() }
             }
-        }
+        };
     }
 
-    let latest: Vec<(&str, &str, i64)> =
-        heartbeats.iter().map(|((room, identity), (at_ms, _))| (room.as_str(), identity.as_str(), *at_ms)).collect();
-    for participant in storage::record_heartbeats(&mut tx, &latest).await? {
-        let cause = heartbeats[&participant].1.clone();
+    let latest: Vec<&Heartbeat> = latest_heartbeats.values().map(|(heartbeat, _)| heartbeat).collect();
+    for participant in heartbeats::record_heartbeats(&mut tx, &latest).await? {
+        let cause = latest_heartbeats[&participant].1.clone();
         affected.entry(participant).or_insert(cause);
     }
     for (room_name, room_sid, cause) in finished_instances {
-        for identity in storage::identities_in_room_instance(&mut tx, &room_name, &room_sid).await? {
+        for identity in event_log::identities_in_room_instance(&mut tx, &room_name, &room_sid).await? {
             affected.entry((room_name.clone(), identity)).or_insert_with(|| cause.clone());
         }
     }
-    storage::recompute_participants(&mut tx, &affected).await?;
+    recompute::recompute_participants(&mut tx, &affected).await?;
     tx.commit().await?;
     Ok(outcomes)
+}
+
+/// A LiveKit event of the batch to log.
+struct ToLog<'a> {
+    /// Its index in the batch's outcomes.
+    outcome: usize,
+    event: WebhookEvent,
+    json: String,
+    fact: Option<Fact>,
+    cause: Cause,
+    input: &'a Input,
 }
 
 /// Logs the events in one statement. If PostgreSQL refuses the data of one of them, finds which,
@@ -205,23 +223,23 @@ async fn insert_logged(
         return Ok(Vec::new());
     }
     let mut savepoint = sqlx::Connection::begin(&mut *tx).await?;
-    match storage::insert_events(&mut savepoint, logged).await {
+    match event_log::insert_events(&mut savepoint, logged).await {
         Ok(inserted) => {
             savepoint.commit().await?;
             return Ok(logged.iter().map(|one| Ok(inserted.contains(&one.event.id))).collect());
         }
-        Err(error) if is_permanent(&error) => savepoint.rollback().await?,
+        Err(error) if store::is_permanent(&error) => savepoint.rollback().await?,
         Err(error) => return Err(error),
     }
     let mut results = Vec::with_capacity(logged.len());
     for one in logged {
         let mut savepoint = sqlx::Connection::begin(&mut *tx).await?;
-        match storage::insert_events(&mut savepoint, std::slice::from_ref(one)).await {
+        match event_log::insert_events(&mut savepoint, std::slice::from_ref(one)).await {
             Ok(inserted) => {
                 savepoint.commit().await?;
                 results.push(Ok(!inserted.is_empty()));
             }
-            Err(error) if is_permanent(&error) => {
+            Err(error) if store::is_permanent(&error) => {
                 savepoint.rollback().await?;
                 results.push(Err(Rejection { reason: "unstorable_event", message: error.to_string() }));
             }
@@ -229,24 +247,4 @@ async fn insert_logged(
         }
     }
     Ok(results)
-}
-
-/// A failure that retrying cannot fix: PostgreSQL refused this message's data (SQLSTATE class
-/// 22, data exception, e.g. a `\u0000` in JSON; class 23, integrity constraint).
-pub fn is_permanent(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| code.starts_with("22") || code.starts_with("23")),
-        _ => false,
-    }
-}
-
-/// A failure that means PostgreSQL is unreachable or going away: stop pulling until it is back.
-pub fn is_unavailable(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => true,
-        sqlx::Error::Database(db) => {
-            db.code().is_some_and(|code| code.starts_with("08") || code.starts_with("57P") || code.starts_with("53"))
-        }
-        _ => false,
-    }
 }

@@ -3,9 +3,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use shared::config::{NatsArgs, WebhookStreamArgs, parse_duration};
-use shared::db::DatabaseArgs;
-use shared::stream::DeadLetterArgs;
+use shared::nats::{DeadLetterArgs, WebhookStreamArgs};
+use shared::runtime::config::{NatsArgs, parse_duration};
+use shared::runtime::database::DatabaseArgs;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct WorkerConfig {

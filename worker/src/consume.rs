@@ -10,19 +10,25 @@
 //!   batch; after [`MAX_DEFERRALS`] such turns the batch waits for the room.
 
 use std::collections::{HashMap, VecDeque};
+use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::{AckKind, Message};
 use futures::{FutureExt as _, StreamExt as _};
-use shared::stream::{DeadLetter, DeadLetterStream, RECEIVED_AT_MS_HEADER};
+use shared::domain::time::now_unix_ms;
+use shared::nats::dead_letters::{DeadLetter, DeadLetterStream};
+use shared::nats::webhooks::received_at_ms;
+use shared::runtime::shutdown::Ticks;
+use shared::runtime::{startup_retry, trace};
+use shared::store;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, info_span};
 
 use crate::apply::{self, Applied, Input, Rejection};
 use crate::metrics::{EventTypeLabel, ReasonLabel, WorkerMetrics};
-use crate::retry::nak_delay;
+use crate::nak_delay::nak_delay;
 
 /// Deliveries the server allows beyond `max_deliver`, so that a worker that dies during the last
 /// allowed attempt still gets the message back, and dead-letters it instead of losing it.
@@ -57,8 +63,8 @@ pub struct Consumer {
     metrics: WorkerMetrics,
     settings: Settings,
     failures: FailureClock,
-    /// Messages put off because another replica held their room, with how often.
-    deferred: Vec<(Message, u32)>,
+    /// Messages put off because another replica held their room.
+    deferred: Vec<Pulled>,
 }
 
 impl Consumer {
@@ -96,14 +102,14 @@ impl Consumer {
                 .messages()
                 .await
                 .map_err(|e| ConsumeError::Pull(e.to_string()))?;
-            let stopped_by = self.pull_and_apply(&mut messages, shutdown).await?;
-            let (delay, why) = match stopped_by {
-                Health::Ok => (None, "shutting down"),
-                Health::DatabaseUnavailable => (Some(self.settings.retry_min_delay), "PostgreSQL unavailable"),
+            let stop = self.pull_and_apply(&mut messages, shutdown).await?;
+            let (delay, why) = match stop {
+                Stop::Shutdown => (None, "shutting down"),
+                Stop::DatabaseUnavailable => (Some(self.settings.retry_min_delay), "PostgreSQL unavailable"),
             };
             let mut handed_back = 0;
-            for (message, _) in std::mem::take(&mut self.deferred) {
-                let _ = message.ack_with(AckKind::Nak(delay)).await;
+            for pulled in std::mem::take(&mut self.deferred) {
+                let _ = pulled.message.ack_with(AckKind::Nak(delay)).await;
                 handed_back += 1;
             }
             while let Some(Some(Ok(message))) = messages.next().now_or_never() {
@@ -112,30 +118,30 @@ impl Consumer {
             }
             drop(messages);
             tracing::info!(handed_back, why, "stopped pulling");
-            if stopped_by == Health::DatabaseUnavailable {
+            if stop == Stop::DatabaseUnavailable {
                 self.wait_for_database(shutdown).await;
             }
         }
         Ok(())
     }
 
-    /// Applies batches until shutdown (`Ok`) or until PostgreSQL is unreachable.
+    /// Applies batches until shutdown or until PostgreSQL is unreachable.
     async fn pull_and_apply(
         &mut self,
         messages: &mut async_nats::jetstream::consumer::pull::Stream,
         shutdown: &CancellationToken,
-    ) -> Result<Health, ConsumeError> {
+    ) -> Result<Stop, ConsumeError> {
         loop {
             // Messages put off last time go first, without waiting for new ones.
             let mut batch = std::mem::take(&mut self.deferred);
             if shutdown.is_cancelled() {
                 self.deferred = batch;
-                return Ok(Health::Ok);
+                return Ok(Stop::Shutdown);
             }
             if batch.is_empty() {
                 let next = tokio::select! {
                     biased;
-                    () = shutdown.cancelled() => return Ok(Health::Ok),
+                    () = shutdown.cancelled() => return Ok(Stop::Shutdown),
                     next = messages.next() => next,
                 };
                 match next {
@@ -144,26 +150,26 @@ impl Consumer {
                         tracing::warn!(%error, "pulling messages failed; the client retries");
                         continue;
                     }
-                    Some(Ok(message)) => batch.push((message, 0)),
+                    Some(Ok(message)) => batch.push(Pulled::new(message)),
                 }
             }
             while batch.len() < self.settings.batch_size {
                 match messages.next().now_or_never() {
-                    Some(Some(Ok(message))) => batch.push((message, 0)),
+                    Some(Some(Ok(message))) => batch.push(Pulled::new(message)),
                     _ => break,
                 }
             }
-            if self.process(batch).await == Health::DatabaseUnavailable {
-                return Ok(Health::DatabaseUnavailable);
+            if let ControlFlow::Break(stop) = self.process(batch).await {
+                return Ok(stop);
             }
         }
     }
 
-    /// Applies one batch (each message with the number of times it was put off) and
-    /// acknowledges each message as its outcome says.
-    pub async fn process(&mut self, batch: Vec<(Message, u32)>) -> Health {
-        let mut to_apply = Vec::with_capacity(batch.len());
-        for (message, deferrals) in batch {
+    /// Applies one batch and acknowledges each message as its outcome says. Breaks when pulling
+    /// must stop (PostgreSQL is unreachable).
+    pub async fn process(&mut self, batch: Vec<Pulled>) -> ControlFlow<Stop> {
+        let mut deliveries = Vec::with_capacity(batch.len());
+        for Pulled { message, times_deferred } in batch {
             let Ok(info) = message.info() else {
                 tracing::error!(subject = %message.subject, "not a JetStream message; terminated");
                 let _ = message.ack_with(AckKind::Term).await;
@@ -179,30 +185,25 @@ impl Consumer {
             // The message's own span, a child of the gateway's request span (context in the headers).
             let span =
                 info_span!("apply_event", stream_sequence = sequence, delivered, event_type = tracing::field::Empty);
-            shared::trace::continue_from_nats(&span, message.headers.as_ref());
-            let received_at_ms = message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(RECEIVED_AT_MS_HEADER))
-                .and_then(|v| v.as_str().parse().ok());
+            trace::continue_from_nats(&span, message.headers.as_ref());
             let input = Input {
                 payload: message.payload.clone(),
-                received_at_ms,
+                received_at_ms: received_at_ms(message.headers.as_ref()),
                 stream_sequence: sequence,
-                traceparent: shared::trace::traceparent_of(&span),
-                wait_for_room: deferrals >= MAX_DEFERRALS,
+                traceparent: trace::traceparent_of(&span),
+                wait_for_room: times_deferred >= MAX_DEFERRALS,
             };
-            to_apply.push((message, input, delivered, span, deferrals));
+            deliveries.push(Delivery { message, input, delivered, span, times_deferred });
         }
-        if to_apply.is_empty() {
-            return Health::Ok;
+        if deliveries.is_empty() {
+            return ControlFlow::Continue(());
         }
 
-        let inputs: Vec<Input> = to_apply.iter().map(|(_, input, _, _, _)| input.clone()).collect();
+        let inputs: Vec<Input> = deliveries.iter().map(|delivery| delivery.input.clone()).collect();
         let span = info_span!("apply_batch", messages = inputs.len(), first_sequence = inputs[0].stream_sequence);
         // The transaction serves every message of the batch: linked to each message's span.
-        for (_, _, _, message_span, _) in &to_apply {
-            span.follows_from(message_span);
+        for delivery in &deliveries {
+            span.follows_from(&delivery.span);
         }
         let started = Instant::now();
         let result = apply::apply_batch(&self.pool, &inputs).instrument(span).await;
@@ -211,47 +212,50 @@ impl Consumer {
 
         match result {
             Ok(outcomes) => {
-                for ((message, input, _, span, deferrals), outcome) in to_apply.into_iter().zip(outcomes) {
-                    let handled = async {
-                        match outcome {
-                            Applied::Stored { event_type } => {
-                                tracing::Span::current().record("event_type", event_type.as_str());
-                                self.metrics.applied.get_or_create(&EventTypeLabel { event_type }).inc();
-                                self.acknowledge(&message, input.stream_sequence).await;
-                            }
-                            Applied::Duplicate => {
-                                self.metrics.duplicates.inc();
-                                self.acknowledge(&message, input.stream_sequence).await;
-                            }
-                            Applied::Rejected(Rejection { reason, message: error }) => {
-                                self.dead_letter(&message, reason, &error).await;
-                            }
-                            Applied::Deferred => {
-                                self.metrics.deferred.inc();
-                                self.deferred.push((message, deferrals + 1));
-                            }
-                        }
-                    };
-                    handled.instrument(span).await;
+                for (delivery, outcome) in deliveries.into_iter().zip(outcomes) {
+                    let span = delivery.span.clone();
+                    self.settle(delivery, outcome).instrument(span).await;
                 }
-                Health::Ok
+                ControlFlow::Continue(())
             }
             Err(error) => {
-                let unavailable = apply::is_unavailable(&error);
-                tracing::warn!(%error, unavailable, messages = to_apply.len(), "batch not applied; will retry");
+                let unavailable = store::is_unavailable(&error);
+                tracing::warn!(%error, unavailable, messages = deliveries.len(), "batch not applied; will retry");
                 let error = error.to_string();
-                for (message, input, delivered, span, _) in to_apply {
-                    self.failures.record(input.stream_sequence);
+                for delivery in deliveries {
+                    self.failures.record(delivery.input.stream_sequence);
                     let handled = async {
-                        if delivered >= self.settings.max_deliver {
-                            self.dead_letter(&message, "retries_exhausted", &error).await;
+                        if delivery.delivered >= self.settings.max_deliver {
+                            self.dead_letter(&delivery.message, "retries_exhausted", &error).await;
                         } else {
-                            self.retry(&message, delivered, "database").await;
+                            self.retry(&delivery.message, delivery.delivered, "database").await;
                         }
                     };
-                    handled.instrument(span).await;
+                    handled.instrument(delivery.span).await;
                 }
-                if unavailable { Health::DatabaseUnavailable } else { Health::Ok }
+                if unavailable { ControlFlow::Break(Stop::DatabaseUnavailable) } else { ControlFlow::Continue(()) }
+            }
+        }
+    }
+
+    /// Tells JetStream what became of a message of a committed batch.
+    async fn settle(&mut self, delivery: Delivery, outcome: Applied) {
+        match outcome {
+            Applied::Stored { event_type } => {
+                tracing::Span::current().record("event_type", event_type.as_str());
+                self.metrics.applied.get_or_create(&EventTypeLabel { event_type }).inc();
+                self.acknowledge(&delivery.message, delivery.input.stream_sequence).await;
+            }
+            Applied::Duplicate => {
+                self.metrics.duplicates.inc();
+                self.acknowledge(&delivery.message, delivery.input.stream_sequence).await;
+            }
+            Applied::Rejected(Rejection { reason, message: error }) => {
+                self.dead_letter(&delivery.message, reason, &error).await;
+            }
+            Applied::Deferred => {
+                self.metrics.deferred.inc();
+                self.deferred.push(Pulled { message: delivery.message, times_deferred: delivery.times_deferred + 1 });
             }
         }
     }
@@ -276,7 +280,7 @@ impl Consumer {
     async fn dead_letter(&mut self, message: &Message, reason: &'static str, error: &str) {
         let Ok(info) = message.info() else { return };
         let (sequence, delivered, stream) = (info.stream_sequence, info.delivered, info.stream.to_owned());
-        let now = shared::now_unix_ms();
+        let now = now_unix_ms();
         let first_failure_at_ms = self.failures.first_failure(sequence).unwrap_or(now);
         let event_type = message.subject.rsplit('.').next().unwrap_or("unknown");
         let letter = DeadLetter {
@@ -313,12 +317,8 @@ impl Consumer {
     pub fn watch_dead_letter_depth(&self, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
         let (dead_letters, gauge) = (self.dead_letters.clone(), self.metrics.dead_letters.clone());
         tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(Duration::from_secs(15));
-            loop {
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    _ = ticks.tick() => {}
-                }
+            let mut ticks = Ticks::every(Duration::from_secs(15), &shutdown);
+            while ticks.next().await {
                 match dead_letters.depth().await {
                     Ok(depth) => {
                         gauge.set(i64::try_from(depth).unwrap_or(i64::MAX));
@@ -333,9 +333,9 @@ impl Consumer {
     async fn wait_for_database(&self, shutdown: &CancellationToken) {
         tracing::warn!("PostgreSQL unavailable: pulling paused");
         let pool = self.pool.clone();
-        let back = shared::retry::until_ok(shutdown, "waiting for PostgreSQL", || {
+        let back = startup_retry::until_ok(shutdown, "waiting for PostgreSQL", || {
             let pool = pool.clone();
-            async move { shared::db::ping(&pool).await }
+            async move { store::ping(&pool).await }
         })
         .await;
         if back.is_some() {
@@ -344,11 +344,37 @@ impl Consumer {
     }
 }
 
-/// Whether pulling may go on.
+/// Why the consumer stopped pulling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Health {
-    Ok,
+pub enum Stop {
+    /// The service is shutting down.
+    Shutdown,
+    /// PostgreSQL is unreachable: pulling resumes once it answers.
     DatabaseUnavailable,
+}
+
+/// A message pulled from the consumer, not yet applied.
+pub struct Pulled {
+    pub message: Message,
+    /// Batches it was put off because another replica held its room.
+    pub times_deferred: u32,
+}
+
+impl Pulled {
+    fn new(message: Message) -> Self {
+        Pulled { message, times_deferred: 0 }
+    }
+}
+
+/// A message of the batch being applied, with what its outcome is reported against.
+struct Delivery {
+    message: Message,
+    input: Input,
+    /// JetStream's delivery count for it (1 on the first delivery).
+    delivered: i64,
+    /// The message's own span (`apply_event`).
+    span: tracing::Span,
+    times_deferred: u32,
 }
 
 /// When each failing message (by stream sequence) first failed on this worker, for the dead
@@ -371,7 +397,7 @@ impl FailureClock {
         {
             self.first_failure_ms.remove(&oldest);
         }
-        self.first_failure_ms.insert(sequence, shared::now_unix_ms());
+        self.first_failure_ms.insert(sequence, now_unix_ms());
         self.order.push_back(sequence);
     }
 

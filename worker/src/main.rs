@@ -33,7 +33,7 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let telemetry = shared::telemetry::init("attendance-worker");
+    let telemetry = shared::runtime::telemetry::init("attendance-worker");
     let Cli { command, config } = Cli::parse();
     let result = run(command.unwrap_or(Command::Run), config).await;
     telemetry.shutdown();
@@ -43,13 +43,13 @@ async fn main() -> anyhow::Result<()> {
 async fn run(command: Command, config: WorkerConfig) -> anyhow::Result<()> {
     match command {
         Command::Run => {
-            let shutdown = shared::shutdown::on_signal();
+            let shutdown = shared::runtime::shutdown::on_signal();
             let app = Application::build(config).await.context("worker start-up failed")?;
             app.run(shutdown).await.context("worker failed")
         }
         Command::Recompute { room } => {
             let pool = config.database.pool()?;
-            shared::storage::MIGRATOR.run(&pool).await.context("migrations")?;
+            shared::store::MIGRATOR.run(&pool).await.context("migrations")?;
             let participants = worker::recompute::recompute(&pool, room.as_deref()).await.context("recompute")?;
             println!("recomputed {participants} participants");
             Ok(())
@@ -59,7 +59,7 @@ async fn run(command: Command, config: WorkerConfig) -> anyhow::Result<()> {
         }
         Command::Migrate => {
             let pool = config.database.pool()?;
-            shared::storage::MIGRATOR.run(&pool).await.context("migrations")?;
+            shared::store::MIGRATOR.run(&pool).await.context("migrations")?;
             println!("migrations applied");
             Ok(())
         }

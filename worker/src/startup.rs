@@ -3,15 +3,16 @@
 //! down, then consumes until the shutdown token is cancelled.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use prometheus_client::registry::Registry;
-use shared::config::StartupError;
-use shared::ops;
-use shared::stream::{DeadLetterStream, WebhookStream};
-use tokio::net::TcpListener;
+use shared::nats::dead_letters::DeadLetterStream;
+use shared::nats::webhooks::WebhookStream;
+use shared::runtime::config::StartupError;
+use shared::runtime::ops::{self, OpsServer, ServiceConnections};
+use shared::runtime::startup_retry;
+use shared::store::MIGRATOR;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::WorkerConfig;
@@ -20,9 +21,7 @@ use crate::metrics::WorkerMetrics;
 
 pub struct Application {
     config: WorkerConfig,
-    listener: TcpListener,
-    nats: async_nats::Client,
-    pool: sqlx::PgPool,
+    connections: ServiceConnections,
 }
 
 impl Application {
@@ -34,24 +33,22 @@ impl Application {
                 "the dead-letter subjects ({dead_letters}.>) must not overlap the webhook subjects ({webhooks}.>)"
             )));
         }
-        let listener = shared::config::bind(config.metrics_addr).await?;
-        let nats = config.nats.connect("attendance-worker").await?;
-        let pool = config.database.pool()?;
-        Ok(Application { config, listener, nats, pool })
+        let connections =
+            ServiceConnections::open(config.metrics_addr, &config.nats, &config.database, "attendance-worker").await?;
+        Ok(Application { config, connections })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("a bound listener has an address")
+        self.connections.local_addr()
     }
 
     /// Runs until `shutdown` is cancelled, then finishes the batch in hand and exits.
     pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
-        let Application { config, listener, nats, pool } = self;
+        let Application { config, connections } = self;
+        let (nats, pool) = (connections.nats.clone(), connections.pool.clone());
         let mut registry = Registry::default();
         let metrics = WorkerMetrics::register(&mut registry);
-        let consuming = Arc::new(AtomicBool::new(false));
-        let readiness = ops::background_readiness(nats.clone(), pool.clone(), consuming.clone(), "not consuming yet");
-        let ops_server = ops::OpsServer::spawn(listener, registry, readiness);
+        let (ops_server, consuming) = OpsServer::spawn_background(connections, registry, "not consuming yet");
 
         if let Some(mut consumer) = prepare(&config, &nats, &pool, metrics, &shutdown).await {
             consuming.store(true, Ordering::Relaxed);
@@ -86,11 +83,11 @@ async fn prepare(
     metrics: WorkerMetrics,
     shutdown: &CancellationToken,
 ) -> Option<Consumer> {
-    shared::retry::until_ok(shutdown, "database migrations", || shared::storage::MIGRATOR.run(pool)).await?;
-    let dead_letters = DeadLetterStream::new(nats.clone(), config.dead_letters.clone());
-    shared::retry::until_ok(shutdown, "dead-letter stream set-up", || dead_letters.ensure()).await?;
-    let webhooks = WebhookStream::new(nats.clone(), config.stream.clone());
-    shared::retry::until_ok(shutdown, "webhook stream set-up", || webhooks.ensure()).await?;
+    startup_retry::until_ok(shutdown, "database migrations", || MIGRATOR.run(pool)).await?;
+    let dead_letters = DeadLetterStream::new(nats.clone(), &config.dead_letters);
+    startup_retry::until_ok(shutdown, "dead-letter stream set-up", || dead_letters.ensure()).await?;
+    let webhooks = WebhookStream::new(nats.clone(), &config.stream);
+    startup_retry::until_ok(shutdown, "webhook stream set-up", || webhooks.ensure()).await?;
     let consumer_config = pull::Config {
         durable_name: Some(config.consumer_name.clone()),
         description: Some("Attendance workers: apply webhook events to PostgreSQL".into()),
@@ -102,7 +99,7 @@ async fn prepare(
         ..Default::default()
     };
     let consumer =
-        shared::retry::until_ok(shutdown, "consumer set-up", || webhooks.durable_consumer(consumer_config.clone()))
+        startup_retry::until_ok(shutdown, "consumer set-up", || webhooks.durable_consumer(consumer_config.clone()))
             .await?;
     let settings = Settings {
         max_deliver: config.max_deliver,

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Harness, assert_same_attendance};
-use shared::stream::dead_letter_headers as dlq;
+use shared::nats::dead_letters::headers as dlq;
 use testkit::postgres::TestDatabase;
 use testkit::workload;
 
@@ -78,7 +78,7 @@ async fn poison_messages_are_dead_lettered_with_their_reason_and_the_others_appl
     assert_eq!(unstorable_letter.payload.as_ref(), unstorable.as_slice());
     let first: i64 = header(unstorable_letter, dlq::FIRST_FAILURE_AT_MS).parse().unwrap();
     let last: i64 = header(unstorable_letter, dlq::LAST_FAILURE_AT_MS).parse().unwrap();
-    assert!(first <= last && last <= shared::now_unix_ms());
+    assert!(first <= last && last <= shared::domain::time::now_unix_ms());
 
     worker.stop().await;
     harness.cleanup().await;
@@ -88,15 +88,15 @@ async fn poison_messages_are_dead_lettered_with_their_reason_and_the_others_appl
 /// rest of the batch applied; a message put off too often waits for its room.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_puts_off_the_rooms_another_transaction_holds_and_applies_the_rest() {
-    use shared::storage;
+    use shared::store::{self, rooms};
     use worker::apply::{Applied, Input, apply_batch};
 
     let database = TestDatabase::create_shared().await;
     let pool = database.pool().await;
-    storage::MIGRATOR.run(&pool).await.unwrap();
+    store::MIGRATOR.run(&pool).await.unwrap();
     let joined = |id: &str, room: &str, wait_for_room: bool| Input {
         payload: testkit::livekit::participant_joined(id, room, "ada").into(),
-        received_at_ms: Some(shared::now_unix_ms()),
+        received_at_ms: Some(shared::domain::time::now_unix_ms()),
         stream_sequence: 1,
         traceparent: None,
         wait_for_room,
@@ -114,9 +114,9 @@ async fn a_batch_puts_off_the_rooms_another_transaction_holds_and_applies_the_re
 
     // Another replica is applying room "busy".
     let busy = std::collections::BTreeSet::from(["busy".to_owned()]);
-    storage::create_rooms(&pool, &busy).await.unwrap();
+    rooms::create_rooms(&pool, &busy).await.unwrap();
     let mut other = pool.begin().await.unwrap();
-    storage::lock_free_rooms(&mut other, &busy, &Default::default()).await.unwrap();
+    rooms::lock_rooms(&mut other, &busy, &Default::default()).await.unwrap();
 
     let outcomes =
         apply_batch(&pool, &[joined("EV_busy", "busy", false), joined("EV_free", "free", false)]).await.unwrap();
@@ -162,7 +162,10 @@ async fn recompute_rebuilds_the_tables_from_the_event_log() {
 /// Each participant's outbox rows alternate (a flip each) and end at its stored presence.
 async fn assert_presence_outbox_follows_the_flips(
     harness: &Harness,
-    stored: &std::collections::BTreeMap<String, std::collections::BTreeMap<String, shared::attendance::Attendance>>,
+    stored: &std::collections::BTreeMap<
+        String,
+        std::collections::BTreeMap<String, shared::domain::attendance::Attendance>,
+    >,
 ) {
     let pool = harness.database.pool().await;
     let rows: Vec<(String, String, bool)> =

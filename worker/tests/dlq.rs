@@ -6,10 +6,12 @@ mod common;
 use std::time::Duration;
 
 use common::{Harness, assert_same_attendance};
-use shared::stream::{DeadLetter, DeadLetterArgs, DeadLetterStream};
+use shared::nats::DeadLetterArgs;
+use shared::nats::dead_letters::{
+    DeadLetter, DeadLetterError, DeadLetterFilter as Filter, DeadLetterStream, DeadLetters,
+};
 use testkit::postgres::TestDatabase;
 use testkit::workload;
-use worker::dlq::{DeadLetters, Filter};
 
 fn dlq_args(harness: &Harness) -> DeadLetterArgs {
     DeadLetterArgs {
@@ -34,7 +36,7 @@ async fn replaying_an_event_already_applied_changes_nothing_and_removes_the_dead
     // A dead letter of an event the workers did apply (say, its last retry timed out after commit).
     let applied = events.iter().find(|e| e.event_type == "participant_joined").unwrap();
     let subject = format!("{}.participant_joined", harness.subject_prefix());
-    let dead_letters = DeadLetterStream::new(harness.jetstream.client(), dlq_args(&harness));
+    let dead_letters = DeadLetterStream::new(harness.jetstream.client(), &dlq_args(&harness));
     dead_letters
         .publish(
             &DeadLetter {
@@ -47,16 +49,15 @@ async fn replaying_an_event_already_applied_changes_nothing_and_removes_the_dead
                 delivery_count: 5,
                 reason: "retries_exhausted",
                 error: "pool timed out while waiting for an open connection",
-                first_failure_at_ms: shared::now_unix_ms() - 60_000,
-                last_failure_at_ms: shared::now_unix_ms(),
+                first_failure_at_ms: shared::domain::time::now_unix_ms() - 60_000,
+                last_failure_at_ms: shared::domain::time::now_unix_ms(),
             },
             Duration::from_secs(5),
         )
         .await
         .unwrap();
 
-    let client = worker::dlq::connect(&harness.nats_url).await.unwrap();
-    let mut letters = DeadLetters::open(client, &harness.dlq_name()).await.unwrap();
+    let mut letters = DeadLetters::connect(&harness.nats_url, &harness.dlq_name()).await.unwrap();
     let listed = letters.list(&Filter::default()).await.unwrap();
     assert_eq!(listed.len(), 1);
     let (row, message) = &listed[0];
@@ -74,7 +75,7 @@ async fn replaying_an_event_already_applied_changes_nothing_and_removes_the_dead
     assert!(letters.list(&Filter::default()).await.unwrap().is_empty(), "the dead letter is gone");
     assert_eq!(harness.event_log_count().await, events.len() as i64, "nothing counted twice");
     assert_same_attendance(&harness.stored(expected.keys().cloned()).await, &expected);
-    assert!(matches!(letters.get(message.sequence).await, Err(worker::dlq::DlqError::NoSuchSequence(_))));
+    assert!(matches!(letters.get(message.sequence).await, Err(DeadLetterError::NoSuchSequence(_))));
 
     worker.stop().await;
     harness.cleanup().await;
@@ -87,15 +88,13 @@ async fn a_replayed_poison_message_comes_back_and_purge_removes_it() {
     harness.publish_raw("room_started", b"{not json", "poison-a").await;
     harness.wait_drained(Duration::from_secs(30)).await;
 
-    let client = worker::dlq::connect(&harness.nats_url).await.unwrap();
-    let mut letters = DeadLetters::open(client, &harness.dlq_name()).await.unwrap();
+    let mut letters = DeadLetters::connect(&harness.nats_url, &harness.dlq_name()).await.unwrap();
     let first = letters.list(&Filter { event_type: Some("room_started".into()), ..Default::default() }).await.unwrap();
     assert_eq!(first.len(), 1);
     letters.replay(&first[0].1).await.unwrap();
     harness.wait_drained(Duration::from_secs(30)).await;
     let again = testkit::eventually(Duration::from_secs(10), "the poison to be dead-lettered again", || async {
-        let client = worker::dlq::connect(&harness.nats_url).await.ok()?;
-        let mut letters = DeadLetters::open(client, &harness.dlq_name()).await.ok()?;
+        let mut letters = DeadLetters::connect(&harness.nats_url, &harness.dlq_name()).await.ok()?;
         let rows = letters.list(&Filter::default()).await.ok()?;
         (rows.len() == 1 && rows[0].0.sequence != first[0].0.sequence).then_some(rows)
     })

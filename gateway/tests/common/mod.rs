@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use clap::Parser as _;
 use gateway::{Application, GatewayConfig};
-use shared::config::WebhookStreamArgs;
+use shared::nats::WebhookStreamArgs;
 use testkit::postgres::TestDatabase;
 use tokio_util::sync::CancellationToken;
 
@@ -24,7 +24,7 @@ pub struct TestGateway {
 impl TestGateway {
     /// Starts a gateway on `nats_url` with a unique stream, and waits until it is ready.
     pub async fn spawn(nats_url: &str, extra_args: &[&str]) -> Self {
-        let _telemetry = shared::telemetry::init("gateway-test");
+        let _telemetry = shared::runtime::telemetry::init("gateway-test");
         let stream = testkit::nats::unique_stream();
         let mut args = vec![
             "gateway".to_owned(),

@@ -1,11 +1,13 @@
-//! LiveKit authentication: API keys, the HS256 access tokens LiveKit signs with them, and the
-//! verification of webhook requests exactly as LiveKit's own receivers do it.
+//! LiveKit authentication: API keys, the HS256 access tokens LiveKit signs with them, the
+//! verification of webhook requests exactly as LiveKit's own receivers do it (the only way to
+//! make a [`VerifiedEvent`]), and participants' own tokens. Each has its own error type.
 
-pub mod heartbeat;
 pub mod keys;
+pub mod participant;
 pub mod token;
 pub mod webhook;
 
 pub use keys::{KeyError, KeySet};
+pub use participant::{ParticipantGrant, ParticipantTokenError};
 pub use token::{Claims, TokenError, VideoGrant};
-pub use webhook::{ReceiveError, VerifyError};
+pub use webhook::{ReceiveError, VerifiedEvent, VerifyError};

@@ -138,6 +138,12 @@ pub fn sign(claims: &Claims, secret: &Secret) -> String {
     format!("{signing_input}.{}", BASE64_URL.encode(signature))
 }
 
+/// The bearer token of an `Authorization` header value (`Bearer <token>`, any case), if any.
+pub fn bearer(authorization: Option<&[u8]>) -> Option<&str> {
+    let value = std::str::from_utf8(authorization?).ok()?.trim();
+    after_bearer_prefix(value).map(str::trim).filter(|token| !token.is_empty())
+}
+
 /// The token after a `Bearer ` prefix (any case), if the header has one.
 pub(crate) fn after_bearer_prefix(header: &str) -> Option<&str> {
     header.get(..7).filter(|prefix| prefix.eq_ignore_ascii_case("bearer ")).map(|_| header[7..].trim_start())

@@ -1,15 +1,21 @@
 //! Verification of a LiveKit webhook request, in the order LiveKit's receivers use
 //! (`protocol/webhook/verifier.go`): token first, then the body hash, and only then is the body
-//! parsed. The result is the only way to obtain a [`VerifiedEvent`].
+//! parsed.
+//!
+//! Invariant: a [`VerifiedEvent`] can only be made by [`receive`], after the signature and body
+//! hash were checked, so an unverified request cannot reach the stream by mistake. Its payload is
+//! the body LiveKit sent, with `room.turnPassword` removed: that secret must never leave the
+//! gateway.
 
 use base64::Engine as _;
 use bytes::Bytes;
+use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 
 use super::keys::KeySet;
 use super::token::{self, TokenError};
-use crate::event::{EventError, VerifiedEvent};
+use crate::domain::event::{EventError, is_valid_event_type};
 
 /// Why a webhook request is not authentic. `code()` is stable (API errors and metric labels).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -93,6 +99,67 @@ pub fn body_hash(body: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(Sha256::digest(body))
 }
 
+/// A LiveKit webhook event whose signature was verified, ready to be stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedEvent {
+    id: String,
+    event_type: String,
+    room_name: Option<String>,
+    payload: Bytes,
+    received_at_ms: i64,
+}
+
+impl VerifiedEvent {
+    /// Private to this module: only [`receive`] calls it, after verification.
+    fn parse(body: Bytes, received_at_ms: i64) -> Result<Self, EventError> {
+        let mut json: Value = serde_json::from_slice(&body).map_err(|_| EventError::NotJson)?;
+        let object = json.as_object_mut().ok_or(EventError::NotJson)?;
+        let event_type = non_empty_str(object.get("event")).ok_or(EventError::MissingType)?;
+        if !is_valid_event_type(event_type) {
+            return Err(EventError::InvalidType);
+        }
+        let event_type = event_type.to_owned();
+        let id = non_empty_str(object.get("id")).ok_or(EventError::MissingId)?.to_owned();
+        let room = object.get_mut("room").and_then(Value::as_object_mut);
+        let room_name = room.as_ref().and_then(|r| non_empty_str(r.get("name"))).map(str::to_owned);
+        let redacted = room.is_some_and(|r| r.remove("turnPassword").is_some());
+        // Re-serialize only when something was removed: otherwise keep LiveKit's exact bytes.
+        let payload = if redacted {
+            Bytes::from(serde_json::to_vec(&json).expect("a parsed JSON value serializes"))
+        } else {
+            body
+        };
+        Ok(VerifiedEvent { id, event_type, room_name, payload, received_at_ms })
+    }
+
+    /// LiveKit's event id (`EV_…`), unique per event and identical across retries.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// `participant_joined`, `room_finished`, … (a valid NATS subject token).
+    pub fn event_type(&self) -> &str {
+        &self.event_type
+    }
+
+    pub fn room_name(&self) -> Option<&str> {
+        self.room_name.as_deref()
+    }
+
+    /// The JSON body to store, with secrets removed.
+    pub fn payload(&self) -> &Bytes {
+        &self.payload
+    }
+
+    pub fn received_at_ms(&self) -> i64 {
+        self.received_at_ms
+    }
+}
+
+fn non_empty_str(value: Option<&Value>) -> Option<&str> {
+    value.and_then(Value::as_str).filter(|s| !s.is_empty())
+}
+
 /// LiveKit sends the bare token; a `Bearer ` prefix is tolerated.
 fn strip_bearer(header: &str) -> &str {
     token::after_bearer_prefix(header).unwrap_or(header)
@@ -125,5 +192,37 @@ mod tests {
     #[test]
     fn body_hash_is_standard_padded_base64() {
         assert_eq!(body_hash(b""), "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=");
+    }
+
+    fn parse(json: &str) -> Result<VerifiedEvent, EventError> {
+        VerifiedEvent::parse(Bytes::copy_from_slice(json.as_bytes()), 0)
+    }
+
+    #[test]
+    fn keeps_the_exact_bytes_when_there_is_nothing_to_redact() {
+        let body = r#"{"event":"room_started", "id":"EV_1","room":{"name":"r"},"extra":[1, 2]}"#;
+        let event = parse(body).unwrap();
+        assert_eq!(event.payload().as_ref(), body.as_bytes());
+        assert_eq!((event.id(), event.event_type(), event.room_name()), ("EV_1", "room_started", Some("r")));
+    }
+
+    #[test]
+    fn removes_the_turn_password_and_keeps_everything_else() {
+        let event =
+            parse(r#"{"event":"room_started","id":"EV_1","room":{"name":"r","turnPassword":"s3cret"},"x":1}"#).unwrap();
+        let stored: Value = serde_json::from_slice(event.payload()).unwrap();
+        assert_eq!(stored, serde_json::json!({"event":"room_started","id":"EV_1","room":{"name":"r"},"x":1}));
+    }
+
+    #[test]
+    fn refuses_what_is_not_an_event() {
+        assert_eq!(parse("not json"), Err(EventError::NotJson));
+        assert_eq!(parse("[1]"), Err(EventError::NotJson));
+        assert_eq!(parse(r#"{"id":"EV_1"}"#), Err(EventError::MissingType));
+        assert_eq!(parse(r#"{"event":"","id":"EV_1"}"#), Err(EventError::MissingType));
+        assert_eq!(parse(r#"{"event":"room_started"}"#), Err(EventError::MissingId));
+        assert_eq!(parse(r#"{"event":"room_started","id":7}"#), Err(EventError::MissingId));
+        assert_eq!(parse(r#"{"event":"a.b","id":"EV_1"}"#), Err(EventError::InvalidType));
+        assert_eq!(parse(r#"{"event":"a>","id":"EV_1"}"#), Err(EventError::InvalidType));
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use clap::Parser as _;
-use shared::attendance::Attendance;
+use shared::domain::attendance::Attendance;
 use testkit::postgres::TestDatabase;
 use testkit::workload::Event;
 use tokio_util::sync::CancellationToken;
@@ -40,7 +40,7 @@ impl RunningWorker {
 
 impl Harness {
     pub async fn new(nats_url: &str, database: TestDatabase) -> Self {
-        let _telemetry = shared::telemetry::init("worker-test");
+        let _telemetry = shared::runtime::telemetry::init("worker-test");
         let client = async_nats::connect(nats_url).await.expect("NATS");
         let harness = Harness {
             nats_url: nats_url.to_owned(),
@@ -48,7 +48,7 @@ impl Harness {
             database,
             jetstream: jetstream::new(client),
         };
-        let stream = shared::stream::WebhookStream::new(harness.jetstream.client(), harness.stream_args());
+        let stream = shared::nats::webhooks::WebhookStream::new(harness.jetstream.client(), &harness.stream_args());
         stream.ensure().await.expect("create the test stream");
         harness
     }
@@ -65,8 +65,8 @@ impl Harness {
         format!("TEST_DLQ_{}", self.suffix)
     }
 
-    fn stream_args(&self) -> shared::config::WebhookStreamArgs {
-        shared::config::WebhookStreamArgs {
+    fn stream_args(&self) -> shared::nats::WebhookStreamArgs {
+        shared::nats::WebhookStreamArgs {
             stream: self.stream_name(),
             subject_prefix: self.subject_prefix(),
             replicas: 1,
@@ -189,7 +189,10 @@ impl Harness {
         let mut connection = pool.acquire().await.expect("connection");
         let mut stored = BTreeMap::new();
         for room in rooms {
-            stored.insert(room.clone(), shared::storage::load_room(&mut connection, &room).await.expect("load room"));
+            stored.insert(
+                room.clone(),
+                shared::store::read_model::load_room(&mut connection, &room).await.expect("load room"),
+            );
         }
         stored
     }

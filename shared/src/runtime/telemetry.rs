@@ -5,7 +5,7 @@
 //! - Traces: OpenTelemetry spans exported over OTLP (HTTP/protobuf) when the standard
 //!   `OTEL_EXPORTER_OTLP_ENDPOINT` is set, with `OTEL_SERVICE_NAME` (default: the binary's name);
 //!   nothing is exported otherwise. Spans still get W3C ids either way, so the trace context is
-//!   carried through NATS headers ([`crate::trace`]) and one trace links a webhook's request to
+//!   carried through NATS headers ([`super::trace`]) and one trace links a webhook's request to
 //!   the worker's transaction and the sweeper's publish.
 
 use opentelemetry::trace::TracerProvider as _;

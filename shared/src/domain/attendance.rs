@@ -20,7 +20,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::event::{EventError, WebhookEvent};
+use crate::domain::event::{EventError, WebhookEvent};
 
 /// Participant kinds LiveKit marks as automated (reports usually leave them out). SIP
 /// participants are people on the phone and count as attendees.

@@ -1,4 +1,5 @@
-//! PostgreSQL connection settings and the pool every service uses.
+//! PostgreSQL connection settings and the pool every service uses (the statements are all in
+//! [`crate::store`]).
 
 use std::time::Duration;
 
@@ -37,9 +38,4 @@ impl DatabaseArgs {
             .acquire_timeout(self.acquire_timeout)
             .connect_lazy(&self.url)
     }
-}
-
-/// Readiness of the database: one round trip.
-pub async fn ping(pool: &PgPool) -> Result<(), String> {
-    sqlx::query("SELECT 1").execute(pool).await.map(|_| ()).map_err(|e| format!("PostgreSQL: {e}"))
 }

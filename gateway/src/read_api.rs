@@ -11,14 +11,15 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::{Stream, StreamExt as _};
 use serde::Serialize;
-use shared::attendance::{Attendance, union_ms};
+use shared::domain::attendance::{Attendance, union_ms};
+use shared::domain::time::{now_unix_ms, rfc3339_ms};
 use shared::livekit::KeySet;
-use shared::presence::PresenceChange;
-use shared::storage::{self, rfc3339_ms};
+use shared::nats::presence::{self, PresenceMessage};
+use shared::store::read_model;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{Access, authorize};
-use crate::error::ApiError;
+use crate::error::{ApiError, Forbidden};
+use crate::read_access::{Access, authorize};
 
 pub struct ReadState {
     pub keys: KeySet,
@@ -82,7 +83,7 @@ impl ParticipantView {
                     joined_at: rfc3339_ms(c.joined_at_ms),
                     left_at: c.left_at_ms.map(rfc3339_ms),
                     closed_by: c.closed_by.map(|by| by.as_str()),
-                    duration_ms: c.left_at_ms.map(|left| left - c.joined_at_ms),
+                    duration_ms: c.duration_ms(),
                     participant_sid: c.participant_sid,
                     room_sid: c.room_sid,
                 })
@@ -96,16 +97,13 @@ pub async fn room(
     Path(room): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<RoomView>, ApiError> {
-    let now_ms = shared::now_unix_ms();
+    let now_ms = now_unix_ms();
     if authorize(&headers, &state.keys, &room, now_ms / 1000)? != Access::WholeRoom {
-        return Err(ApiError::Forbidden {
-            code: "forbidden",
-            message: "a participant token reads only its own attendance (/attendance/{identity})",
-        });
+        return Err(ApiError::Forbidden(Forbidden::WholeRoom));
     }
     let mut connection = state.pool.acquire().await.map_err(read_failed)?;
-    let stored = storage::load_room(&mut connection, &room).await.map_err(read_failed)?;
-    let heartbeats = storage::last_heartbeats(&mut connection, &room, None).await.map_err(read_failed)?;
+    let stored = read_model::load_room(&mut connection, &room).await.map_err(read_failed)?;
+    let heartbeats = read_model::last_heartbeats(&mut connection, &room, None).await.map_err(read_failed)?;
     let participants = stored
         .into_iter()
         .map(|(identity, attendance)| ParticipantView::new(attendance, heartbeats.get(&identity).copied(), now_ms))
@@ -118,19 +116,16 @@ pub async fn participant(
     Path((room, identity)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Json<ParticipantView>, ApiError> {
-    let now_ms = shared::now_unix_ms();
+    let now_ms = now_unix_ms();
     if !authorize(&headers, &state.keys, &room, now_ms / 1000)?.covers(&identity) {
-        return Err(ApiError::Forbidden {
-            code: "forbidden",
-            message: "a participant token reads only its own attendance",
-        });
+        return Err(ApiError::Forbidden(Forbidden::OtherParticipant));
     }
     let mut connection = state.pool.acquire().await.map_err(read_failed)?;
-    let attendance = storage::load_participant(&mut connection, &room, &identity)
+    let attendance = read_model::load_participant(&mut connection, &room, &identity)
         .await
         .map_err(read_failed)?
         .ok_or(ApiError::NoSuchParticipant)?;
-    let heartbeats = storage::last_heartbeats(&mut connection, &room, Some(&identity)).await.map_err(read_failed)?;
+    let heartbeats = read_model::last_heartbeats(&mut connection, &room, Some(&identity)).await.map_err(read_failed)?;
     Ok(Json(ParticipantView::new(attendance, heartbeats.get(&identity).copied(), now_ms)))
 }
 
@@ -141,22 +136,22 @@ pub async fn presence(
     Path(room): Path<String>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let access = authorize(&headers, &state.keys, &room, shared::now_unix_ms() / 1000)?;
-    let subject = shared::presence::subject(&state.presence_subject_prefix, &room);
+    let access = authorize(&headers, &state.keys, &room, now_unix_ms() / 1000)?;
+    let subject = presence::subject(&state.presence_subject_prefix, &room);
     let subscription = state.nats.subscribe(subject).await.map_err(|error| {
         tracing::warn!(%error, "cannot subscribe to presence changes");
         ApiError::ReadUnavailable
     })?;
-    let events = subscription
-        .filter_map(move |message| {
-            let change = serde_json::from_slice::<PresenceChange>(&message.payload).ok();
-            let visible = change.filter(|c| access.covers(&c.identity));
-            std::future::ready(visible.map(|change| {
-                let data = serde_json::to_string(&change).expect("a presence change serializes");
-                Ok(Event::default().event("presence").id(change.id.to_string()).data(data))
-            }))
-        })
-        .take_until(state.shutdown.clone().cancelled_owned());
+    let events =
+        subscription
+            .filter_map(move |message| {
+                let change = PresenceMessage::decode(&message.payload);
+                let visible = change.filter(|c| access.covers(&c.identity));
+                std::future::ready(visible.map(|change| {
+                    Ok(Event::default().event("presence").id(change.id.to_string()).data(change.to_json()))
+                }))
+            })
+            .take_until(state.shutdown.clone().cancelled_owned());
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }
 

@@ -1,4 +1,5 @@
-//! Configuration pieces every service flattens into its own typed config.
+//! Configuration pieces every service flattens into its own typed config (the streams' own are
+//! in [`crate::nats::settings`], the database's in [`super::database`]), and start-up errors.
 //!
 //! Everything comes from environment variables (flags work too, `--help` lists them all), using
 //! LiveKit's and NATS's own names where they exist. Secrets are never printed, not even by
@@ -41,37 +42,6 @@ impl NatsArgs {
             .connect(self.url.as_str())
             .await
     }
-}
-
-/// The JetStream stream that holds verified webhook events.
-#[derive(Debug, Clone, clap::Args)]
-pub struct WebhookStreamArgs {
-    /// Name of the stream of verified webhook events.
-    #[arg(id = "webhook-stream", long = "webhook-stream", env = "WEBHOOK_STREAM", default_value = "LIVEKIT_WEBHOOKS")]
-    pub stream: String,
-    /// Subject prefix; an event is published on `<prefix>.<event type>`.
-    #[arg(
-        id = "webhook-subject-prefix",
-        long = "webhook-subject-prefix",
-        env = "WEBHOOK_SUBJECT_PREFIX",
-        default_value = "livekit.webhook"
-    )]
-    pub subject_prefix: String,
-    /// Stream replicas (3 on a production JetStream cluster).
-    #[arg(
-        id = "webhook-stream-replicas",
-        long = "webhook-stream-replicas",
-        env = "WEBHOOK_STREAM_REPLICAS",
-        default_value_t = 1
-    )]
-    pub replicas: usize,
-    /// JetStream de-duplication window on the event id. A resent request only verifies until its
-    /// token expires (5 min + 60 s leeway after signing), so 6 minutes covers every retry.
-    #[arg(id = "webhook-duplicate-window", long = "webhook-duplicate-window", env = "WEBHOOK_DUPLICATE_WINDOW", default_value = "6m", value_parser = humantime::parse_duration)]
-    pub duplicate_window: Duration,
-    /// How long events stay in the stream after they were published.
-    #[arg(id = "webhook-stream-max-age", long = "webhook-stream-max-age", env = "WEBHOOK_STREAM_MAX_AGE", default_value = "7d", value_parser = humantime::parse_duration)]
-    pub max_age: Duration,
 }
 
 /// Where the LiveKit API keys come from; at least one source must give a key.

@@ -82,7 +82,7 @@ pub fn background_readiness(
         let (nats, pool, running) = (nats.clone(), pool.clone(), running.clone());
         Box::pin(async move {
             nats_connected(&nats)?;
-            crate::db::ping(&pool).await?;
+            crate::store::ping(&pool).await?;
             if running.load(std::sync::atomic::Ordering::Relaxed) { Ok(()) } else { Err(not_running.into()) }
         })
     })
@@ -102,6 +102,19 @@ impl OpsServer {
         OpsServer { stop, task }
     }
 
+    /// The ops server of a background service, ready when NATS and PostgreSQL are and the
+    /// returned flag is set (its main loop runs); else `not_running` is the reason.
+    pub fn spawn_background(
+        connections: ServiceConnections,
+        registry: Registry,
+        not_running: &'static str,
+    ) -> (Self, Arc<std::sync::atomic::AtomicBool>) {
+        let ServiceConnections { listener, nats, pool } = connections;
+        let running = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let readiness = background_readiness(nats, pool, running.clone(), not_running);
+        (Self::spawn(listener, registry, readiness), running)
+    }
+
     pub async fn stop(self) -> std::io::Result<()> {
         self.stop.cancel();
         self.task.await.unwrap_or(Ok(()))
@@ -113,5 +126,32 @@ pub async fn close_connections(pool: &sqlx::PgPool, nats: &async_nats::Client) {
     pool.close().await;
     if let Err(error) = nats.flush().await {
         tracing::warn!(%error, "could not flush NATS on shutdown");
+    }
+}
+
+/// What a background service (worker, sweeper) opens in `build`, before it runs: its probes
+/// port (bound first, so tests can use port 0), NATS and the database pool (both connect in the
+/// background, so the service starts, not ready, during an outage).
+pub struct ServiceConnections {
+    pub listener: tokio::net::TcpListener,
+    pub nats: async_nats::Client,
+    pub pool: sqlx::PgPool,
+}
+
+impl ServiceConnections {
+    pub async fn open(
+        probes_addr: std::net::SocketAddr,
+        nats: &crate::runtime::config::NatsArgs,
+        database: &crate::runtime::database::DatabaseArgs,
+        client_name: &str,
+    ) -> Result<Self, crate::runtime::config::StartupError> {
+        let listener = crate::runtime::config::bind(probes_addr).await?;
+        let nats = nats.connect(client_name).await?;
+        let pool = database.pool()?;
+        Ok(ServiceConnections { listener, nats, pool })
+    }
+
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
     }
 }

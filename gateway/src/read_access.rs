@@ -4,11 +4,9 @@
 //! row and its own presence changes.
 
 use axum::http::{HeaderMap, header};
-use shared::livekit::KeySet;
-use shared::livekit::heartbeat::{HeartbeatError, bearer};
-use shared::livekit::token;
+use shared::livekit::{KeySet, token};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Forbidden};
 
 /// What a token may read in a room.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,11 +25,11 @@ impl Access {
     }
 }
 
-/// Checks the request's bearer token for reading `room`.
+/// Checks the request's bearer token for reading `room` at `now` (unix seconds).
 pub fn authorize(headers: &HeaderMap, keys: &KeySet, room: &str, now: i64) -> Result<Access, ApiError> {
-    let token = bearer(headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()))
-        .ok_or(ApiError::BadToken(HeartbeatError::MissingToken))?;
-    let claims = token::verify(token, keys, now).map_err(|e| ApiError::BadToken(e.into()))?;
+    let bearer =
+        token::bearer(headers.get(header::AUTHORIZATION).map(|v| v.as_bytes())).ok_or(ApiError::MissingToken)?;
+    let claims = token::verify(bearer, keys, now).map_err(ApiError::InvalidToken)?;
     let grant = claims.video.unwrap_or_default();
     let granted_room = grant.room.as_deref().unwrap_or_default();
     if grant.room_list || (grant.room_admin && (granted_room.is_empty() || granted_room == room)) {
@@ -43,5 +41,5 @@ pub fn authorize(headers: &HeaderMap, keys: &KeySet, room: &str, now: i64) -> Re
     {
         return Ok(Access::OnlyParticipant(identity));
     }
-    Err(ApiError::Forbidden { code: "forbidden", message: "this token does not grant reading this room" })
+    Err(ApiError::Forbidden(Forbidden::NotThisRoom))
 }

@@ -1,0 +1,142 @@
+//! Every route of the gateway, in one place. [`router`] takes the handlers' state and nothing
+//! else, so routing (statuses, error bodies, fallbacks) is testable without NATS or PostgreSQL.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{get, post};
+use prometheus_client::registry::Registry;
+use shared::runtime::ops::{self, ReadinessCheck};
+use tower_http::trace::TraceLayer;
+
+use crate::error::ApiError;
+use crate::heartbeat::{self, HeartbeatState};
+use crate::read_api::{self, ReadState};
+use crate::webhook::{self, WebhookState};
+
+/// What the handlers share.
+pub struct AppState {
+    pub webhooks: Arc<WebhookState>,
+    pub heartbeats: Arc<HeartbeatState>,
+    pub reads: Arc<ReadState>,
+    /// Served on `/metrics`.
+    pub registry: Arc<Registry>,
+    /// Answers `/readyz`.
+    pub readiness: ReadinessCheck,
+}
+
+/// The gateway's routes: webhooks, heartbeats, the read API, the live page and the probes.
+pub fn router(state: AppState) -> Router {
+    let AppState { webhooks, heartbeats, reads, registry, readiness } = state;
+    Router::new()
+        .route("/webhooks/livekit", post(webhook::receive).with_state(webhooks))
+        .route("/v1/heartbeats", post(heartbeat::receive).with_state(heartbeats))
+        .route("/v1/rooms/{room}/attendance", get(read_api::room).with_state(reads.clone()))
+        .route("/v1/rooms/{room}/attendance/{identity}", get(read_api::participant).with_state(reads.clone()))
+        .route("/v1/rooms/{room}/presence", get(read_api::presence).with_state(reads))
+        .route("/rooms/{room}", get(read_api::live_page))
+        .merge(ops::router(registry, readiness))
+        .fallback(|| async { ApiError::NotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(TraceLayer::new_for_http())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use http_body_util::BodyExt as _;
+    use shared::livekit::KeySet;
+    use shared::nats::WebhookStreamArgs;
+    use shared::nats::webhooks::WebhookStream;
+    use tower::ServiceExt as _;
+
+    use super::*;
+    use crate::heartbeat::RateLimiter;
+    use crate::metrics::GatewayMetrics;
+
+    /// A router whose NATS and PostgreSQL are unreachable (nothing listens on port 1): what it
+    /// answers without them is routing, verification and error mapping.
+    async fn router_without_servers() -> Router {
+        let keys = KeySet::parse("alpha: 0123456789abcdef0123456789abcdef").unwrap();
+        let nats = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connect("nats://127.0.0.1:1")
+            .await
+            .expect("connects in the background");
+        let stream_args = WebhookStreamArgs {
+            stream: "ROUTES_TEST".into(),
+            subject_prefix: "routes.test".into(),
+            replicas: 1,
+            duplicate_window: Duration::from_secs(60),
+            max_age: Duration::from_secs(60),
+        };
+        let stream = WebhookStream::new(nats.clone(), &stream_args);
+        let mut registry = Registry::default();
+        let metrics = GatewayMetrics::register(&mut registry);
+        router(AppState {
+            webhooks: Arc::new(WebhookState {
+                keys: keys.clone(),
+                stream: stream.clone(),
+                body_limit: 1024,
+                body_timeout: Duration::from_secs(1),
+                publish_timeout: Duration::from_millis(100),
+                metrics,
+            }),
+            heartbeats: Arc::new(HeartbeatState {
+                keys: keys.clone(),
+                stream,
+                publish_timeout: Duration::from_millis(100),
+                limiter: RateLimiter::new(Duration::from_secs(1), 1),
+            }),
+            reads: Arc::new(ReadState {
+                keys,
+                pool: sqlx::PgPool::connect_lazy("postgres://nobody@127.0.0.1:1/none").unwrap(),
+                nats,
+                presence_subject_prefix: "routes.presence".into(),
+                shutdown: tokio_util::sync::CancellationToken::new(),
+            }),
+            registry: Arc::new(registry),
+            readiness: Arc::new(|| Box::pin(async { Err("not in this test".to_owned()) })),
+        })
+    }
+
+    async fn answer(router: &Router, method: &str, uri: &str) -> (StatusCode, String) {
+        let request = Request::builder().method(method).uri(uri).body(Body::empty()).unwrap();
+        let response = router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    fn code(body: &str) -> String {
+        let json: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        json["error"].as_str().unwrap_or_default().to_owned()
+    }
+
+    #[tokio::test]
+    async fn every_route_answers_with_its_status_and_error_code() {
+        let router = router_without_servers().await;
+        let cases = [
+            ("POST", "/webhooks/livekit", StatusCode::UNAUTHORIZED, "missing_authorization"),
+            ("GET", "/webhooks/livekit", StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ("POST", "/v1/heartbeats", StatusCode::UNAUTHORIZED, "missing_token"),
+            ("GET", "/v1/rooms/algebra/attendance", StatusCode::UNAUTHORIZED, "missing_token"),
+            ("GET", "/v1/rooms/algebra/attendance/ada", StatusCode::UNAUTHORIZED, "missing_token"),
+            ("GET", "/v1/rooms/algebra/presence", StatusCode::UNAUTHORIZED, "missing_token"),
+            ("GET", "/nowhere", StatusCode::NOT_FOUND, "not_found"),
+            ("GET", "/readyz", StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
+        ];
+        for (method, uri, status, error) in cases {
+            let (got_status, body) = answer(&router, method, uri).await;
+            assert_eq!((got_status, code(&body).as_str()), (status, error), "{method} {uri}: {body}");
+        }
+        let (status, page) = answer(&router, "GET", "/rooms/algebra").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(page.contains("<html"), "the live page");
+        assert_eq!(answer(&router, "GET", "/healthz").await.0, StatusCode::OK);
+        assert_eq!(answer(&router, "GET", "/metrics").await.0, StatusCode::OK);
+    }
+}

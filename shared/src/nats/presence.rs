@@ -1,0 +1,112 @@
+//! Presence changes on NATS: the sweeper publishes each flip of a participant's "present now"
+//! on a subject per room; the gateway's live stream subscribes to it. The message format
+//! ([`PresenceMessage`]) is written and read here.
+//!
+//! Room names may hold any character, a NATS subject token may not: the room's token is the
+//! unpadded base64url of its UTF-8 name (letters, digits, `-`, `_`).
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, message::PublishMessage};
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+use super::publish::{PublishError, within};
+use super::settings::{PresenceArgs, StreamSettings, StreamSetupError};
+use crate::runtime::trace;
+
+/// One presence change, as published.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceMessage {
+    /// The outbox row's id: increasing, so consumers can order and de-duplicate.
+    pub id: i64,
+    pub room: String,
+    pub identity: String,
+    pub present: bool,
+    /// RFC 3339, UTC, milliseconds.
+    pub changed_at: String,
+}
+
+impl PresenceMessage {
+    /// Reads a published change; `None` if the bytes are not one.
+    pub fn decode(payload: &[u8]) -> Option<Self> {
+        serde_json::from_slice(payload).ok()
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a presence message serializes")
+    }
+}
+
+/// A room name as one subject token.
+pub fn room_token(room: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(room.as_bytes())
+}
+
+/// Subject of a room's presence changes.
+pub fn subject(prefix: &str, room: &str) -> String {
+    format!("{prefix}.{}", room_token(room))
+}
+
+#[derive(Clone)]
+pub struct PresenceStream {
+    jetstream: jetstream::Context,
+    settings: StreamSettings,
+}
+
+impl PresenceStream {
+    pub fn new(client: async_nats::Client, args: &PresenceArgs) -> Self {
+        PresenceStream { jetstream: jetstream::new(client), settings: args.settings() }
+    }
+
+    pub async fn ensure(&self) -> Result<(), StreamSetupError> {
+        self.settings.create_or_update(&self.jetstream).await
+    }
+
+    /// Publishes changes in order and waits for every acknowledgement (at most `deadline`).
+    /// The message id is the outbox id, so a change published twice is stored once. Each publish
+    /// continues the trace of the change's cause (its stored `traceparent`), if any.
+    pub async fn publish_all(
+        &self,
+        changes: &[(PresenceMessage, Option<String>)],
+        deadline: Duration,
+    ) -> Result<(), PublishError> {
+        let publish = async {
+            let mut acks = Vec::with_capacity(changes.len());
+            for (change, traceparent) in changes {
+                let span = tracing::info_span!("publish_presence", outbox_id = change.id, room = %change.room);
+                let mut headers = async_nats::HeaderMap::new();
+                if let Some(traceparent) = traceparent {
+                    headers.insert(trace::TRACEPARENT, traceparent.as_str());
+                    trace::continue_from_nats(&span, Some(&headers));
+                }
+                trace::inject_into_nats(&span, &mut headers);
+                let message = PublishMessage::build()
+                    .payload(change.to_json().into())
+                    .headers(headers)
+                    .message_id(format!("presence-{}", change.id));
+                let subject = subject(&self.settings.subject_prefix, &change.room);
+                acks.push(self.jetstream.send_publish(subject, message).await?);
+            }
+            for ack in acks {
+                ack.await?;
+            }
+            Ok::<(), async_nats::Error>(())
+        };
+        within(deadline, publish).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_room_name_becomes_a_valid_token() {
+        for room in ["algebra", "a.b", "a b*>", "é€😀", "", "room/with/slashes"] {
+            let token = room_token(room);
+            assert!(token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'), "{room}: {token}");
+        }
+        assert_ne!(room_token("a.b"), room_token("a_b"));
+    }
+}

@@ -1,0 +1,10 @@
+//! What every service runs on: configuration, the database pool, the ops server (probes and
+//! metrics), the start-up retry, shutdown, telemetry and trace propagation across HTTP and NATS.
+
+pub mod config;
+pub mod database;
+pub mod ops;
+pub mod shutdown;
+pub mod startup_retry;
+pub mod telemetry;
+pub mod trace;

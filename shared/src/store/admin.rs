@@ -1,0 +1,92 @@
+//! Databases as a whole, for the harnesses that make their own (tests, the benchmark): create
+//! and drop one beside the configured database, its server's version, and the benchmark's commit
+//! probe. No service calls these.
+
+use sqlx::Connection as _;
+
+/// `url` with its database name replaced (query parameters kept).
+pub fn with_database(url: &str, database: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("postgres", url));
+    let authority = rest.split(['/', '?']).next().unwrap_or(rest);
+    let query = rest.split_once('?').map(|(_, query)| format!("?{query}")).unwrap_or_default();
+    format!("{scheme}://{authority}/{database}{query}")
+}
+
+/// Whether `name` may be used as a database name as it is (it is written into the statement).
+fn is_plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() < 64
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && !name.as_bytes()[0].is_ascii_digit()
+}
+
+fn invalid_name(name: &str) -> sqlx::Error {
+    sqlx::Error::Protocol(format!("{name:?} is not a plain database name (a-z, 0-9, _)"))
+}
+
+/// Creates the empty database `name` on the server of `server_url`; returns its URL.
+pub async fn create_database(server_url: &str, name: &str) -> Result<String, sqlx::Error> {
+    if !is_plain_name(name) {
+        return Err(invalid_name(name));
+    }
+    let mut admin = sqlx::PgConnection::connect(&with_database(server_url, "postgres")).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await?;
+    Ok(with_database(server_url, name))
+}
+
+/// Drops the database `name` on the server of `server_url`, closing its connections.
+pub async fn drop_database(server_url: &str, name: &str) -> Result<(), sqlx::Error> {
+    if !is_plain_name(name) {
+        return Err(invalid_name(name));
+    }
+    let mut admin = sqlx::PgConnection::connect(&with_database(server_url, "postgres")).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+        .execute(&mut admin)
+        .await?;
+    Ok(())
+}
+
+/// The server's version, as it reports it.
+pub async fn server_version(url: &str) -> Result<String, sqlx::Error> {
+    let mut connection = sqlx::PgConnection::connect(url).await?;
+    sqlx::query_scalar("SHOW server_version").fetch_one(&mut connection).await
+}
+
+/// Makes PostgreSQL announce every event-log row on `channel` when its transaction commits, so a
+/// benchmark sees the moment attendance is committed (the row and the recomputed attendance are
+/// in one transaction). Only ever in a benchmark's own database.
+pub async fn announce_event_log_commits(url: &str, channel: &str) -> Result<(), sqlx::Error> {
+    if !is_plain_name(channel) {
+        return Err(invalid_name(channel));
+    }
+    let mut connection = sqlx::PgConnection::connect(url).await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE FUNCTION bench_announce_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN PERFORM pg_notify('{channel}', NEW.event_id); RETURN NULL; END $$;
+         CREATE TRIGGER bench_announce_commit AFTER INSERT ON webhook_events
+         FOR EACH ROW EXECUTE FUNCTION bench_announce_commit();"
+    )))
+    .execute(&mut connection)
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaces_the_database_name_and_keeps_the_query() {
+        assert_eq!(with_database("postgres://u@h:5432/attendance", "bench_1"), "postgres://u@h:5432/bench_1");
+        assert_eq!(with_database("postgres://u@h:5432", "bench_1"), "postgres://u@h:5432/bench_1");
+        assert_eq!(with_database("postgres://h/a?sslmode=disable", "b"), "postgres://h/b?sslmode=disable");
+    }
+
+    #[test]
+    fn only_plain_names_are_written_into_statements() {
+        assert!(is_plain_name("bench_0a1b") && is_plain_name("test_abc123"));
+        assert!(
+            !is_plain_name("x; DROP DATABASE y") && !is_plain_name("") && !is_plain_name("9a") && !is_plain_name("A")
+        );
+    }
+}

@@ -1,0 +1,56 @@
+//! PostgreSQL: every SQL statement of the project, one module per table (or group of tables
+//! that change together), each the only writer of its table.
+//!
+//! - [`event_log`]: `webhook_events`, the log of every event applied: the source of truth;
+//! - [`rooms`]: `rooms`, whose row locks serialize the changes to a room;
+//! - [`recompute`]: `participants` and `cycles`, the attendance rule applied to the log;
+//! - [`heartbeats`]: `participant_heartbeats`, each participant's latest client heartbeat;
+//! - [`closures`]: `cycle_closures`, the sweeper's estimated ends of cycles;
+//! - [`presence_outbox`]: `presence_outbox`, presence changes waiting to be published;
+//! - [`read_model`]: what the read API shows (reads only);
+//! - [`admin`]: whole databases, for the test and benchmark harnesses.
+//!
+//! Invariant: after every commit, a participant's row and cycles equal the attendance rule
+//! applied to its facts in the log, whichever replica wrote them and in whatever order the events
+//! came.
+
+pub mod admin;
+pub mod closures;
+pub mod event_log;
+pub mod heartbeats;
+pub mod presence_outbox;
+pub mod read_model;
+pub mod recompute;
+pub mod rooms;
+
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+
+/// The schema, embedded in every binary and applied at start-up. sqlx holds an advisory lock
+/// while migrating, so replicas starting together are safe.
+pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// Readiness of the database: one round trip.
+pub async fn ping(pool: &PgPool) -> Result<(), String> {
+    sqlx::query("SELECT 1").execute(pool).await.map(|_| ()).map_err(|e| format!("PostgreSQL: {e}"))
+}
+
+/// A failure that retrying cannot fix: PostgreSQL refused this message's data (SQLSTATE class
+/// 22, data exception, e.g. a `\u0000` in JSON; class 23, integrity constraint).
+pub fn is_permanent(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| code.starts_with("22") || code.starts_with("23")),
+        _ => false,
+    }
+}
+
+/// A failure that means PostgreSQL is unreachable or going away: stop pulling until it is back.
+pub fn is_unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(db) => {
+            db.code().is_some_and(|code| code.starts_with("08") || code.starts_with("57P") || code.starts_with("53"))
+        }
+        _ => false,
+    }
+}
