@@ -562,7 +562,7 @@ pub async fn differences(
         }
         differences.extend(stored.keys().map(|identity| format!("{room} / {identity}: not in the workload")));
     }
-    let rooms = shared::store::rooms::room_names(&mut connection).await?;
+    let rooms = shared::store::meetings::room_names(&mut connection).await?;
     differences.extend(
         rooms
             .into_iter()

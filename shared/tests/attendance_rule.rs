@@ -2,8 +2,11 @@
 //! duplicates and arrival order never change the result.
 
 use proptest::prelude::*;
+use std::collections::BTreeMap;
+
 use shared::domain::attendance::{
-    Attendance, ClosedBy, Cycle, Fact, FactKind, ParticipantInfo, participant_attendance, room_attendance, union_ms,
+    Attendance, ClosedBy, Cycle, Fact, FactKind, ParticipantInfo, course_total, participant_attendance,
+    room_attendance, union_ms,
 };
 
 const ROOM: &str = "algebra";
@@ -276,8 +279,79 @@ fn delivered() -> impl Strategy<Value = (Vec<Fact>, Vec<Fact>)> {
     })
 }
 
+/// The facts of each meeting, as the store loads them: events by their room sid, the sweeper's
+/// estimates by the meeting of their session.
+fn by_meeting(facts: &[Fact]) -> BTreeMap<String, Vec<Fact>> {
+    let meeting_of_session: BTreeMap<&str, &str> =
+        facts.iter().filter_map(|f| Some((f.participant()?.sid.as_str(), f.room_sid.as_str()))).collect();
+    let mut meetings: BTreeMap<String, Vec<Fact>> = BTreeMap::new();
+    for fact in facts {
+        let meeting = match &fact.kind {
+            FactKind::Closure { participant_sid, .. } => match meeting_of_session.get(participant_sid.as_str()) {
+                Some(meeting) => *meeting,
+                None => continue,
+            },
+            _ => fact.room_sid.as_str(),
+        };
+        meetings.entry(meeting.to_owned()).or_default().push(fact.clone());
+    }
+    meetings
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+    #[test]
+    fn meetings_of_a_room_name_never_influence_each_other((facts, stream) in delivered()) {
+        let together = room_attendance(&stream);
+        for (meeting, own) in by_meeting(&facts) {
+            for (identity, alone) in room_attendance(&own) {
+                let cycles: Vec<&Cycle> =
+                    together[&identity].cycles.iter().filter(|c| c.room_sid == meeting).collect();
+                prop_assert_eq!(cycles, alone.cycles.iter().collect::<Vec<_>>(), "{} in {}", identity, meeting);
+            }
+        }
+    }
+
+    #[test]
+    fn a_meeting_is_the_same_whatever_meetings_of_its_room_name_came_before(
+        (facts, _) in delivered(), (earlier, _) in delivered(),
+    ) {
+        // Earlier meetings of the same room name: other room sids, a day before.
+        let earlier: Vec<Fact> = earlier.into_iter().map(|mut f| {
+            f.room_sid = format!("{}_before", f.room_sid);
+            f.created_at_ms -= 86_400_000;
+            if let FactKind::Closure { participant_sid, .. } | FactKind::Joined { participant: ParticipantInfo { sid: participant_sid, .. }, .. }
+                | FactKind::Left { participant: ParticipantInfo { sid: participant_sid, .. }, .. }
+                | FactKind::Aborted { participant: ParticipantInfo { sid: participant_sid, .. } } = &mut f.kind {
+                participant_sid.push_str("_before");
+            }
+            if let FactKind::Joined { joined_at_ms, .. } = &mut f.kind { *joined_at_ms -= 86_400_000; }
+            if let FactKind::Left { joined_at_ms: Some(joined_at_ms), .. } = &mut f.kind { *joined_at_ms -= 86_400_000; }
+            f.event_id.push_str("_before");
+            f
+        }).collect();
+        let alone = by_meeting(&facts);
+        let mut all = facts.clone();
+        all.extend(earlier);
+        let with_history = by_meeting(&all);
+        for (meeting, own) in alone {
+            prop_assert_eq!(room_attendance(&with_history[&meeting]), room_attendance(&own), "{}", meeting);
+        }
+    }
+
+    #[test]
+    fn the_course_total_of_the_meetings_is_the_rule_over_all_of_them((facts, _) in delivered()) {
+        let mut per_identity: BTreeMap<String, Vec<Attendance>> = BTreeMap::new();
+        for own in by_meeting(&facts).values() {
+            for (identity, attendance) in room_attendance(own) {
+                per_identity.entry(identity).or_default().push(attendance);
+            }
+        }
+        let totals: BTreeMap<String, Attendance> =
+            per_identity.into_iter().map(|(identity, meetings)| (identity, course_total(&meetings).unwrap())).collect();
+        prop_assert_eq!(totals, room_attendance(&facts));
+    }
 
     #[test]
     fn duplicates_and_order_never_change_attendance((facts, stream) in delivered()) {

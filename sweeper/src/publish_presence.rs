@@ -24,6 +24,7 @@ fn message_of(entry: &OutboxEntry) -> PresenceMessage {
     PresenceMessage {
         id: entry.id,
         room: entry.change.room_name.clone(),
+        room_sid: entry.change.room_sid.clone(),
         identity: entry.change.identity.clone(),
         present: entry.change.present,
         changed_at: rfc3339_ms(entry.change.changed_at_ms),

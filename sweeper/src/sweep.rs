@@ -1,14 +1,15 @@
 //! Closing stale cycles: what counts as stale is [`shared::store::closures`]; this decides how
-//! each stale cycle ends, records it as an estimate under the room's lock, and recomputes the
+//! each stale cycle ends, records it as an estimate under the meeting's lock, and recomputes the
 //! participant, so the rule decides and a later participant_left replaces the estimate.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use shared::domain::attendance::ClosedBy;
 use shared::domain::time::millis;
 use shared::store::closures::{self, StaleCycle, Staleness};
+use shared::store::meetings;
 use shared::store::presence_outbox::Cause;
-use shared::store::{recompute, rooms};
+use shared::store::recompute::{self, ParticipantKey};
 use sqlx::PgPool;
 
 /// What one sweep did.
@@ -30,36 +31,34 @@ pub fn closure_of(cycle: &StaleCycle, staleness: &Staleness) -> (ClosedBy, i64) 
     }
 }
 
-/// Closes the stale cycles. A room another replica (or a worker) holds is left for the next
+/// Closes the stale cycles. A meeting another replica (or a worker) holds is left for the next
 /// round.
 pub async fn sweep(pool: &PgPool, staleness: &Staleness) -> Result<Swept, sqlx::Error> {
     let mut swept = Swept::default();
-    for room in closures::rooms_with_stale_cycles(pool, staleness).await? {
-        let this_room = BTreeSet::from([room.clone()]);
+    for room_sid in closures::meetings_with_stale_cycles(pool, staleness).await? {
+        let this_meeting = BTreeSet::from([room_sid.clone()]);
         let mut tx = pool.begin().await?;
-        if rooms::lock_rooms(&mut tx, &BTreeSet::new(), &this_room).await?.is_empty() {
+        if meetings::lock_meetings(&mut tx, &BTreeSet::new(), &this_meeting).await?.is_empty() {
             continue;
         }
-        // Found again under the lock: a worker or another sweeper may have changed the room.
-        let mut identities = BTreeSet::new();
-        for cycle in closures::stale_cycles(&mut tx, &room, staleness).await? {
+        // Found again under the lock: a worker or another sweeper may have changed the meeting.
+        let mut participants = BTreeMap::new();
+        for cycle in closures::stale_cycles(&mut tx, &room_sid, staleness).await? {
             let (closed_by, closed_at_ms) = closure_of(&cycle, staleness);
-            closures::record_closure(&mut tx, &room, &cycle, closed_by, closed_at_ms).await?;
+            closures::record_closure(&mut tx, &room_sid, &cycle, closed_by, closed_at_ms).await?;
             match closed_by {
                 ClosedBy::HeartbeatTimeout => swept.heartbeat_timeouts += 1,
                 _ => swept.max_durations += 1,
             }
             tracing::info!(
-                room,
+                room_sid,
                 identity = cycle.identity,
                 participant_sid = cycle.participant_sid,
                 closed_by = closed_by.as_str(),
                 "cycle closed by the sweeper"
             );
-            identities.insert(cycle.identity);
+            participants.insert(ParticipantKey::new(room_sid.as_str(), cycle.identity), Cause::named("sweeper"));
         }
-        let participants =
-            identities.into_iter().map(|identity| ((room.clone(), identity), Cause::named("sweeper"))).collect();
         recompute::recompute_participants(&mut tx, &participants).await?;
         tx.commit().await?;
     }

@@ -27,6 +27,24 @@ fn event(event_type: &str, id: &str, room: &str, identity: &str, sid: &str, at_m
     .unwrap()
 }
 
+/// An event of meeting `room_sid` of room `room` (a room name reused by several meetings).
+fn meeting_event(
+    event_type: &str,
+    id: &str,
+    room: &str,
+    room_sid: &str,
+    identity: &str,
+    sid: &str,
+    at_ms: i64,
+) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "event": event_type, "id": id, "createdAt": (at_ms / 1000).to_string(),
+        "room": {"sid": room_sid, "name": room},
+        "participant": {"sid": sid, "identity": identity, "joinedAtMs": at_ms.to_string()},
+    }))
+    .unwrap()
+}
+
 fn heartbeat(room: &str, identity: &str) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({
         "event": "client_heartbeat", "id": format!("HB_{}", testkit::unique_suffix()),
@@ -259,6 +277,60 @@ async fn two_sweepers_at_once_close_each_cycle_once_and_publish_each_change_once
     }
     assert_eq!(seen, 2 * rooms * people);
     let _ = js.delete_stream(&args.stream).await;
+    pool.close().await;
+    database.drop_database().await;
+}
+
+/// The reused room name: a weekly class is one room name, each week a new meeting. A lost left
+/// in meeting 1, closed at the last heartbeat, must stay so when the same identity joins the same
+/// room name in meeting 2 and sends heartbeats there (it used to be reopened and closed again
+/// later: 2 s became 12 s).
+#[tokio::test]
+async fn heartbeats_in_a_later_meeting_of_the_room_name_never_reopen_an_earlier_one() {
+    let database = TestDatabase::create_shared().await;
+    let pool = database.pool().await;
+    store::MIGRATOR.run(&pool).await.unwrap();
+    let week = 7 * 24 * 60 * MINUTE;
+    // Meeting 1: ada joins, heartbeats for 2 minutes, her left and the room_finished are lost.
+    apply(&pool, meeting_event("participant_joined", "EV_1j", "algebra", "RM_week1", "ada", "PA_1", T0), T0).await;
+    apply(&pool, heartbeat("algebra", "ada"), T0 + MINUTE).await;
+    apply(&pool, heartbeat("algebra", "ada"), T0 + 2 * MINUTE).await;
+    assert_eq!(sweep_at(&pool, T0 + 8 * MINUTE).await.unwrap().heartbeat_timeouts, 1);
+
+    // Meeting 2, a week later: same room name, same identity, a new room sid.
+    let t1 = T0 + week;
+    apply(&pool, meeting_event("participant_joined", "EV_2j", "algebra", "RM_week2", "ada", "PA_2", t1), t1).await;
+    apply(&pool, heartbeat("algebra", "ada"), t1 + MINUTE).await;
+    apply(&pool, heartbeat("algebra", "ada"), t1 + 2 * MINUTE).await;
+
+    let mut connection = pool.acquire().await.unwrap();
+    let first = read_model::load_meeting(&mut connection, "RM_week1").await.unwrap();
+    let ada = &first["ada"];
+    assert_eq!(ada.cycles.len(), 1);
+    assert_eq!(ada.cycles[0].left_at_ms, Some(T0 + 2 * MINUTE), "still closed at its last heartbeat");
+    assert_eq!(ada.cycles[0].closed_by, Some(shared::domain::attendance::ClosedBy::HeartbeatTimeout));
+    assert_eq!(ada.attended_ms, 2 * MINUTE);
+    let second = read_model::load_meeting(&mut connection, "RM_week2").await.unwrap();
+    assert!(second["ada"].present, "present in the running meeting");
+    assert_eq!(second["ada"].cycles.len(), 1);
+
+    // The room name's total adds the meetings up: the course total.
+    let total = read_model::load_participant(&mut connection, "algebra", "ada").await.unwrap().unwrap();
+    assert_eq!((total.join_count, total.cycles.len(), total.present), (2, 2, true));
+    drop(connection);
+
+    // Meeting 1's room_finished arrives late; meeting 1 ends there, meeting 2 is untouched.
+    let finished = serde_json::to_vec(&serde_json::json!({
+        "event": "room_finished", "id": "EV_1f", "createdAt": ((T0 + 30 * MINUTE) / 1000).to_string(),
+        "room": {"sid": "RM_week1", "name": "algebra"},
+    }))
+    .unwrap();
+    apply(&pool, finished, t1 + 3 * MINUTE).await;
+    let mut connection = pool.acquire().await.unwrap();
+    let first = read_model::load_meeting(&mut connection, "RM_week1").await.unwrap();
+    assert_eq!(first["ada"].cycles[0].left_at_ms, Some(T0 + 2 * MINUTE), "the earliest estimate wins");
+    assert!(read_model::load_meeting(&mut connection, "RM_week2").await.unwrap()["ada"].present);
+    drop(connection);
     pool.close().await;
     database.drop_database().await;
 }

@@ -2,14 +2,14 @@
 //!
 //! The batch's events go into the event log in one statement; when PostgreSQL refuses one's data,
 //! they are inserted again one savepoint each, so a bad message is rejected alone while its
-//! neighbours commit. Rooms are locked first; each affected participant is then recomputed once
-//! from the log. A transient failure (connection, deadlock, serialization) fails the whole batch,
+//! neighbours commit. Meetings are locked first; each affected participant of a meeting is then
+//! recomputed once from the log. A transient failure (connection, deadlock, serialization) fails the whole batch,
 //! which is then redelivered; applying it again changes nothing that was already committed.
 //!
-//! Replicas do not queue behind each other: a batch takes the rooms no other transaction holds
+//! Replicas do not queue behind each other: a batch takes the meetings no other transaction holds
 //! and puts off the messages of the others ([`Applied::Deferred`]) to the consumer's next batch,
 //! by when the other replica has committed. Only a message put off several times waits for its
-//! room (`Input::wait_for_room`), so none is put off for ever. Order does not matter to the
+//! meeting (`Input::wait_for_room`), so none is put off for ever. Order does not matter to the
 //! attendance rule, so applying a message a batch later changes nothing but its latency.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -21,7 +21,8 @@ use shared::domain::heartbeat::Heartbeat;
 use shared::nats::webhooks::WebhookMessage;
 use shared::store::event_log::{self, LoggedEvent};
 use shared::store::presence_outbox::Cause;
-use shared::store::{self, heartbeats, recompute, rooms};
+use shared::store::recompute::ParticipantKey;
+use shared::store::{self, heartbeats, meetings, recompute};
 use sqlx::{PgConnection, PgPool};
 
 /// One message to apply.
@@ -32,7 +33,7 @@ pub struct Input {
     pub stream_sequence: u64,
     /// Trace context of the message's processing, carried into the presence outbox.
     pub traceparent: Option<String>,
-    /// Wait for the message's room if another transaction holds it, rather than put it off.
+    /// Wait for the message's meeting if another transaction holds it, rather than put it off.
     pub wait_for_room: bool,
 }
 
@@ -54,7 +55,7 @@ pub enum Applied {
     /// Its event id was already in the log: nothing changed.
     Duplicate,
     Rejected(Rejection),
-    /// Another transaction held its room: nothing done, to be applied in a later batch.
+    /// Another transaction held its meeting: nothing done, to be applied in a later batch.
     Deferred,
 }
 
@@ -68,16 +69,6 @@ enum Decoded {
     Heartbeat(Heartbeat),
 }
 
-impl Decoded {
-    /// The room whose lock applying this message needs.
-    fn room_to_lock(&self) -> Option<&str> {
-        match self {
-            Decoded::LiveKit { fact, .. } => fact.as_ref().map(|f| f.room_name.as_str()),
-            Decoded::Heartbeat(heartbeat) => Some(&heartbeat.room_name),
-        }
-    }
-}
-
 fn decode(input: &Input) -> Result<Decoded, Rejection> {
     let invalid = |message: String| Rejection { reason: "invalid_event", message };
     match WebhookMessage::decode(&input.payload, input.received_at_ms).map_err(|e| invalid(e.to_string()))? {
@@ -89,31 +80,88 @@ fn decode(input: &Input) -> Result<Decoded, Rejection> {
     }
 }
 
+/// The meetings a batch must lock, each with its room name, split by whether the batch waits
+/// for them. A heartbeat names no meeting, so its candidates are locked: the meeting of its room
+/// running at its time as stored, and every meeting of its room in the batch (which may change
+/// which one that is).
+struct MeetingsToLock {
+    names: BTreeMap<String, String>,
+    wait_for: BTreeSet<String>,
+    if_free: BTreeSet<String>,
+}
+
+async fn meetings_to_lock(
+    pool: &PgPool,
+    inputs: &[Input],
+    decoded: &[Result<Decoded, Rejection>],
+) -> Result<MeetingsToLock, sqlx::Error> {
+    let mut names: BTreeMap<String, String> = BTreeMap::new();
+    for decoded in decoded.iter().flatten() {
+        if let Decoded::LiveKit { fact: Some(fact), .. } = decoded {
+            names.insert(fact.room_sid.clone(), fact.room_name.clone());
+        }
+    }
+    let heartbeats: Vec<(usize, &Heartbeat)> = decoded
+        .iter()
+        .enumerate()
+        .filter_map(|(i, d)| match d {
+            Ok(Decoded::Heartbeat(heartbeat)) => Some((i, heartbeat)),
+            _ => None,
+        })
+        .collect();
+    let stored: Vec<Option<String>> = if heartbeats.is_empty() {
+        Vec::new()
+    } else {
+        let moments: Vec<(&str, i64)> =
+            heartbeats.iter().map(|(_, h)| (h.room_name.as_str(), h.received_at_ms)).collect();
+        meetings::meetings_at(&mut *pool.acquire().await?, &moments).await?
+    };
+    let mut locks = MeetingsToLock { names: BTreeMap::new(), wait_for: BTreeSet::new(), if_free: BTreeSet::new() };
+    let mut lock = |room_sid: &str, room_name: &str, waiting: bool| {
+        locks.names.insert(room_sid.to_owned(), room_name.to_owned());
+        if waiting { &mut locks.wait_for } else { &mut locks.if_free }.insert(room_sid.to_owned());
+    };
+    for (input, decoded) in inputs.iter().zip(decoded) {
+        if let Ok(Decoded::LiveKit { fact: Some(fact), .. }) = decoded {
+            lock(&fact.room_sid, &fact.room_name, input.wait_for_room);
+        }
+    }
+    for ((i, heartbeat), stored) in heartbeats.into_iter().zip(stored) {
+        let waiting = inputs[i].wait_for_room;
+        if let Some(room_sid) = stored {
+            lock(&room_sid, &heartbeat.room_name, waiting);
+        }
+        for (room_sid, room_name) in &names {
+            if *room_name == heartbeat.room_name {
+                lock(room_sid, room_name, waiting);
+            }
+        }
+    }
+    Ok(locks)
+}
+
 /// Applies the messages in one transaction and returns one outcome per message, in order.
 /// `Err` means nothing was committed and every message should be retried.
+///
+/// Order inside the transaction: the events are logged and their participants and meetings
+/// recomputed; only then is each heartbeat's meeting found (the batch may have started or ended
+/// it), its heartbeat recorded, and the participants whose estimates it refuted recomputed.
 pub async fn apply_batch(pool: &PgPool, inputs: &[Input]) -> Result<Vec<Applied>, sqlx::Error> {
     let decoded: Vec<Result<Decoded, Rejection>> = inputs.iter().map(decode).collect();
-    let rooms_of = |waiting: bool| -> BTreeSet<String> {
-        inputs
-            .iter()
-            .zip(&decoded)
-            .filter(|(input, _)| input.wait_for_room == waiting)
-            .filter_map(|(_, decoded)| decoded.as_ref().ok()?.room_to_lock())
-            .map(str::to_owned)
-            .collect()
-    };
-    let (wait_for, if_free) = (rooms_of(true), rooms_of(false));
-    rooms::create_rooms(pool, &wait_for.union(&if_free).cloned().collect()).await?;
+    let to_lock = meetings_to_lock(pool, inputs, &decoded).await?;
+    meetings::create_meetings(pool, &to_lock.names).await?;
 
     let mut tx = pool.begin().await?;
-    let locked = rooms::lock_rooms(&mut tx, &wait_for, &if_free).await?;
+    let locked = meetings::lock_meetings(&mut tx, &to_lock.wait_for, &to_lock.if_free).await?;
 
     let mut outcomes = Vec::with_capacity(inputs.len());
-    // (room, identity) → what caused the recompute (for the presence outbox)
-    let mut affected: BTreeMap<(String, String), Cause> = BTreeMap::new();
-    let mut finished_instances: Vec<(String, String, Cause)> = Vec::new();
-    // (room, identity) → the latest heartbeat of the batch, and its cause
-    let mut latest_heartbeats: BTreeMap<(String, String), (Heartbeat, Cause)> = BTreeMap::new();
+    // Participants to recompute → what caused it (for the presence outbox)
+    let mut affected: BTreeMap<ParticipantKey, Cause> = BTreeMap::new();
+    // Meetings whose room_started or room_finished was logged: their spans change
+    let mut spans_changed: BTreeSet<String> = BTreeSet::new();
+    let mut finished_meetings: Vec<(String, Cause)> = Vec::new();
+    // The batch's heartbeats: (index in `outcomes`, the heartbeat, its cause)
+    let mut heartbeats_in_batch: Vec<(usize, Heartbeat, Cause)> = Vec::new();
     let mut to_log: Vec<ToLog> = Vec::new();
     let mut logged_ids: BTreeSet<String> = BTreeSet::new();
     for (input, decoded) in inputs.iter().zip(decoded) {
@@ -124,23 +172,14 @@ pub async fn apply_batch(pool: &PgPool, inputs: &[Input]) -> Result<Vec<Applied>
                 continue;
             }
         };
-        if decoded.room_to_lock().is_some_and(|room| !locked.contains(room)) {
-            outcomes.push(Applied::Deferred);
-            continue;
-        }
         match decoded {
             Decoded::Heartbeat(heartbeat) => {
-                // Heartbeats update the participant, not the log. All of the batch's are recorded
-                // at once, below; the latest of a participant is its cause.
-                let cause = Cause { event_id: heartbeat.id.clone(), traceparent: input.traceparent.clone() };
-                let key = (heartbeat.room_name.clone(), heartbeat.identity.clone());
-                match latest_heartbeats.get(&key) {
-                    Some((latest, _)) if latest.received_at_ms > heartbeat.received_at_ms => {}
-                    _ => {
-                        latest_heartbeats.insert(key, (heartbeat, cause));
-                    }
-                }
                 outcomes.push(Applied::Stored { event_type: HEARTBEAT.to_owned() });
+                let cause = Cause { event_id: heartbeat.id.clone(), traceparent: input.traceparent.clone() };
+                heartbeats_in_batch.push((outcomes.len() - 1, heartbeat, cause));
+            }
+            Decoded::LiveKit { fact: Some(fact), .. } if !locked.contains(&fact.room_sid) => {
+                outcomes.push(Applied::Deferred);
             }
             Decoded::LiveKit { event, json, fact } => {
                 if !logged_ids.insert(event.id.clone()) {
@@ -173,10 +212,15 @@ pub async fn apply_batch(pool: &PgPool, inputs: &[Input]) -> Result<Vec<Applied>
                 if let Some(fact) = &one.fact {
                     match (&fact.kind, fact.participant()) {
                         (FactKind::RoomFinished, _) => {
-                            finished_instances.push((fact.room_name.clone(), fact.room_sid.clone(), one.cause.clone()))
+                            spans_changed.insert(fact.room_sid.clone());
+                            finished_meetings.push((fact.room_sid.clone(), one.cause.clone()));
+                        }
+                        (FactKind::RoomStarted, _) => {
+                            spans_changed.insert(fact.room_sid.clone());
                         }
                         (_, Some(participant)) => {
-                            affected.insert((fact.room_name.clone(), participant.identity.clone()), one.cause.clone());
+                            let key = ParticipantKey::new(fact.room_sid.as_str(), participant.identity.as_str());
+                            affected.insert(key, one.cause.clone());
                         }
                         (_, None) => {}
                     }
@@ -185,20 +229,62 @@ pub async fn apply_batch(pool: &PgPool, inputs: &[Input]) -> Result<Vec<Applied>
             }
         };
     }
-
-    let latest: Vec<&Heartbeat> = latest_heartbeats.values().map(|(heartbeat, _)| heartbeat).collect();
-    for participant in heartbeats::record_heartbeats(&mut tx, &latest).await? {
-        let cause = latest_heartbeats[&participant].1.clone();
-        affected.entry(participant).or_insert(cause);
-    }
-    for (room_name, room_sid, cause) in finished_instances {
-        for identity in event_log::identities_in_room_instance(&mut tx, &room_name, &room_sid).await? {
-            affected.entry((room_name.clone(), identity)).or_insert_with(|| cause.clone());
+    for (room_sid, cause) in finished_meetings {
+        for identity in event_log::identities_in_meeting(&mut tx, &room_sid).await? {
+            affected.entry(ParticipantKey::new(room_sid.as_str(), identity)).or_insert_with(|| cause.clone());
         }
     }
     recompute::recompute_participants(&mut tx, &affected).await?;
+    // Their earliest joins may have moved the meetings' starts.
+    spans_changed.extend(affected.keys().map(|key| key.room_sid.clone()));
+    recompute::recompute_spans(&mut tx, &spans_changed).await?;
+
+    let refuted = record_heartbeats(&mut tx, &locked, heartbeats_in_batch, &mut outcomes).await?;
+    recompute::recompute_participants(&mut tx, &refuted).await?;
     tx.commit().await?;
     Ok(outcomes)
+}
+
+/// Records the batch's heartbeats, each in the meeting running at its time (found now, after
+/// the batch's events), the latest of each participant; a heartbeat whose meeting another
+/// transaction holds is put off, one that falls in no meeting has nothing to tell. Returns the
+/// participants whose estimates the heartbeats refuted, each with its heartbeat as the cause.
+async fn record_heartbeats(
+    tx: &mut PgConnection,
+    locked: &BTreeSet<String>,
+    batch: Vec<(usize, Heartbeat, Cause)>,
+    outcomes: &mut [Applied],
+) -> Result<BTreeMap<ParticipantKey, Cause>, sqlx::Error> {
+    if batch.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let moments: Vec<(&str, i64)> = batch.iter().map(|(_, h, _)| (h.room_name.as_str(), h.received_at_ms)).collect();
+    let meetings_found = meetings::meetings_at(&mut *tx, &moments).await?;
+    let mut latest: BTreeMap<ParticipantKey, (Heartbeat, Cause)> = BTreeMap::new();
+    for ((outcome, heartbeat, cause), meeting) in batch.into_iter().zip(meetings_found) {
+        let Some(room_sid) = meeting else { continue };
+        if !locked.contains(&room_sid) {
+            outcomes[outcome] = Applied::Deferred;
+            continue;
+        }
+        let key = ParticipantKey::new(room_sid, heartbeat.identity.as_str());
+        match latest.get(&key) {
+            Some((kept, _)) if kept.received_at_ms > heartbeat.received_at_ms => {}
+            _ => {
+                latest.insert(key, (heartbeat, cause));
+            }
+        }
+    }
+    let to_record: Vec<(&str, &Heartbeat)> =
+        latest.iter().map(|(key, (heartbeat, _))| (key.room_sid.as_str(), heartbeat)).collect();
+    let refuted = heartbeats::record_heartbeats(&mut *tx, &to_record).await?;
+    Ok(refuted
+        .into_iter()
+        .map(|key| {
+            let cause = latest[&key].1.clone();
+            (key, cause)
+        })
+        .collect())
 }
 
 /// A LiveKit event of the batch to log.

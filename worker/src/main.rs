@@ -16,7 +16,7 @@ struct Cli {
 enum Command {
     /// Consume and apply events until SIGTERM (the default).
     Run,
-    /// Rebuild attendance from the event log, for one room or all, then exit.
+    /// Rebuild attendance from the event log, for the meetings of one room name or all, then exit.
     Recompute {
         /// Only this room.
         #[arg(long)]
@@ -51,7 +51,7 @@ async fn run(command: Command, config: WorkerConfig) -> anyhow::Result<()> {
             let pool = config.database.pool()?;
             shared::store::MIGRATOR.run(&pool).await.context("migrations")?;
             let participants = worker::recompute::recompute(&pool, room.as_deref()).await.context("recompute")?;
-            println!("recomputed {participants} participants");
+            println!("recomputed {participants} participants (per meeting)");
             Ok(())
         }
         Command::Dlq { command } => {

@@ -1,30 +1,39 @@
-//! `worker recompute`: rebuilds attendance from the event log, for one room or all of them.
-//! Safe while workers run: each room is recomputed under its lock, like any event.
+//! `worker recompute`: rebuilds attendance from the event log, for the meetings of one room name
+//! or of all; and, at start-up, the meetings a migration marked for rebuilding. Safe while
+//! workers run: each meeting is recomputed under its lock, like any event.
 
-use shared::store::event_log;
+use std::collections::BTreeSet;
+
+use shared::store::meetings;
 use shared::store::presence_outbox::Cause;
-use shared::store::{recompute, rooms};
+use shared::store::recompute;
 use sqlx::PgPool;
 
-/// Recomputes every participant of `room` (or of every room); returns how many were recomputed.
+/// Recomputes every meeting of `room` (or of every room name); returns how many participants
+/// (per meeting) were recomputed.
 pub async fn recompute(pool: &PgPool, room: Option<&str>) -> Result<usize, sqlx::Error> {
-    let room_names = match room {
-        Some(room) => vec![room.to_owned()],
-        None => event_log::room_names(pool).await?,
-    };
+    let room_sids = meetings::room_sids(pool, room).await?;
+    rebuild(pool, &room_sids).await
+}
+
+/// Rebuilds the meetings a migration marked (`needs_recompute`); returns how many participants
+/// were recomputed.
+pub async fn rebuild_pending(pool: &PgPool) -> Result<usize, sqlx::Error> {
+    let room_sids = meetings::needing_recompute(pool).await?;
+    if !room_sids.is_empty() {
+        tracing::info!(meetings = room_sids.len(), "rebuilding meetings from the event log");
+    }
+    rebuild(pool, &room_sids).await
+}
+
+async fn rebuild(pool: &PgPool, room_sids: &[String]) -> Result<usize, sqlx::Error> {
     let mut participants = 0;
-    for room in room_names {
-        let this_room = [room.clone()].into();
-        rooms::create_rooms(pool, &this_room).await?;
+    for room_sid in room_sids {
         let mut tx = pool.begin().await?;
-        rooms::lock_rooms(&mut tx, &this_room, &Default::default()).await?;
-        let identities = event_log::identities_in_room(&mut tx, &room).await?;
-        participants += identities.len();
-        let cause = Cause::named("recompute");
-        let of_room = identities.into_iter().map(|identity| ((room.clone(), identity), cause.clone())).collect();
-        recompute::recompute_participants(&mut tx, &of_room).await?;
+        meetings::lock_meetings(&mut tx, &BTreeSet::from([room_sid.clone()]), &BTreeSet::new()).await?;
+        participants += recompute::recompute_meeting(&mut tx, room_sid, &Cause::named("recompute")).await?;
         tx.commit().await?;
-        tracing::info!(room, "room recomputed");
+        tracing::info!(room_sid, "meeting recomputed");
     }
     Ok(participants)
 }

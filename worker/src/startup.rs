@@ -84,6 +84,9 @@ async fn prepare(
     shutdown: &CancellationToken,
 ) -> Option<Consumer> {
     startup_retry::until_ok(shutdown, "database migrations", || MIGRATOR.run(pool)).await?;
+    // A migration may leave meetings to rebuild from the log (replicas share the work: each
+    // meeting under its lock, and rebuilding one twice changes nothing).
+    startup_retry::until_ok(shutdown, "rebuilding meetings", || crate::recompute::rebuild_pending(pool)).await?;
     let dead_letters = DeadLetterStream::new(nats.clone(), &config.dead_letters);
     startup_retry::until_ok(shutdown, "dead-letter stream set-up", || dead_letters.ensure()).await?;
     let webhooks = WebhookStream::new(nats.clone(), &config.stream);

@@ -88,7 +88,7 @@ async fn poison_messages_are_dead_lettered_with_their_reason_and_the_others_appl
 /// rest of the batch applied; a message put off too often waits for its room.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_puts_off_the_rooms_another_transaction_holds_and_applies_the_rest() {
-    use shared::store::{self, rooms};
+    use shared::store::{self, meetings};
     use worker::apply::{Applied, Input, apply_batch};
 
     let database = TestDatabase::create_shared().await;
@@ -112,11 +112,11 @@ async fn a_batch_puts_off_the_rooms_another_transaction_holds_and_applies_the_re
         }
     };
 
-    // Another replica is applying room "busy".
-    let busy = std::collections::BTreeSet::from(["busy".to_owned()]);
-    rooms::create_rooms(&pool, &busy).await.unwrap();
+    // Another replica is applying the meeting of room "busy".
+    let busy = std::collections::BTreeSet::from(["RM_busy".to_owned()]);
+    meetings::create_meetings(&pool, &[("RM_busy".to_owned(), "busy".to_owned())].into()).await.unwrap();
     let mut other = pool.begin().await.unwrap();
-    rooms::lock_rooms(&mut other, &busy, &Default::default()).await.unwrap();
+    meetings::lock_meetings(&mut other, &busy, &Default::default()).await.unwrap();
 
     let outcomes =
         apply_batch(&pool, &[joined("EV_busy", "busy", false), joined("EV_free", "free", false)]).await.unwrap();
@@ -149,7 +149,7 @@ async fn recompute_rebuilds_the_tables_from_the_event_log() {
     worker.stop().await;
 
     let pool = harness.database.pool().await;
-    sqlx::query("UPDATE participants SET attended_ms = 0, present = NOT present").execute(&pool).await.unwrap();
+    sqlx::query("UPDATE meeting_participants SET attended_ms = 0, present = NOT present").execute(&pool).await.unwrap();
     sqlx::query("DELETE FROM cycles").execute(&pool).await.unwrap();
     let recomputed = worker::recompute::recompute(&pool, None).await.unwrap();
 
@@ -186,4 +186,80 @@ async fn assert_presence_outbox_follows_the_flips(
         }
     }
     assert!(flips.is_empty(), "outbox rows for unknown participants: {flips:?}");
+}
+
+/// A database of the schema before meetings (migrations 1 to 3) with events, an old heartbeat
+/// and an old sweeper estimate: migrating it and rebuilding gives the rule's attendance per
+/// meeting, and keeps the heartbeat and the estimate, now in their meetings.
+#[tokio::test]
+async fn a_database_of_the_previous_schema_migrates_and_rebuilds_every_meeting() {
+    use shared::domain::event::WebhookEvent;
+    use shared::store::event_log::{self, LoggedEvent};
+    use shared::store::{self, read_model};
+
+    let database = TestDatabase::create_shared().await;
+    let pool = database.pool().await;
+    store::MIGRATOR.run_to(3, &pool).await.unwrap();
+    let events = workload::meetings(fastrand::u64(..), 3, 6, 1_790_000_000_000);
+    let parsed: Vec<(WebhookEvent, String)> = events
+        .iter()
+        .map(|e| (WebhookEvent::parse(&e.body).unwrap(), String::from_utf8(e.body.clone()).unwrap()))
+        .collect();
+    let logged: Vec<LoggedEvent> = parsed
+        .iter()
+        .map(|(event, json)| LoggedEvent { event, payload: json, received_at_ms: None, stream_sequence: None })
+        .collect();
+    let mut tx = pool.begin().await.unwrap();
+    event_log::insert_events(&mut tx, &logged).await.unwrap();
+    tx.commit().await.unwrap();
+    // What the previous schema held beside the log: a heartbeat and an estimate, by room name.
+    // A session whose left arrived: the estimate cannot change its attendance (a left wins).
+    let sid_of = |e: &WebhookEvent| e.participant.as_ref().map(|p| p.sid.clone());
+    let (event, _) = parsed
+        .iter()
+        .find(|(e, _)| {
+            e.event == "participant_joined"
+                && parsed.iter().any(|(other, _)| other.event == "participant_left" && sid_of(other) == sid_of(e))
+        })
+        .expect("a session with a joined and a left");
+    let (room, room_sid) = (&event.room.as_ref().unwrap().name, &event.room.as_ref().unwrap().sid);
+    let participant = event.participant.as_ref().unwrap();
+    sqlx::query("INSERT INTO participant_heartbeats (room_name, identity, last_heartbeat_at) VALUES ($1, $2, now())")
+        .bind(room)
+        .bind(&participant.identity)
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO cycle_closures (room_name, identity, participant_sid, closed_by, closed_at)
+         VALUES ($1, $2, $3, 'max_duration', to_timestamp(4000000000))",
+    )
+    .bind(room)
+    .bind(&participant.identity)
+    .bind(&participant.sid)
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    store::MIGRATOR.run(&pool).await.unwrap();
+    let pending: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM meetings WHERE needs_recompute").fetch_one(&pool).await.unwrap();
+    assert_eq!(pending, 3, "every meeting of the log is to be rebuilt");
+    worker::recompute::rebuild_pending(&pool).await.unwrap();
+    assert!(worker::recompute::rebuild_pending(&pool).await.unwrap() == 0, "nothing left to rebuild");
+
+    let expected = workload::expected(&events);
+    let mut connection = pool.acquire().await.unwrap();
+    for (room, participants) in &expected {
+        assert_eq!(&read_model::load_room(&mut connection, room).await.unwrap(), participants, "{room}");
+    }
+    let heartbeat_meeting: String =
+        sqlx::query_scalar("SELECT room_sid FROM meeting_heartbeats").fetch_one(&mut *connection).await.unwrap();
+    assert_eq!(&heartbeat_meeting, room_sid, "the heartbeat belongs to the identity's meeting");
+    let estimate_meeting: String =
+        sqlx::query_scalar("SELECT room_sid FROM cycle_closures").fetch_one(&mut *connection).await.unwrap();
+    assert_eq!(&estimate_meeting, room_sid, "the estimate belongs to its session's meeting");
+    drop(connection);
+    pool.close().await;
+    database.drop_database().await;
 }

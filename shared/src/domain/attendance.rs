@@ -1,8 +1,10 @@
 //! The attendance rule: a pure function from a set of LiveKit events to attendance cycles and
 //! totals. No clock, no I/O: storage calls it with the events it holds.
 //!
-//! - Attendance belongs to a (room name, participant identity) and is made of cycles, one per
-//!   participant `sid` (a LiveKit connection session; a rejoin is a new sid).
+//! - Attendance belongs to a meeting (a room session: room `sid`) and a participant identity, and
+//!   is made of cycles, one per participant `sid` (a LiveKit connection session; a rejoin is a
+//!   new sid). Meetings of one room name never influence each other: each is computed from its
+//!   own facts only. A room name's total over its meetings is [`course_total`].
 //! - `participant_joined` opens its sid's cycle at `joinedAtMs` (else `joinedAt`, else the
 //!   event's `createdAt`); `participant_left` closes it at the left event's `createdAt`. A left
 //!   whose joined never arrived still gives the whole cycle from its own `joinedAt[Ms]`.
@@ -51,6 +53,8 @@ pub enum FactKind {
     Aborted {
         participant: ParticipantInfo,
     },
+    /// The meeting began (the room was created), at the fact's `created_at_ms`.
+    RoomStarted,
     RoomFinished,
     /// An estimated end decided by the sweeper, at the fact's `created_at_ms`.
     Closure {
@@ -164,7 +168,9 @@ impl Fact {
             event_type,
             "participant_joined" | "participant_left" | "participant_connection_aborted" | "room_finished"
         );
-        if !interpreted {
+        // A room_started without a time says nothing the meeting's joins do not: not interpreted.
+        let room_started = event_type == "room_started" && event.created_at.is_some();
+        if !interpreted && !room_started {
             return Ok(None);
         }
         let room =
@@ -204,6 +210,7 @@ impl Fact {
                 let (participant, _) = participant()?;
                 (FactKind::Aborted { participant }, created_at_ms.unwrap_or(0))
             }
+            "room_started" => (FactKind::RoomStarted, created_at_ms.ok_or_else(missing_time)?),
             _ => (FactKind::RoomFinished, created_at_ms.ok_or_else(missing_time)?),
         };
         Ok(Some(Fact {
@@ -221,12 +228,13 @@ impl Fact {
             FactKind::Joined { participant, .. }
             | FactKind::Left { participant, .. }
             | FactKind::Aborted { participant } => Some(participant),
-            FactKind::RoomFinished | FactKind::Closure { .. } => None,
+            FactKind::RoomStarted | FactKind::RoomFinished | FactKind::Closure { .. } => None,
         }
     }
 }
 
-/// Attendance of every participant in the facts, by identity (facts of one room name).
+/// Attendance of every participant in the facts, by identity (facts of one meeting; given the
+/// facts of several meetings, the same as their [`course_total`]s).
 pub fn room_attendance(facts: &[Fact]) -> BTreeMap<String, Attendance> {
     let identities: BTreeSet<&str> =
         facts.iter().filter_map(|f| f.participant()).map(|p| p.identity.as_str()).collect();
@@ -236,8 +244,10 @@ pub fn room_attendance(facts: &[Fact]) -> BTreeMap<String, Attendance> {
         .collect()
 }
 
-/// Attendance of `identity` from facts of one room name: its own facts and the room_finished
-/// facts of the room instances it was in (other facts are ignored). `None` if no fact is about it.
+/// Attendance of `identity` in a meeting from the meeting's facts: its own facts, the
+/// room_finished fact and the sweeper's estimates (other facts are ignored). `None` if no fact is
+/// about it. (Given facts of several meetings, each cycle is still closed only by its own
+/// meeting's room_finished.)
 pub fn participant_attendance(identity: &str, facts: &[Fact]) -> Option<Attendance> {
     #[derive(Default)]
     struct Session<'a> {
@@ -272,7 +282,7 @@ pub fn participant_attendance(identity: &str, facts: &[Fact]) -> Option<Attendan
                 session.left_at = min_some(session.left_at, Some(fact.created_at_ms));
             }
             FactKind::Aborted { .. } => session.aborted = true,
-            FactKind::RoomFinished | FactKind::Closure { .. } => {}
+            FactKind::RoomStarted | FactKind::RoomFinished | FactKind::Closure { .. } => {}
         }
     }
     // Closures only ever close a known session of this identity.
@@ -336,6 +346,28 @@ pub fn participant_attendance(identity: &str, facts: &[Fact]) -> Option<Attendan
         first_joined_at_ms: cycles.iter().map(|c| c.joined_at_ms).min(),
         last_left_at_ms: cycles.iter().filter_map(|c| c.left_at_ms).max(),
         present: cycles.iter().any(|c| c.left_at_ms.is_none()),
+        cycles,
+    })
+}
+
+/// A participant's total over several meetings of a room name (a course total): every cycle,
+/// attended time as their union, counts added, the earliest join and the latest leave; name,
+/// metadata and kind of the last meeting given (pass them in meeting order). `None` for none.
+pub fn course_total(per_meeting: &[Attendance]) -> Option<Attendance> {
+    let last = per_meeting.last()?;
+    let mut cycles: Vec<Cycle> = per_meeting.iter().flat_map(|a| a.cycles.iter().cloned()).collect();
+    cycles.sort_by(|a, b| (a.joined_at_ms, &a.participant_sid).cmp(&(b.joined_at_ms, &b.participant_sid)));
+    Some(Attendance {
+        identity: last.identity.clone(),
+        name: last.name.clone(),
+        metadata: last.metadata.clone(),
+        kind: last.kind.clone(),
+        attended_ms: union_ms(cycles.iter().filter_map(|c| Some((c.joined_at_ms, c.left_at_ms?)))),
+        join_count: per_meeting.iter().map(|a| a.join_count).sum(),
+        leave_count: per_meeting.iter().map(|a| a.leave_count).sum(),
+        first_joined_at_ms: per_meeting.iter().filter_map(|a| a.first_joined_at_ms).min(),
+        last_left_at_ms: per_meeting.iter().filter_map(|a| a.last_left_at_ms).max(),
+        present: per_meeting.iter().any(|a| a.present),
         cycles,
     })
 }

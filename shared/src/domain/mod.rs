@@ -5,4 +5,5 @@
 pub mod attendance;
 pub mod event;
 pub mod heartbeat;
+pub mod meeting;
 pub mod time;

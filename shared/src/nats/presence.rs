@@ -21,6 +21,10 @@ pub struct PresenceMessage {
     /// The outbox row's id: increasing, so consumers can order and de-duplicate.
     pub id: i64,
     pub room: String,
+    /// The meeting (room session) whose attendance changed; empty for changes written before
+    /// meetings existed.
+    #[serde(default)]
+    pub room_sid: String,
     pub identity: String,
     pub present: bool,
     /// RFC 3339, UTC, milliseconds.

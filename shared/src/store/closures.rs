@@ -55,13 +55,13 @@ const STALE: &str = "(
         AND c.joined_at <= h.last_heartbeat_at
     ) OR (c.left_at IS NULL AND c.joined_at < $2)";
 
-/// Rooms with stale cycles (at most 1 000 a call, in name order).
-pub async fn rooms_with_stale_cycles(pool: &PgPool, staleness: &Staleness) -> Result<Vec<String>, sqlx::Error> {
+/// Meetings with stale cycles (at most 1 000 a call, in room-sid order).
+pub async fn meetings_with_stale_cycles(pool: &PgPool, staleness: &Staleness) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT DISTINCT c.room_name FROM cycles c
-         LEFT JOIN participant_heartbeats h USING (room_name, identity)
+        "SELECT DISTINCT c.room_sid FROM cycles c
+         LEFT JOIN meeting_heartbeats h USING (room_sid, identity)
          WHERE ({STALE})
-         ORDER BY c.room_name LIMIT 1000"
+         ORDER BY c.room_sid LIMIT 1000"
     )))
     .bind(timestamp(staleness.heartbeat_stale_before_ms()))
     .bind(timestamp(staleness.opened_too_long_before_ms()))
@@ -70,23 +70,23 @@ pub async fn rooms_with_stale_cycles(pool: &PgPool, staleness: &Staleness) -> Re
     .await
 }
 
-/// The stale cycles of a room. Call it under the room's lock, so that what it finds is still
-/// true when the closures are written.
+/// The stale cycles of a meeting. Call it under the meeting's lock, so that what it finds is
+/// still true when the closures are written.
 pub async fn stale_cycles(
     conn: &mut PgConnection,
-    room_name: &str,
+    room_sid: &str,
     staleness: &Staleness,
 ) -> Result<Vec<StaleCycle>, sqlx::Error> {
     let rows: Vec<(String, String, Option<OffsetDateTime>, OffsetDateTime)> =
         sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT c.identity, c.participant_sid, h.last_heartbeat_at, c.joined_at FROM cycles c
-             LEFT JOIN participant_heartbeats h USING (room_name, identity)
-             WHERE ({STALE}) AND c.room_name = $4"
+             LEFT JOIN meeting_heartbeats h USING (room_sid, identity)
+             WHERE ({STALE}) AND c.room_sid = $4"
         )))
         .bind(timestamp(staleness.heartbeat_stale_before_ms()))
         .bind(timestamp(staleness.opened_too_long_before_ms()))
         .bind(millis(staleness.heartbeat_timeout))
-        .bind(room_name)
+        .bind(room_sid)
         .fetch_all(&mut *conn)
         .await?;
     Ok(rows
@@ -100,20 +100,21 @@ pub async fn stale_cycles(
         .collect())
 }
 
-/// Records an estimated end of a cycle; of two estimates of one kind, the earlier stays.
+/// Records an estimated end of a cycle of a meeting; of two estimates of one kind, the earlier
+/// stays.
 pub async fn record_closure(
     conn: &mut PgConnection,
-    room_name: &str,
+    room_sid: &str,
     cycle: &StaleCycle,
     closed_by: ClosedBy,
     closed_at_ms: i64,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO cycle_closures (room_name, identity, participant_sid, closed_by, closed_at)
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (room_name, identity, participant_sid, closed_by)
+        "INSERT INTO cycle_closures (room_sid, identity, participant_sid, closed_by, closed_at)
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (room_sid, identity, participant_sid, closed_by)
          DO UPDATE SET closed_at = least(cycle_closures.closed_at, excluded.closed_at)",
     )
-    .bind(room_name)
+    .bind(room_sid)
     .bind(&cycle.identity)
     .bind(&cycle.participant_sid)
     .bind(closed_by.as_str())

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 use time::OffsetDateTime;
 
 use crate::domain::event::WebhookEvent;
@@ -77,35 +77,12 @@ pub async fn insert_events(
     .map(|inserted: Vec<String>| inserted.into_iter().collect())
 }
 
-/// Identities with events in a room instance (those a room_finished may close).
-pub async fn identities_in_room_instance(
-    conn: &mut PgConnection,
-    room_name: &str,
-    room_sid: &str,
-) -> Result<Vec<String>, sqlx::Error> {
+/// Identities with events in a meeting (those its room_finished may close).
+pub async fn identities_in_meeting(conn: &mut PgConnection, room_sid: &str) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar(
-        "SELECT DISTINCT identity FROM webhook_events
-         WHERE room_name = $1 AND room_sid = $2 AND identity IS NOT NULL ORDER BY identity",
+        "SELECT DISTINCT identity FROM webhook_events WHERE room_sid = $1 AND identity IS NOT NULL ORDER BY identity",
     )
-    .bind(room_name)
     .bind(room_sid)
     .fetch_all(&mut *conn)
     .await
-}
-
-/// Every identity with events in a room.
-pub async fn identities_in_room(conn: &mut PgConnection, room_name: &str) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT DISTINCT identity FROM webhook_events WHERE room_name = $1 AND identity IS NOT NULL ORDER BY identity",
-    )
-    .bind(room_name)
-    .fetch_all(&mut *conn)
-    .await
-}
-
-/// Every room name in the log.
-pub async fn room_names(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query_scalar("SELECT DISTINCT room_name FROM webhook_events WHERE room_name IS NOT NULL ORDER BY room_name")
-        .fetch_all(pool)
-        .await
 }

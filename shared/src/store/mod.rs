@@ -2,26 +2,26 @@
 //! that change together), each the only writer of its table.
 //!
 //! - [`event_log`]: `webhook_events`, the log of every event applied: the source of truth;
-//! - [`rooms`]: `rooms`, whose row locks serialize the changes to a room;
-//! - [`recompute`]: `participants` and `cycles`, the attendance rule applied to the log;
-//! - [`heartbeats`]: `participant_heartbeats`, each participant's latest client heartbeat;
+//! - [`meetings`]: `meetings`, one per room session, whose row locks serialize its changes;
+//! - [`recompute`]: `meeting_participants` and `cycles`, the attendance rule applied to the log;
+//! - [`heartbeats`]: `meeting_heartbeats`, each participant's latest client heartbeat;
 //! - [`closures`]: `cycle_closures`, the sweeper's estimated ends of cycles;
 //! - [`presence_outbox`]: `presence_outbox`, presence changes waiting to be published;
 //! - [`read_model`]: what the read API shows (reads only);
 //! - [`admin`]: whole databases, for the test and benchmark harnesses.
 //!
-//! Invariant: after every commit, a participant's row and cycles equal the attendance rule
-//! applied to its facts in the log, whichever replica wrote them and in whatever order the events
-//! came.
+//! Invariant: after every commit, a participant's row and cycles in a meeting equal the
+//! attendance rule applied to its facts of that meeting in the log, whichever replica wrote them
+//! and in whatever order the events came.
 
 pub mod admin;
 pub mod closures;
 pub mod event_log;
 pub mod heartbeats;
+pub mod meetings;
 pub mod presence_outbox;
 pub mod read_model;
 pub mod recompute;
-pub mod rooms;
 
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;

@@ -6,7 +6,7 @@
 //! Invariant: rows are published in id order (so in order per participant), by one publisher at
 //! a time, which holds a transaction-scoped advisory lock while it publishes and deletes.
 
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool, Row as _};
 use time::OffsetDateTime;
 
 use crate::domain::time::{timestamp, unix_ms};
@@ -18,6 +18,8 @@ const PUBLISHER_LOCK: i64 = 0x7072_6573_656e_6365;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PresenceChange {
     pub room_name: String,
+    /// The meeting whose attendance changed.
+    pub room_sid: String,
     pub identity: String,
     pub present: bool,
     pub changed_at_ms: i64,
@@ -53,16 +55,17 @@ pub async fn append(conn: &mut PgConnection, changes: &[(PresenceChange, &Cause)
         return Ok(());
     }
     let rooms: Vec<&str> = changes.iter().map(|(c, _)| c.room_name.as_str()).collect();
+    let room_sids: Vec<&str> = changes.iter().map(|(c, _)| c.room_sid.as_str()).collect();
     let identities: Vec<&str> = changes.iter().map(|(c, _)| c.identity.as_str()).collect();
     let event_ids: Vec<&str> = changes.iter().map(|(_, cause)| cause.event_id.as_str()).collect();
     let present: Vec<bool> = changes.iter().map(|(c, _)| c.present).collect();
     let changed_at: Vec<OffsetDateTime> = changes.iter().map(|(c, _)| timestamp(c.changed_at_ms)).collect();
     let traceparents: Vec<Option<&str>> = changes.iter().map(|(_, cause)| cause.traceparent.as_deref()).collect();
     sqlx::query(
-        "INSERT INTO presence_outbox (room_name, identity, present, changed_at, event_id, traceparent)
-         SELECT room_name, identity, present, changed_at, event_id, traceparent
-         FROM unnest($1::text[], $2::text[], $3::bool[], $4::timestamptz[], $5::text[], $6::text[])
-              WITH ORDINALITY AS c (room_name, identity, present, changed_at, event_id, traceparent, n)
+        "INSERT INTO presence_outbox (room_name, identity, present, changed_at, event_id, traceparent, room_sid)
+         SELECT room_name, identity, present, changed_at, event_id, traceparent, room_sid
+         FROM unnest($1::text[], $2::text[], $3::bool[], $4::timestamptz[], $5::text[], $6::text[], $7::text[])
+              WITH ORDINALITY AS c (room_name, identity, present, changed_at, event_id, traceparent, room_sid, n)
          ORDER BY n",
     )
     .bind(&rooms)
@@ -71,6 +74,7 @@ pub async fn append(conn: &mut PgConnection, changes: &[(PresenceChange, &Cause)
     .bind(&changed_at)
     .bind(&event_ids)
     .bind(&traceparents)
+    .bind(&room_sids)
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -84,20 +88,29 @@ pub async fn try_lock_publisher(conn: &mut PgConnection) -> Result<bool, sqlx::E
 
 /// The oldest `limit` rows, in id order.
 pub async fn oldest(conn: &mut PgConnection, limit: i64) -> Result<Vec<OutboxEntry>, sqlx::Error> {
-    let rows: Vec<(i64, String, String, bool, OffsetDateTime, Option<String>)> = sqlx::query_as(
-        "SELECT id, room_name, identity, present, changed_at, traceparent FROM presence_outbox ORDER BY id LIMIT $1",
+    let rows = sqlx::query(
+        "SELECT id, room_name, room_sid, identity, present, changed_at, traceparent FROM presence_outbox
+         ORDER BY id LIMIT $1",
     )
     .bind(limit)
     .fetch_all(&mut *conn)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(id, room_name, identity, present, changed_at, traceparent)| OutboxEntry {
-            id,
-            change: PresenceChange { room_name, identity, present, changed_at_ms: unix_ms(changed_at) },
-            traceparent,
+    rows.into_iter()
+        .map(|row| {
+            Ok(OutboxEntry {
+                id: row.try_get("id")?,
+                change: PresenceChange {
+                    room_name: row.try_get("room_name")?,
+                    // Rows written before meetings existed have none.
+                    room_sid: row.try_get::<Option<String>, _>("room_sid")?.unwrap_or_default(),
+                    identity: row.try_get("identity")?,
+                    present: row.try_get("present")?,
+                    changed_at_ms: unix_ms(row.try_get("changed_at")?),
+                },
+                traceparent: row.try_get("traceparent")?,
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// Deletes published rows.

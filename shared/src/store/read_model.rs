@@ -1,55 +1,90 @@
-//! The read model, for display: participants' stored attendance and cycles, and their last
-//! heartbeats. Reads only.
+//! The read model, for display: participants' stored attendance and cycles per meeting, a room
+//! name's total over its meetings, and last heartbeats. Reads only.
 
 use std::collections::BTreeMap;
 
 use sqlx::{PgConnection, Row as _};
 use time::OffsetDateTime;
 
-use crate::domain::attendance::{Attendance, ClosedBy, Cycle};
+use crate::domain::attendance::{self, Attendance, ClosedBy, Cycle};
 use crate::domain::time::unix_ms;
 
-/// A participant's stored attendance, as the read side sees it.
+/// A participant's total over every meeting of a room name (a course total).
 pub async fn load_participant(
     conn: &mut PgConnection,
     room_name: &str,
     identity: &str,
 ) -> Result<Option<Attendance>, sqlx::Error> {
-    Ok(load_attendance(conn, room_name, Some(identity)).await?.remove(identity))
+    Ok(load_room_totals(conn, room_name, Some(identity)).await?.remove(identity))
 }
 
-/// Every participant's stored attendance in a room, by identity.
+/// Every participant's total over every meeting of a room name, by identity.
 pub async fn load_room(conn: &mut PgConnection, room_name: &str) -> Result<BTreeMap<String, Attendance>, sqlx::Error> {
-    load_attendance(conn, room_name, None).await
+    load_room_totals(conn, room_name, None).await
 }
 
-/// The stored attendance of a room (or of one participant in it). One statement, so that totals
-/// and cycles come from one snapshot even while a worker commits, whatever the room's size.
-async fn load_attendance(
+/// Every participant's attendance in one meeting, by identity.
+pub async fn load_meeting(
+    conn: &mut PgConnection,
+    room_sid: &str,
+) -> Result<BTreeMap<String, Attendance>, sqlx::Error> {
+    let per_meeting = load_per_meeting(conn, Scope::Meeting(room_sid)).await?;
+    Ok(per_meeting.into_iter().map(|(_, attendance)| (attendance.identity.clone(), attendance)).collect())
+}
+
+async fn load_room_totals(
     conn: &mut PgConnection,
     room_name: &str,
     identity: Option<&str>,
 ) -> Result<BTreeMap<String, Attendance>, sqlx::Error> {
+    let mut by_identity: BTreeMap<String, Vec<Attendance>> = BTreeMap::new();
+    for (_, attendance) in load_per_meeting(conn, Scope::Room { room_name, identity }).await? {
+        by_identity.entry(attendance.identity.clone()).or_default().push(attendance);
+    }
+    Ok(by_identity
+        .into_iter()
+        .filter_map(|(identity, meetings)| Some((identity, attendance::course_total(&meetings)?)))
+        .collect())
+}
+
+enum Scope<'a> {
+    Room { room_name: &'a str, identity: Option<&'a str> },
+    Meeting(&'a str),
+}
+
+/// The stored attendance per (meeting, participant) in a scope, in meeting order (by start) for
+/// each identity. One statement, so that totals and cycles come from one snapshot even while a
+/// worker commits, whatever the room's size.
+async fn load_per_meeting(conn: &mut PgConnection, scope: Scope<'_>) -> Result<Vec<(String, Attendance)>, sqlx::Error> {
+    let (room_name, identity, room_sid) = match scope {
+        Scope::Room { room_name, identity } => (Some(room_name), identity, None),
+        Scope::Meeting(room_sid) => (None, None, Some(room_sid)),
+    };
     let rows = sqlx::query(
-        "SELECT p.identity, p.name, p.metadata, p.kind, p.present, p.attended_ms, p.join_count, p.leave_count,
-                p.first_joined_at, p.last_left_at, c.participant_sid, c.room_sid, c.joined_at, c.left_at, c.closed_by
-         FROM participants p
-         LEFT JOIN cycles c ON c.room_name = p.room_name AND c.identity = p.identity
-         WHERE p.room_name = $1 AND ($2::text IS NULL OR p.identity = $2)
-         ORDER BY p.identity, c.joined_at, c.participant_sid",
+        "SELECT p.room_sid, p.identity, p.name, p.metadata, p.kind, p.present, p.attended_ms, p.join_count,
+                p.leave_count, p.first_joined_at, p.last_left_at,
+                c.participant_sid, c.joined_at, c.left_at, c.closed_by
+         FROM meeting_participants p
+         JOIN meetings m USING (room_sid)
+         LEFT JOIN cycles c USING (room_sid, identity)
+         WHERE ($1::text IS NULL OR p.room_name = $1) AND ($2::text IS NULL OR p.identity = $2)
+           AND ($3::text IS NULL OR p.room_sid = $3)
+         ORDER BY p.identity, m.started_at NULLS LAST, m.created_at, p.room_sid, c.joined_at, c.participant_sid",
     )
     .bind(room_name)
     .bind(identity)
+    .bind(room_sid)
     .fetch_all(&mut *conn)
     .await?;
-    let mut room: BTreeMap<String, Attendance> = BTreeMap::new();
+    let mut per_meeting: Vec<(String, Attendance)> = Vec::new();
     for row in rows {
+        let room_sid: String = row.try_get("room_sid")?;
         let identity: String = row.try_get("identity")?;
-        let attendance = match room.entry(identity) {
-            std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
-            std::collections::btree_map::Entry::Vacant(entry) => {
-                let identity = entry.key().clone();
-                entry.insert(Attendance {
+        let same = per_meeting.last().is_some_and(|(sid, a)| *sid == room_sid && a.identity == identity);
+        if !same {
+            per_meeting.push((
+                room_sid.clone(),
+                Attendance {
                     cycles: Vec::new(),
                     identity,
                     name: row.try_get("name")?,
@@ -61,31 +96,34 @@ async fn load_attendance(
                     first_joined_at_ms: row.try_get::<Option<OffsetDateTime>, _>("first_joined_at")?.map(unix_ms),
                     last_left_at_ms: row.try_get::<Option<OffsetDateTime>, _>("last_left_at")?.map(unix_ms),
                     present: row.try_get("present")?,
-                })
-            }
-        };
+                },
+            ));
+        }
         if let Some(participant_sid) = row.try_get::<Option<String>, _>("participant_sid")? {
+            let (_, attendance) = per_meeting.last_mut().expect("pushed above");
             attendance.cycles.push(Cycle {
                 participant_sid,
-                room_sid: row.try_get("room_sid")?,
+                room_sid,
                 joined_at_ms: unix_ms(row.try_get("joined_at")?),
                 left_at_ms: row.try_get::<Option<OffsetDateTime>, _>("left_at")?.map(unix_ms),
                 closed_by: row.try_get::<Option<String>, _>("closed_by")?.as_deref().and_then(ClosedBy::parse),
             });
         }
     }
-    Ok(room)
+    Ok(per_meeting)
 }
 
-/// The last heartbeat of each participant of a room (or of one) whose client sends them.
+/// The last heartbeat of each participant of a room name (or of one), over its meetings, for
+/// those whose client sends them.
 pub async fn last_heartbeats(
     conn: &mut PgConnection,
     room_name: &str,
     identity: Option<&str>,
 ) -> Result<BTreeMap<String, i64>, sqlx::Error> {
     let rows: Vec<(String, OffsetDateTime)> = sqlx::query_as(
-        "SELECT identity, last_heartbeat_at FROM participant_heartbeats
-         WHERE room_name = $1 AND ($2::text IS NULL OR identity = $2)",
+        "SELECT h.identity, max(h.last_heartbeat_at) FROM meeting_heartbeats h JOIN meetings m USING (room_sid)
+         WHERE m.room_name = $1 AND ($2::text IS NULL OR h.identity = $2)
+         GROUP BY h.identity",
     )
     .bind(room_name)
     .bind(identity)

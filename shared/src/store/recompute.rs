@@ -1,134 +1,221 @@
-//! Recomputing attendance: a participant's rows (`participants`, `cycles`) are the attendance
-//! rule applied to its facts in the log (its events, the room_finished events of its room
-//! instances, and the sweeper's estimates in `cycle_closures`).
+//! Recomputing attendance, per meeting: a participant's rows in a meeting
+//! (`meeting_participants`, `cycles`) are the attendance rule applied to its facts in the log (its
+//! events of that meeting, the meeting's room_finished, and the sweeper's estimates in
+//! `cycle_closures`), and a meeting's span (`meetings`) is the meeting rule applied to its
+//! room_started and room_finished. The cost of a recompute depends on the meeting only, never on
+//! how many meetings the room name had before.
 //!
-//! Invariant: after every commit, a participant's row and cycles equal the rule applied to the
-//! log; [`recompute_participants`] is their only writer. That makes applying an event idempotent
-//! and order-independent, whichever replica applies it. The caller holds the rooms' locks
-//! ([`super::rooms::lock_rooms`]). When "present now" flips, the change goes to the presence
-//! outbox in the same transaction.
+//! Invariant: after every commit, a participant's row and cycles in a meeting equal the rule
+//! applied to the log; [`recompute_participants`] is their only writer. That makes applying an
+//! event idempotent and order-independent, whichever replica applies it. The caller holds the
+//! meetings' locks ([`super::meetings::lock_meetings`]). When "present now" flips, the change goes
+//! to the presence outbox in the same transaction.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use sqlx::PgConnection;
 use time::OffsetDateTime;
 
+use super::event_log;
+use super::meetings;
 use super::presence_outbox::{self, Cause, PresenceChange};
 use crate::domain::attendance::{self, Attendance, ClosedBy, Fact, FactKind};
 use crate::domain::event::WebhookEvent;
+use crate::domain::meeting::{self, MeetingSpan};
 use crate::domain::time::{timestamp, unix_ms};
 
-/// The facts the rule needs for each participant (room name, identity): its own events, the
-/// room_finished events of the room instances it was in, and the sweeper's closures. Two
-/// statements for any number of participants.
+/// A participant of a meeting.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ParticipantKey {
+    pub room_sid: String,
+    pub identity: String,
+}
+
+impl ParticipantKey {
+    pub fn new(room_sid: impl Into<String>, identity: impl Into<String>) -> Self {
+        ParticipantKey { room_sid: room_sid.into(), identity: identity.into() }
+    }
+}
+
+/// Parses logged payloads into facts; a payload that no longer parses is a bug, not bad input
+/// (only events that parsed are logged), so it is logged and skipped.
+fn facts_of_payload(payload: &str) -> Option<Fact> {
+    match WebhookEvent::parse(payload.as_bytes()).ok().map(|e| Fact::from_event(&e)) {
+        Some(Ok(fact)) => fact,
+        _ => {
+            tracing::error!("a logged event no longer parses; ignored");
+            None
+        }
+    }
+}
+
+/// The facts the rule needs for each participant of a meeting: its own events, the meeting's
+/// room_finished, and the sweeper's closures. Two statements for any number of participants.
 pub async fn load_facts_of(
     conn: &mut PgConnection,
-    participants: &[(String, String)],
-) -> Result<BTreeMap<(String, String), Vec<Fact>>, sqlx::Error> {
-    let rooms: Vec<&str> = participants.iter().map(|p| p.0.as_str()).collect();
-    let identities: Vec<&str> = participants.iter().map(|p| p.1.as_str()).collect();
+    participants: &[ParticipantKey],
+) -> Result<BTreeMap<ParticipantKey, Vec<Fact>>, sqlx::Error> {
+    let room_sids: Vec<&str> = participants.iter().map(|p| p.room_sid.as_str()).collect();
+    let identities: Vec<&str> = participants.iter().map(|p| p.identity.as_str()).collect();
     let events: Vec<(String, String, String)> = sqlx::query_as(
-        "WITH p AS (SELECT DISTINCT * FROM unnest($1::text[], $2::text[]) AS p (room_name, identity))
-         SELECT p.room_name, p.identity, e.payload::text FROM p
-         JOIN webhook_events e ON e.room_name = p.room_name AND e.identity = p.identity
+        "WITH p AS (SELECT DISTINCT * FROM unnest($1::text[], $2::text[]) AS p (room_sid, identity))
+         SELECT p.room_sid, p.identity, e.payload::text FROM p
+         JOIN webhook_events e ON e.room_sid = p.room_sid AND e.identity = p.identity
          UNION ALL
-         SELECT p.room_name, p.identity, f.payload::text FROM p
-         JOIN webhook_events f ON f.room_name = p.room_name AND f.event_type = 'room_finished'
-         WHERE f.room_sid IN (SELECT e.room_sid FROM webhook_events e
-                              WHERE e.room_name = p.room_name AND e.identity = p.identity)",
+         SELECT p.room_sid, p.identity, f.payload::text FROM p
+         JOIN webhook_events f ON f.room_sid = p.room_sid AND f.event_type = 'room_finished'",
     )
-    .bind(&rooms)
+    .bind(&room_sids)
     .bind(&identities)
     .fetch_all(&mut *conn)
     .await?;
     let closures: Vec<(String, String, String, String, OffsetDateTime)> = sqlx::query_as(
-        "SELECT c.room_name, c.identity, c.participant_sid, c.closed_by, c.closed_at FROM cycle_closures c
-         JOIN (SELECT DISTINCT * FROM unnest($1::text[], $2::text[]) AS p (room_name, identity)) p
-           USING (room_name, identity)",
+        "SELECT c.room_sid, c.identity, c.participant_sid, c.closed_by, c.closed_at FROM cycle_closures c
+         JOIN (SELECT DISTINCT * FROM unnest($1::text[], $2::text[]) AS p (room_sid, identity)) p
+           USING (room_sid, identity)",
     )
-    .bind(&rooms)
+    .bind(&room_sids)
     .bind(&identities)
     .fetch_all(&mut *conn)
     .await?;
 
-    let mut facts: BTreeMap<(String, String), Vec<Fact>> =
+    let mut facts: BTreeMap<ParticipantKey, Vec<Fact>> =
         participants.iter().map(|participant| (participant.clone(), Vec::new())).collect();
-    for (room_name, identity, payload) in events {
-        // Only events that parsed are logged; a failure here would be a bug, not bad input.
-        match WebhookEvent::parse(payload.as_bytes()).ok().map(|e| Fact::from_event(&e)) {
-            Some(Ok(Some(fact))) => facts.entry((room_name, identity)).or_default().push(fact),
-            Some(Ok(None)) => {}
-            _ => tracing::error!(room_name, identity, "a logged event no longer parses; ignored"),
+    for (room_sid, identity, payload) in events {
+        if let Some(fact) = facts_of_payload(&payload) {
+            facts.entry(ParticipantKey { room_sid, identity }).or_default().push(fact);
         }
     }
-    for (room_name, identity, participant_sid, closed_by, closed_at) in closures {
+    for (room_sid, identity, participant_sid, closed_by, closed_at) in closures {
         let Some(closed_by) = ClosedBy::parse(&closed_by) else { continue };
         let fact = Fact {
             event_id: format!("closure:{participant_sid}:{}", closed_by.as_str()),
             created_at_ms: unix_ms(closed_at),
-            room_name: room_name.clone(),
-            room_sid: String::new(),
+            room_name: String::new(),
+            room_sid: room_sid.clone(),
             kind: FactKind::Closure { identity: identity.clone(), participant_sid, closed_by },
         };
-        facts.entry((room_name, identity)).or_default().push(fact);
+        facts.entry(ParticipantKey { room_sid, identity }).or_default().push(fact);
     }
     Ok(facts)
 }
 
-/// Recomputes participants, (room name, identity) → what caused it, from the log and stores the
+/// A participant's computed attendance in a meeting, with where it is stored.
+struct Computed<'a> {
+    key: &'a ParticipantKey,
+    room_name: &'a str,
+    attendance: Attendance,
+}
+
+/// Recomputes participants of meetings, each → what caused it, from the log and stores the
 /// results; writes a presence change to the outbox for each whose "present now" flipped. A fixed
-/// number of statements whatever their number. The rooms must be locked by the caller's
-/// transaction.
+/// number of statements whatever their number. The meetings must be locked by the caller's
+/// transaction. (Their spans are [`recompute_spans`].)
 pub async fn recompute_participants(
     conn: &mut PgConnection,
-    participants: &BTreeMap<(String, String), Cause>,
+    participants: &BTreeMap<ParticipantKey, Cause>,
 ) -> Result<(), sqlx::Error> {
     if participants.is_empty() {
         return Ok(());
     }
-    let keys: Vec<(String, String)> = participants.keys().cloned().collect();
+    let keys: Vec<ParticipantKey> = participants.keys().cloned().collect();
     let facts = load_facts_of(conn, &keys).await?;
-    let computed: Vec<(&str, Attendance)> = facts
+    let room_sids: BTreeSet<String> = keys.iter().map(|key| key.room_sid.clone()).collect();
+    let room_names = meetings::room_names_of(conn, &room_sids).await?;
+    let computed: Vec<Computed> = facts
         .iter()
-        .filter_map(|((room_name, identity), facts)| {
-            Some((room_name.as_str(), attendance::participant_attendance(identity, facts)?))
+        .filter_map(|(key, facts)| {
+            Some(Computed {
+                key,
+                room_name: room_names.get(&key.room_sid)?.as_str(),
+                attendance: attendance::participant_attendance(&key.identity, facts)?,
+            })
         })
         .collect();
     if computed.is_empty() {
         return Ok(());
     }
-    let rooms: Vec<&str> = computed.iter().map(|(room, _)| *room).collect();
-    let identities: Vec<&str> = computed.iter().map(|(_, a)| a.identity.as_str()).collect();
-    let was_present: BTreeMap<(String, String), bool> = sqlx::query_as::<_, (String, String, bool)>(
-        "SELECT room_name, identity, present FROM participants
-         JOIN unnest($1::text[], $2::text[]) AS p (room_name, identity) USING (room_name, identity)",
+    let sids: Vec<&str> = computed.iter().map(|c| c.key.room_sid.as_str()).collect();
+    let identities: Vec<&str> = computed.iter().map(|c| c.key.identity.as_str()).collect();
+    let was_present: BTreeMap<ParticipantKey, bool> = sqlx::query_as::<_, (String, String, bool)>(
+        "SELECT room_sid, identity, present FROM meeting_participants
+         JOIN unnest($1::text[], $2::text[]) AS p (room_sid, identity) USING (room_sid, identity)",
     )
-    .bind(&rooms)
+    .bind(&sids)
     .bind(&identities)
     .fetch_all(&mut *conn)
     .await?
     .into_iter()
-    .map(|(room_name, identity, present)| ((room_name, identity), present))
+    .map(|(room_sid, identity, present)| (ParticipantKey { room_sid, identity }, present))
     .collect();
     write_attendance(conn, &computed).await?;
 
     let changes: Vec<(PresenceChange, &Cause)> = computed
         .iter()
-        .filter_map(|(room_name, attendance)| {
-            let key = ((*room_name).to_owned(), attendance.identity.clone());
-            if was_present.get(&key).copied().unwrap_or(false) == attendance.present {
-                return None;
-            }
+        .filter(|c| was_present.get(c.key).copied().unwrap_or(false) != c.attendance.present)
+        .map(|c| {
             let change = PresenceChange {
-                room_name: key.0.clone(),
-                identity: key.1.clone(),
-                present: attendance.present,
-                changed_at_ms: presence_changed_at(attendance),
+                room_name: c.room_name.to_owned(),
+                room_sid: c.key.room_sid.clone(),
+                identity: c.key.identity.clone(),
+                present: c.attendance.present,
+                changed_at_ms: presence_changed_at(&c.attendance),
             };
-            Some((change, &participants[&key]))
+            (change, &participants[c.key])
         })
         .collect();
     presence_outbox::append(conn, &changes).await
+}
+
+/// Recomputes the spans of meetings (locked by the caller's transaction) from their
+/// room_started and room_finished and their participants' earliest join. Three statements.
+pub async fn recompute_spans(conn: &mut PgConnection, room_sids: &BTreeSet<String>) -> Result<(), sqlx::Error> {
+    if room_sids.is_empty() {
+        return Ok(());
+    }
+    let sids: Vec<&str> = room_sids.iter().map(String::as_str).collect();
+    let events: Vec<(String, String)> = sqlx::query_as(
+        "SELECT room_sid, payload::text FROM webhook_events
+         WHERE room_sid = ANY($1) AND event_type IN ('room_started', 'room_finished')",
+    )
+    .bind(&sids)
+    .fetch_all(&mut *conn)
+    .await?;
+    let earliest_joins: BTreeMap<String, Option<OffsetDateTime>> = sqlx::query_as::<_, (String, Option<OffsetDateTime>)>(
+        "SELECT room_sid, min(first_joined_at) FROM meeting_participants WHERE room_sid = ANY($1) GROUP BY room_sid",
+    )
+    .bind(&sids)
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .collect();
+    let mut facts: BTreeMap<&str, Vec<Fact>> = BTreeMap::new();
+    for (room_sid, payload) in &events {
+        if let Some(fact) = facts_of_payload(payload) {
+            facts.entry(room_sid.as_str()).or_default().push(fact);
+        }
+    }
+    let spans: BTreeMap<String, MeetingSpan> = room_sids
+        .iter()
+        .map(|room_sid| {
+            let earliest_join = earliest_joins.get(room_sid).copied().flatten().map(unix_ms);
+            let facts = facts.get(room_sid.as_str()).map(Vec::as_slice).unwrap_or_default();
+            (room_sid.clone(), meeting::span(facts, earliest_join, None))
+        })
+        .collect();
+    meetings::write_spans(conn, &spans).await
+}
+
+/// Rebuilds a whole meeting from the log (locked by the caller's transaction): every
+/// participant, its span, and marks it rebuilt. Returns how many participants it has.
+pub async fn recompute_meeting(conn: &mut PgConnection, room_sid: &str, cause: &Cause) -> Result<usize, sqlx::Error> {
+    let identities = event_log::identities_in_meeting(conn, room_sid).await?;
+    let participants: BTreeMap<ParticipantKey, Cause> =
+        identities.iter().map(|identity| (ParticipantKey::new(room_sid, identity.as_str()), cause.clone())).collect();
+    recompute_participants(conn, &participants).await?;
+    recompute_spans(conn, &BTreeSet::from([room_sid.to_owned()])).await?;
+    meetings::mark_rebuilt(conn, room_sid).await?;
+    Ok(identities.len())
 }
 
 /// When the participant became present (its latest open cycle's start) or absent (its last left).
@@ -140,34 +227,38 @@ fn presence_changed_at(attendance: &Attendance) -> i64 {
     }
 }
 
-/// Stores computed attendance, (room name, attendance) each: the participants' rows and cycles.
-async fn write_attendance(conn: &mut PgConnection, computed: &[(&str, Attendance)]) -> Result<(), sqlx::Error> {
-    let rooms: Vec<&str> = computed.iter().map(|(room, _)| *room).collect();
-    let column = |f: fn(&Attendance) -> &str| computed.iter().map(|(_, a)| f(a)).collect::<Vec<&str>>();
-    let present: Vec<bool> = computed.iter().map(|(_, a)| a.present).collect();
-    let attended: Vec<i64> = computed.iter().map(|(_, a)| a.attended_ms).collect();
+/// Stores computed attendance: the participants' rows and cycles in their meetings.
+async fn write_attendance(conn: &mut PgConnection, computed: &[Computed<'_>]) -> Result<(), sqlx::Error> {
+    let room_sids: Vec<&str> = computed.iter().map(|c| c.key.room_sid.as_str()).collect();
+    let identities: Vec<&str> = computed.iter().map(|c| c.key.identity.as_str()).collect();
+    let room_names: Vec<&str> = computed.iter().map(|c| c.room_name).collect();
+    let column = |f: fn(&Attendance) -> &str| computed.iter().map(|c| f(&c.attendance)).collect::<Vec<&str>>();
+    let present: Vec<bool> = computed.iter().map(|c| c.attendance.present).collect();
+    let attended: Vec<i64> = computed.iter().map(|c| c.attendance.attended_ms).collect();
     let count = |n: i64| i32::try_from(n).unwrap_or(i32::MAX);
-    let joins: Vec<i32> = computed.iter().map(|(_, a)| count(a.join_count)).collect();
-    let leaves: Vec<i32> = computed.iter().map(|(_, a)| count(a.leave_count)).collect();
+    let joins: Vec<i32> = computed.iter().map(|c| count(c.attendance.join_count)).collect();
+    let leaves: Vec<i32> = computed.iter().map(|c| count(c.attendance.leave_count)).collect();
     let first_joined: Vec<Option<OffsetDateTime>> =
-        computed.iter().map(|(_, a)| a.first_joined_at_ms.map(timestamp)).collect();
+        computed.iter().map(|c| c.attendance.first_joined_at_ms.map(timestamp)).collect();
     let last_left: Vec<Option<OffsetDateTime>> =
-        computed.iter().map(|(_, a)| a.last_left_at_ms.map(timestamp)).collect();
+        computed.iter().map(|c| c.attendance.last_left_at_ms.map(timestamp)).collect();
     sqlx::query(
-        "INSERT INTO participants
-             (room_name, identity, name, metadata, kind, present, attended_ms, join_count, leave_count,
+        "INSERT INTO meeting_participants
+             (room_sid, identity, room_name, name, metadata, kind, present, attended_ms, join_count, leave_count,
               first_joined_at, last_left_at, updated_at)
-         SELECT *, now() FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bool[],
-                                     $7::int8[], $8::int4[], $9::int4[], $10::timestamptz[], $11::timestamptz[])
+         SELECT *, now() FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                                     $7::bool[], $8::int8[], $9::int4[], $10::int4[], $11::timestamptz[],
+                                     $12::timestamptz[])
          ORDER BY 1, 2
-         ON CONFLICT (room_name, identity) DO UPDATE SET
+         ON CONFLICT (room_sid, identity) DO UPDATE SET
              name = excluded.name, metadata = excluded.metadata, kind = excluded.kind, present = excluded.present,
              attended_ms = excluded.attended_ms, join_count = excluded.join_count,
              leave_count = excluded.leave_count, first_joined_at = excluded.first_joined_at,
              last_left_at = excluded.last_left_at, updated_at = now()",
     )
-    .bind(&rooms)
-    .bind(column(|a| a.identity.as_str()))
+    .bind(&room_sids)
+    .bind(&identities)
+    .bind(&room_names)
     .bind(column(|a| a.name.as_str()))
     .bind(column(|a| a.metadata.as_str()))
     .bind(column(|a| a.kind.as_str()))
@@ -181,36 +272,31 @@ async fn write_attendance(conn: &mut PgConnection, computed: &[(&str, Attendance
     .await?;
 
     sqlx::query(
-        "DELETE FROM cycles USING unnest($1::text[], $2::text[]) AS p (room_name, identity)
-         WHERE cycles.room_name = p.room_name AND cycles.identity = p.identity",
+        "DELETE FROM cycles USING unnest($1::text[], $2::text[]) AS p (room_sid, identity)
+         WHERE cycles.room_sid = p.room_sid AND cycles.identity = p.identity",
     )
-    .bind(&rooms)
-    .bind(column(|a| a.identity.as_str()))
+    .bind(&room_sids)
+    .bind(&identities)
     .execute(&mut *conn)
     .await?;
-    let cycles: Vec<(&str, &str, &attendance::Cycle)> = computed
-        .iter()
-        .flat_map(|(room, a)| a.cycles.iter().map(move |cycle| (*room, a.identity.as_str(), cycle)))
-        .collect();
+    let cycles: Vec<(&ParticipantKey, &attendance::Cycle)> =
+        computed.iter().flat_map(|c| c.attendance.cycles.iter().map(move |cycle| (c.key, cycle))).collect();
     if cycles.is_empty() {
         return Ok(());
     }
-    let cycle_rooms: Vec<&str> = cycles.iter().map(|c| c.0).collect();
-    let cycle_identities: Vec<&str> = cycles.iter().map(|c| c.1).collect();
-    let sids: Vec<&str> = cycles.iter().map(|c| c.2.participant_sid.as_str()).collect();
-    let room_sids: Vec<&str> = cycles.iter().map(|c| c.2.room_sid.as_str()).collect();
-    let joined: Vec<OffsetDateTime> = cycles.iter().map(|(_, _, c)| timestamp(c.joined_at_ms)).collect();
-    let left: Vec<Option<OffsetDateTime>> = cycles.iter().map(|(_, _, c)| c.left_at_ms.map(timestamp)).collect();
-    let closed_by: Vec<Option<&str>> = cycles.iter().map(|(_, _, c)| c.closed_by.map(|b| b.as_str())).collect();
+    let cycle_room_sids: Vec<&str> = cycles.iter().map(|(key, _)| key.room_sid.as_str()).collect();
+    let cycle_identities: Vec<&str> = cycles.iter().map(|(key, _)| key.identity.as_str()).collect();
+    let sids: Vec<&str> = cycles.iter().map(|(_, c)| c.participant_sid.as_str()).collect();
+    let joined: Vec<OffsetDateTime> = cycles.iter().map(|(_, c)| timestamp(c.joined_at_ms)).collect();
+    let left: Vec<Option<OffsetDateTime>> = cycles.iter().map(|(_, c)| c.left_at_ms.map(timestamp)).collect();
+    let closed_by: Vec<Option<&str>> = cycles.iter().map(|(_, c)| c.closed_by.map(|b| b.as_str())).collect();
     sqlx::query(
-        "INSERT INTO cycles (room_name, identity, participant_sid, room_sid, joined_at, left_at, closed_by)
-         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
-                              $6::timestamptz[], $7::text[])",
+        "INSERT INTO cycles (room_sid, identity, participant_sid, joined_at, left_at, closed_by)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::text[])",
     )
-    .bind(&cycle_rooms)
+    .bind(&cycle_room_sids)
     .bind(&cycle_identities)
     .bind(&sids)
-    .bind(&room_sids)
     .bind(&joined)
     .bind(&left)
     .bind(&closed_by)
