@@ -37,6 +37,11 @@ pub enum ApiError {
     ReadUnavailable,
     #[error("no such participant in this room")]
     NoSuchParticipant,
+    #[error("no such meeting")]
+    NoSuchMeeting,
+    /// A query parameter that cannot be used; `field` names it.
+    #[error("{field}: {reason}")]
+    InvalidParameter { field: &'static str, reason: String },
     #[error("no such route")]
     NotFound,
     #[error("method not allowed on this route")]
@@ -54,7 +59,8 @@ impl ApiError {
             ApiError::MissingToken | ApiError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::NotFound | ApiError::NoSuchParticipant => StatusCode::NOT_FOUND,
+            ApiError::NotFound | ApiError::NoSuchParticipant | ApiError::NoSuchMeeting => StatusCode::NOT_FOUND,
+            ApiError::InvalidParameter { .. } => StatusCode::BAD_REQUEST,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
@@ -73,6 +79,8 @@ impl ApiError {
             ApiError::Forbidden(reason) => reason.code(),
             ApiError::RateLimited => "rate_limited",
             ApiError::NoSuchParticipant => "participant_not_found",
+            ApiError::NoSuchMeeting => "meeting_not_found",
+            ApiError::InvalidParameter { .. } => "invalid_parameter",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
         }
@@ -122,7 +130,11 @@ impl From<ParticipantTokenError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Json(serde_json::json!({"error": self.code(), "message": self.to_string()}));
+        let mut body = serde_json::json!({"error": self.code(), "message": self.to_string()});
+        if let ApiError::InvalidParameter { field, .. } = &self {
+            body["field"] = serde_json::Value::from(*field);
+        }
+        let body = Json(body);
         let mut response = (self.status(), body).into_response();
         if matches!(self, ApiError::Unavailable | ApiError::ReadUnavailable | ApiError::RateLimited) {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

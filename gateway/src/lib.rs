@@ -6,11 +6,15 @@
 //! - [`heartbeat`]: `POST /v1/heartbeats`;
 //! - [`read_api`]: attendance reads, the presence stream and the live page, with
 //!   [`read_access`] deciding who may read what;
+//! - [`meetings_api`]: a room's meetings, and one meeting with the attendance policy applied, as
+//!   JSON or CSV ([`csv_export`]);
 //! - [`routes`]: every route; [`error`]: every error, mapped to a status and a stable code.
 
 pub mod config;
+pub mod csv_export;
 pub mod error;
 pub mod heartbeat;
+pub mod meetings_api;
 pub mod metrics;
 pub mod read_access;
 pub mod read_api;

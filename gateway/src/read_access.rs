@@ -4,7 +4,7 @@
 //! row and its own presence changes.
 
 use axum::http::{HeaderMap, header};
-use shared::livekit::{KeySet, token};
+use shared::livekit::{Claims, KeySet, token};
 
 use crate::error::{ApiError, Forbidden};
 
@@ -27,17 +27,27 @@ impl Access {
 
 /// Checks the request's bearer token for reading `room` at `now` (unix seconds).
 pub fn authorize(headers: &HeaderMap, keys: &KeySet, room: &str, now: i64) -> Result<Access, ApiError> {
+    access(&verify(headers, keys, now)?, room)
+}
+
+/// The claims of the request's bearer token, verified at `now` (unix seconds); what it may read
+/// is [`access`].
+pub fn verify(headers: &HeaderMap, keys: &KeySet, now: i64) -> Result<Claims, ApiError> {
     let bearer =
         token::bearer(headers.get(header::AUTHORIZATION).map(|v| v.as_bytes())).ok_or(ApiError::MissingToken)?;
-    let claims = token::verify(bearer, keys, now).map_err(ApiError::InvalidToken)?;
-    let grant = claims.video.unwrap_or_default();
+    token::verify(bearer, keys, now).map_err(ApiError::InvalidToken)
+}
+
+/// What verified claims may read in `room`.
+pub fn access(claims: &Claims, room: &str) -> Result<Access, ApiError> {
+    let grant = claims.video.clone().unwrap_or_default();
     let granted_room = grant.room.as_deref().unwrap_or_default();
     if grant.room_list || (grant.room_admin && (granted_room.is_empty() || granted_room == room)) {
         return Ok(Access::WholeRoom);
     }
     if grant.room_join
         && granted_room == room
-        && let Some(identity) = claims.sub.filter(|sub| !sub.is_empty())
+        && let Some(identity) = claims.sub.clone().filter(|sub| !sub.is_empty())
     {
         return Ok(Access::OnlyParticipant(identity));
     }

@@ -12,6 +12,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::{Stream, StreamExt as _};
 use serde::Serialize;
 use shared::domain::attendance::{Attendance, union_ms};
+use shared::domain::policy::Policy;
 use shared::domain::time::{now_unix_ms, rfc3339_ms};
 use shared::livekit::KeySet;
 use shared::nats::presence::{self, PresenceMessage};
@@ -28,6 +29,8 @@ pub struct ReadState {
     pub presence_subject_prefix: String,
     /// Ends the live streams when the gateway shuts down.
     pub shutdown: CancellationToken,
+    /// The attendance policy requests get unless they override it.
+    pub policy: Policy,
 }
 
 #[derive(Debug, Serialize)]
@@ -63,7 +66,7 @@ pub struct CycleView {
 }
 
 impl ParticipantView {
-    fn new(attendance: Attendance, last_heartbeat_ms: Option<i64>, now_ms: i64) -> Self {
+    pub fn new(attendance: Attendance, last_heartbeat_ms: Option<i64>, now_ms: i64) -> Self {
         let attended_ms = union_ms(attendance.cycles.iter().map(|c| (c.joined_at_ms, c.left_at_ms.unwrap_or(now_ms))));
         ParticipantView {
             identity: attendance.identity,
@@ -155,7 +158,7 @@ pub async fn presence(
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }
 
-fn read_failed(error: sqlx::Error) -> ApiError {
+pub fn read_failed(error: sqlx::Error) -> ApiError {
     tracing::warn!(%error, "attendance read failed");
     ApiError::ReadUnavailable
 }

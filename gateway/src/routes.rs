@@ -11,6 +11,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::error::ApiError;
 use crate::heartbeat::{self, HeartbeatState};
+use crate::meetings_api;
 use crate::read_api::{self, ReadState};
 use crate::webhook::{self, WebhookState};
 
@@ -33,6 +34,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/heartbeats", post(heartbeat::receive).with_state(heartbeats))
         .route("/v1/rooms/{room}/attendance", get(read_api::room).with_state(reads.clone()))
         .route("/v1/rooms/{room}/attendance/{identity}", get(read_api::participant).with_state(reads.clone()))
+        .route("/v1/rooms/{room}/meetings", get(meetings_api::list).with_state(reads.clone()))
+        .route("/v1/meetings/{room_sid}", get(meetings_api::one).with_state(reads.clone()))
         .route("/v1/rooms/{room}/presence", get(read_api::presence).with_state(reads))
         .route("/rooms/{room}", get(read_api::live_page))
         .merge(ops::router(registry, readiness))
@@ -97,6 +100,7 @@ mod tests {
                 nats,
                 presence_subject_prefix: "routes.presence".into(),
                 shutdown: tokio_util::sync::CancellationToken::new(),
+                policy: Default::default(),
             }),
             registry: Arc::new(registry),
             readiness: Arc::new(|| Box::pin(async { Err("not in this test".to_owned()) })),
@@ -126,6 +130,8 @@ mod tests {
             ("GET", "/v1/rooms/algebra/attendance", StatusCode::UNAUTHORIZED, "missing_token"),
             ("GET", "/v1/rooms/algebra/attendance/ada", StatusCode::UNAUTHORIZED, "missing_token"),
             ("GET", "/v1/rooms/algebra/presence", StatusCode::UNAUTHORIZED, "missing_token"),
+            ("GET", "/v1/rooms/algebra/meetings", StatusCode::UNAUTHORIZED, "missing_token"),
+            ("GET", "/v1/meetings/RM_1", StatusCode::UNAUTHORIZED, "missing_token"),
             ("GET", "/nowhere", StatusCode::NOT_FOUND, "not_found"),
             ("GET", "/readyz", StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
         ];

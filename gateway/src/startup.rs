@@ -56,6 +56,7 @@ impl Application {
                 nats: nats.clone(),
                 presence_subject_prefix: config.presence.subject_prefix.clone(),
                 shutdown: streams_shutdown.clone(),
+                policy: config.policy(),
             }),
             webhooks: Arc::new(WebhookState {
                 keys,

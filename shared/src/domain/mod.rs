@@ -6,4 +6,5 @@ pub mod attendance;
 pub mod event;
 pub mod heartbeat;
 pub mod meeting;
+pub mod policy;
 pub mod time;

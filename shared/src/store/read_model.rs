@@ -1,5 +1,5 @@
-//! The read model, for display: participants' stored attendance and cycles per meeting, a room
-//! name's total over its meetings, and last heartbeats. Reads only.
+//! The read model, for display: meetings, participants' stored attendance and cycles per
+//! meeting, a room name's total over its meetings, and last heartbeats. Reads only.
 
 use std::collections::BTreeMap;
 
@@ -7,7 +7,8 @@ use sqlx::{PgConnection, Row as _};
 use time::OffsetDateTime;
 
 use crate::domain::attendance::{self, Attendance, ClosedBy, Cycle};
-use crate::domain::time::unix_ms;
+use crate::domain::meeting::{EndedBy, MeetingSpan};
+use crate::domain::time::{timestamp, unix_ms};
 
 /// A participant's total over every meeting of a room name (a course total).
 pub async fn load_participant(
@@ -129,5 +130,107 @@ pub async fn last_heartbeats(
     .bind(identity)
     .fetch_all(&mut *conn)
     .await?;
+    Ok(rows.into_iter().map(|(identity, at)| (identity, unix_ms(at))).collect())
+}
+
+/// A meeting as the read API lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeetingSummary {
+    pub room_sid: String,
+    pub room_name: String,
+    pub span: MeetingSpan,
+    pub people: i64,
+    pub bots: i64,
+    /// People present now.
+    pub present_now: i64,
+}
+
+/// Where a page of meetings starts: after the meeting that ended the previous page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeetingsAfter {
+    pub started_at_ms: i64,
+    pub room_sid: String,
+}
+
+/// Which meetings of a room name to list, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MeetingsQuery {
+    /// Started at or after this.
+    pub since_ms: Option<i64>,
+    /// Started before this.
+    pub until_ms: Option<i64>,
+    pub after: Option<MeetingsAfter>,
+    pub limit: i64,
+}
+
+const MEETING_SUMMARY: &str = "SELECT m.room_sid, m.room_name, m.started_at, m.ended_at, m.ended_by,
+        count(p.identity) FILTER (WHERE NOT p.is_bot) AS people,
+        count(p.identity) FILTER (WHERE p.is_bot) AS bots,
+        count(p.identity) FILTER (WHERE p.present AND NOT p.is_bot) AS present_now
+    FROM meetings m LEFT JOIN meeting_participants p USING (room_sid)";
+
+fn meeting_summary(row: &sqlx::postgres::PgRow) -> Result<MeetingSummary, sqlx::Error> {
+    let at = |column: &str| -> Result<Option<i64>, sqlx::Error> {
+        Ok(row.try_get::<Option<OffsetDateTime>, _>(column)?.map(unix_ms))
+    };
+    Ok(MeetingSummary {
+        room_sid: row.try_get("room_sid")?,
+        room_name: row.try_get("room_name")?,
+        span: MeetingSpan {
+            started_at_ms: at("started_at")?,
+            ended_at_ms: at("ended_at")?,
+            ended_by: row.try_get::<Option<String>, _>("ended_by")?.as_deref().and_then(EndedBy::parse),
+        },
+        people: row.try_get("people")?,
+        bots: row.try_get("bots")?,
+        present_now: row.try_get("present_now")?,
+    })
+}
+
+/// A room name's meetings, newest first (by start, then room sid). Meetings not rebuilt yet, or
+/// with no start, are left out.
+pub async fn list_meetings(
+    conn: &mut PgConnection,
+    room_name: &str,
+    query: &MeetingsQuery,
+) -> Result<Vec<MeetingSummary>, sqlx::Error> {
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "{MEETING_SUMMARY}
+         WHERE m.room_name = $1 AND m.started_at IS NOT NULL AND NOT m.needs_recompute
+           AND ($2::timestamptz IS NULL OR m.started_at >= $2) AND ($3::timestamptz IS NULL OR m.started_at < $3)
+           AND ($4::timestamptz IS NULL OR (m.started_at, m.room_sid) < ($4, $5::text))
+         GROUP BY m.room_sid
+         ORDER BY m.started_at DESC, m.room_sid DESC
+         LIMIT $6"
+    )))
+    .bind(room_name)
+    .bind(query.since_ms.map(timestamp))
+    .bind(query.until_ms.map(timestamp))
+    .bind(query.after.as_ref().map(|after| timestamp(after.started_at_ms)))
+    .bind(query.after.as_ref().map(|after| after.room_sid.as_str()))
+    .bind(query.limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(meeting_summary).collect()
+}
+
+/// One meeting, if it exists and was rebuilt.
+pub async fn meeting(conn: &mut PgConnection, room_sid: &str) -> Result<Option<MeetingSummary>, sqlx::Error> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "{MEETING_SUMMARY} WHERE m.room_sid = $1 AND NOT m.needs_recompute GROUP BY m.room_sid"
+    )))
+    .bind(room_sid)
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.as_ref().map(meeting_summary).transpose()
+}
+
+/// The last heartbeat of each participant of a meeting whose client sends them.
+pub async fn meeting_heartbeats(conn: &mut PgConnection, room_sid: &str) -> Result<BTreeMap<String, i64>, sqlx::Error> {
+    let rows: Vec<(String, OffsetDateTime)> =
+        sqlx::query_as("SELECT identity, last_heartbeat_at FROM meeting_heartbeats WHERE room_sid = $1")
+            .bind(room_sid)
+            .fetch_all(&mut *conn)
+            .await?;
     Ok(rows.into_iter().map(|(identity, at)| (identity, unix_ms(at))).collect())
 }
