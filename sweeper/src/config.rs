@@ -22,6 +22,10 @@ pub struct SweeperConfig {
     /// A cycle open longer than this is closed at this length and flagged `max_duration`.
     #[arg(long, env = "MAX_CYCLE_DURATION", default_value = "12h", value_parser = parse_duration)]
     pub max_cycle_duration: Duration,
+    /// A meeting whose room_finished never came is ended this long after LiveKit should have
+    /// closed it (its departure or empty timeout past, nobody in it), as an inferred end.
+    #[arg(long, env = "MEETING_END_MARGIN", default_value = "5m", value_parser = parse_duration)]
+    pub meeting_end_margin: Duration,
     /// How often the presence outbox is checked (presence pages wait on this).
     #[arg(long, env = "OUTBOX_POLL_INTERVAL", default_value = "250ms", value_parser = parse_duration)]
     pub outbox_poll_interval: Duration,

@@ -15,6 +15,8 @@ pub struct ClosedByLabel {
 pub struct SweeperMetrics {
     /// Cycles closed by the sweeper, by reason.
     pub cycles_closed: Family<ClosedByLabel, Counter>,
+    /// Meetings ended by inference (their room_finished never came).
+    pub meetings_ended: Counter,
     /// Presence changes published to NATS.
     pub presence_published: Counter,
     /// Presence changes waiting in the outbox, as last seen.
@@ -27,6 +29,7 @@ impl SweeperMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let metrics = SweeperMetrics {
             cycles_closed: Family::default(),
+            meetings_ended: Counter::default(),
             presence_published: Counter::default(),
             outbox_pending: Gauge::default(),
             failed_rounds: Counter::default(),
@@ -35,6 +38,11 @@ impl SweeperMetrics {
             "sweeper_cycles_closed",
             "Cycles closed by the sweeper, by reason",
             metrics.cycles_closed.clone(),
+        );
+        registry.register(
+            "sweeper_meetings_ended",
+            "Meetings ended by inference, their room_finished never having come",
+            metrics.meetings_ended.clone(),
         );
         registry.register(
             "sweeper_presence_changes_published",

@@ -87,6 +87,15 @@ async fn sweep_loop(
                 tracing::warn!(%error, retry_in = ?config.sweep_interval, "sweep failed");
             }
         }
+        match sweep::end_idle_meetings(pool, staleness.now_ms, config.meeting_end_margin).await {
+            Ok(ended) => {
+                metrics.meetings_ended.inc_by(ended as u64);
+            }
+            Err(error) => {
+                metrics.failed_rounds.inc();
+                tracing::warn!(%error, retry_in = ?config.sweep_interval, "ending idle meetings failed");
+            }
+        }
     }
 }
 

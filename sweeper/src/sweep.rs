@@ -4,7 +4,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use std::time::Duration;
+
 use shared::domain::attendance::ClosedBy;
+use shared::domain::meeting::{self, RoomTimeouts};
 use shared::domain::time::millis;
 use shared::store::closures::{self, StaleCycle, Staleness};
 use shared::store::meetings;
@@ -65,10 +68,40 @@ pub async fn sweep(pool: &PgPool, staleness: &Staleness) -> Result<Swept, sqlx::
     Ok(swept)
 }
 
+/// Ends the meetings LiveKit should have closed more than `margin` ago (nobody in them past the
+/// room's departure or empty timeout) but whose room_finished never came: an inferred end, at
+/// the time LiveKit would have closed the room. A late room_finished replaces it; a later join
+/// or leave withdraws it. A meeting another replica holds is left for the next round. Returns how
+/// many meetings were ended.
+pub async fn end_idle_meetings(pool: &PgPool, now_ms: i64, margin: Duration) -> Result<usize, sqlx::Error> {
+    let due = |started_at_ms: i64, latest_left_ms: Option<i64>, timeouts: RoomTimeouts| {
+        let close = meeting::expected_close_ms(started_at_ms, latest_left_ms, timeouts);
+        (close + millis(margin) < now_ms).then_some(close)
+    };
+    let mut ended = 0;
+    for idle in meetings::idle_meetings(pool, now_ms - millis(margin)).await? {
+        if due(idle.started_at_ms, idle.latest_left_ms, idle.timeouts).is_none() {
+            continue;
+        }
+        let mut tx = pool.begin().await?;
+        let this_meeting = BTreeSet::from([idle.room_sid.clone()]);
+        if meetings::lock_meetings(&mut tx, &BTreeSet::new(), &this_meeting).await?.is_empty() {
+            continue;
+        }
+        // Checked again under the lock: a worker may have applied a join or the room_finished.
+        let Some(idle) = meetings::idle_meeting(&mut tx, &idle.room_sid).await? else { continue };
+        let Some(close_ms) = due(idle.started_at_ms, idle.latest_left_ms, idle.timeouts) else { continue };
+        meetings::record_inferred_end(&mut tx, &idle.room_sid, close_ms).await?;
+        recompute::recompute_spans(&mut tx, &this_meeting).await?;
+        tx.commit().await?;
+        tracing::info!(room_sid = idle.room_sid, ended_at_ms = close_ms, "meeting end inferred (no room_finished)");
+        ended += 1;
+    }
+    Ok(ended)
+}
+
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     const MINUTE: i64 = 60_000;

@@ -334,3 +334,66 @@ async fn heartbeats_in_a_later_meeting_of_the_room_name_never_reopen_an_earlier_
     pool.close().await;
     database.drop_database().await;
 }
+
+/// A meeting whose room_finished never came is ended where LiveKit would have closed it (its
+/// departure timeout after the last leave) once that is more than the margin past; the real
+/// room_finished, arriving late, replaces the estimate. A meeting with someone in it is never
+/// ended this way.
+#[tokio::test]
+async fn a_meeting_whose_room_finished_never_came_is_ended_by_inference_and_the_real_one_replaces_it() {
+    use shared::domain::meeting::EndedBy;
+
+    let database = TestDatabase::create_shared().await;
+    let pool = database.pool().await;
+    store::MIGRATOR.run(&pool).await.unwrap();
+    let margin = Duration::from_secs(300);
+    let started = serde_json::to_vec(&serde_json::json!({
+        "event": "room_started", "id": "EV_s", "createdAt": (T0 / 1000).to_string(),
+        "room": {"sid": "RM_idle", "name": "algebra", "departureTimeout": 30},
+    }))
+    .unwrap();
+    apply(&pool, started, T0).await;
+    apply(&pool, meeting_event("participant_joined", "EV_j", "algebra", "RM_idle", "ada", "PA_1", T0), T0).await;
+    let left_at = T0 + 10 * MINUTE;
+    let left = serde_json::to_vec(&serde_json::json!({
+        "event": "participant_left", "id": "EV_l", "createdAt": (left_at / 1000).to_string(),
+        "room": {"sid": "RM_idle", "name": "algebra"},
+        "participant": {"sid": "PA_1", "identity": "ada", "joinedAtMs": T0.to_string()},
+    }))
+    .unwrap();
+    apply(&pool, left, left_at).await;
+    // Another meeting, with someone still in it.
+    apply(&pool, meeting_event("participant_joined", "EV_k", "physics", "RM_busy", "bob", "PA_2", T0), T0).await;
+
+    let close = left_at + 30_000;
+    let meeting = |room_sid: &'static str| {
+        let pool = pool.clone();
+        async move {
+            let mut connection = pool.acquire().await.unwrap();
+            read_model::meeting(&mut connection, room_sid).await.unwrap().expect("the meeting")
+        }
+    };
+    let margin_ms = 300_000;
+    assert_eq!(sweeper::sweep::end_idle_meetings(&pool, close + margin_ms, margin).await.unwrap(), 0, "not yet");
+    assert_eq!(sweeper::sweep::end_idle_meetings(&pool, close + margin_ms + 1, margin).await.unwrap(), 1);
+    let inferred = meeting("RM_idle").await.span;
+    assert_eq!((inferred.ended_at_ms, inferred.ended_by), (Some(close), Some(EndedBy::Inferred)));
+    assert_eq!(meeting("RM_busy").await.span.ended_at_ms, None, "someone is still in it");
+    assert_eq!(sweeper::sweep::end_idle_meetings(&pool, close + 2 * margin_ms, margin).await.unwrap(), 0, "once");
+
+    // A heartbeat after the end counts for no meeting: the ended one takes none.
+    apply(&pool, heartbeat("algebra", "ada"), close + MINUTE).await;
+    let heartbeats: i64 = sqlx::query_scalar("SELECT count(*) FROM meeting_heartbeats").fetch_one(&pool).await.unwrap();
+    assert_eq!(heartbeats, 0);
+
+    let finished = serde_json::to_vec(&serde_json::json!({
+        "event": "room_finished", "id": "EV_f", "createdAt": ((left_at + 20_000) / 1000).to_string(),
+        "room": {"sid": "RM_idle", "name": "algebra"},
+    }))
+    .unwrap();
+    apply(&pool, finished, close + 2 * margin_ms).await;
+    let real = meeting("RM_idle").await.span;
+    assert_eq!((real.ended_at_ms, real.ended_by), (Some(left_at + 20_000), Some(EndedBy::RoomFinished)));
+    pool.close().await;
+    database.drop_database().await;
+}

@@ -2,6 +2,7 @@
 //! event at all. Event types this code does not interpret are kept in the log as they are.
 
 use serde::Deserialize as _;
+use serde_json::Value;
 
 /// Why an authentic body is not a usable event; such a request can never succeed (4xx).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -46,6 +47,12 @@ pub struct WebhookEvent {
 pub struct Room {
     pub sid: String,
     pub name: String,
+    /// Seconds LiveKit keeps the room open when nobody joined (absent: its default).
+    #[serde(deserialize_with = "uint32")]
+    pub empty_timeout: Option<u32>,
+    /// Seconds LiveKit keeps the room open after the last participant left.
+    #[serde(deserialize_with = "uint32")]
+    pub departure_timeout: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
@@ -100,4 +107,16 @@ fn int64<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<i64
         Some(Int64::Text(text)) => Some(text.parse().map_err(serde::de::Error::custom)?),
     };
     Ok(parsed.filter(|&n| n != 0))
+}
+
+/// protojson writes uint32 as a number; a value that is not one is treated as absent rather than
+/// refusing the event (attendance does not depend on it), and 0 as absent too.
+fn uint32<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<u32>, D::Error> {
+    let value = Option::<Value>::deserialize(deserializer)?;
+    let number = match value {
+        Some(Value::Number(n)) => n.as_u64(),
+        Some(Value::String(text)) => text.parse().ok(),
+        _ => None,
+    };
+    Ok(number.and_then(|n| u32::try_from(n).ok()).filter(|&n| n != 0))
 }

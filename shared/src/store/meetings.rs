@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use sqlx::{PgConnection, PgPool};
 use time::OffsetDateTime;
 
-use crate::domain::meeting::MeetingSpan;
-use crate::domain::time::timestamp;
+use crate::domain::meeting::{MeetingSpan, RoomTimeouts};
+use crate::domain::time::{timestamp, unix_ms};
 
 /// Creates the rows of meetings not seen before, room sid → room name, in a statement of its
 /// own (not inside the caller's transaction), so that locking them later never waits on another
@@ -122,25 +122,105 @@ pub async fn room_names_of(
     Ok(rows.into_iter().collect())
 }
 
-/// Stores the meetings' spans, room sid → span. One statement.
-pub async fn write_spans(conn: &mut PgConnection, spans: &BTreeMap<String, MeetingSpan>) -> Result<(), sqlx::Error> {
+/// Stores the meetings' spans and room timeouts, room sid → them. One statement.
+pub async fn write_spans(
+    conn: &mut PgConnection,
+    spans: &BTreeMap<String, (MeetingSpan, RoomTimeouts)>,
+) -> Result<(), sqlx::Error> {
     if spans.is_empty() {
         return Ok(());
     }
     let room_sids: Vec<&str> = spans.keys().map(String::as_str).collect();
-    let started: Vec<Option<OffsetDateTime>> = spans.values().map(|s| s.started_at_ms.map(timestamp)).collect();
-    let ended: Vec<Option<OffsetDateTime>> = spans.values().map(|s| s.ended_at_ms.map(timestamp)).collect();
-    let ended_by: Vec<Option<&str>> = spans.values().map(|s| s.ended_by.map(|by| by.as_str())).collect();
+    let started: Vec<Option<OffsetDateTime>> = spans.values().map(|(s, _)| s.started_at_ms.map(timestamp)).collect();
+    let ended: Vec<Option<OffsetDateTime>> = spans.values().map(|(s, _)| s.ended_at_ms.map(timestamp)).collect();
+    let ended_by: Vec<Option<&str>> = spans.values().map(|(s, _)| s.ended_by.map(|by| by.as_str())).collect();
+    let seconds = |s: Option<u32>| s.and_then(|s| i32::try_from(s).ok());
+    let empty: Vec<Option<i32>> = spans.values().map(|(_, t)| seconds(t.empty_s)).collect();
+    let departure: Vec<Option<i32>> = spans.values().map(|(_, t)| seconds(t.departure_s)).collect();
     sqlx::query(
-        "UPDATE meetings m SET started_at = s.started_at, ended_at = s.ended_at, ended_by = s.ended_by
-         FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[], $4::text[])
-              AS s (room_sid, started_at, ended_at, ended_by)
+        "UPDATE meetings m SET started_at = s.started_at, ended_at = s.ended_at, ended_by = s.ended_by,
+                               empty_timeout_s = s.empty_timeout_s, departure_timeout_s = s.departure_timeout_s
+         FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[], $4::text[], $5::int4[], $6::int4[])
+              AS s (room_sid, started_at, ended_at, ended_by, empty_timeout_s, departure_timeout_s)
          WHERE m.room_sid = s.room_sid",
     )
     .bind(&room_sids)
     .bind(&started)
     .bind(&ended)
     .bind(&ended_by)
+    .bind(&empty)
+    .bind(&departure)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// A running meeting with no one in it, that LiveKit should have closed by now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdleMeeting {
+    pub room_sid: String,
+    pub started_at_ms: i64,
+    pub latest_left_ms: Option<i64>,
+    pub timeouts: RoomTimeouts,
+}
+
+/// Running meetings (rebuilt, not ended) with no open cycle that started before `started_before_ms`
+/// (at most 1 000 a call, oldest first): candidates for an inferred end.
+pub async fn idle_meetings(pool: &PgPool, started_before_ms: i64) -> Result<Vec<IdleMeeting>, sqlx::Error> {
+    let mut connection = pool.acquire().await?;
+    idle_meetings_where(&mut connection, "m.started_at < $1", IdleFilter::StartedBefore(started_before_ms)).await
+}
+
+enum IdleFilter<'a> {
+    StartedBefore(i64),
+    Meeting(&'a str),
+}
+
+async fn idle_meetings_where(
+    conn: &mut PgConnection,
+    condition: &'static str,
+    filter: IdleFilter<'_>,
+) -> Result<Vec<IdleMeeting>, sqlx::Error> {
+    type Row = (String, OffsetDateTime, Option<OffsetDateTime>, Option<i32>, Option<i32>);
+    let query = sqlx::query_as::<_, Row>(sqlx::AssertSqlSafe(format!(
+        "SELECT m.room_sid, m.started_at, max(p.last_left_at), m.empty_timeout_s, m.departure_timeout_s
+         FROM meetings m LEFT JOIN meeting_participants p USING (room_sid)
+         WHERE {condition} AND m.ended_at IS NULL AND m.started_at IS NOT NULL AND NOT m.needs_recompute
+           AND NOT EXISTS (SELECT 1 FROM cycles c WHERE c.room_sid = m.room_sid AND c.left_at IS NULL)
+         GROUP BY m.room_sid
+         ORDER BY m.started_at LIMIT 1000"
+    )));
+    let query = match filter {
+        IdleFilter::StartedBefore(ms) => query.bind(timestamp(ms)),
+        IdleFilter::Meeting(room_sid) => query.bind(room_sid.to_owned()),
+    };
+    let rows = query.fetch_all(&mut *conn).await?;
+    let seconds = |s: Option<i32>| s.and_then(|s| u32::try_from(s).ok());
+    Ok(rows
+        .into_iter()
+        .map(|(room_sid, started_at, latest_left, empty, departure)| IdleMeeting {
+            room_sid,
+            started_at_ms: unix_ms(started_at),
+            latest_left_ms: latest_left.map(unix_ms),
+            timeouts: RoomTimeouts { empty_s: seconds(empty), departure_s: seconds(departure) },
+        })
+        .collect())
+}
+
+/// The meeting, if it is still running (rebuilt, not ended) with no open cycle.
+pub async fn idle_meeting(conn: &mut PgConnection, room_sid: &str) -> Result<Option<IdleMeeting>, sqlx::Error> {
+    let rows = idle_meetings_where(&mut *conn, "m.room_sid = $1", IdleFilter::Meeting(room_sid)).await?;
+    Ok(rows.into_iter().next())
+}
+
+/// Records the sweeper's inferred end of a meeting (locked by the caller's transaction).
+pub async fn record_inferred_end(conn: &mut PgConnection, room_sid: &str, ended_at_ms: i64) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO meeting_end_estimates (room_sid, ended_at) VALUES ($1, $2)
+         ON CONFLICT (room_sid) DO UPDATE SET ended_at = excluded.ended_at",
+    )
+    .bind(room_sid)
+    .bind(timestamp(ended_at_ms))
     .execute(&mut *conn)
     .await?;
     Ok(())

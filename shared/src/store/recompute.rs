@@ -2,7 +2,7 @@
 //! (`meeting_participants`, `cycles`) are the attendance rule applied to its facts in the log (its
 //! events of that meeting, the meeting's room_finished, and the sweeper's estimates in
 //! `cycle_closures`), and a meeting's span (`meetings`) is the meeting rule applied to its
-//! room_started and room_finished. The cost of a recompute depends on the meeting only, never on
+//! room_started and room_finished, its participants' activity and the sweeper's inferred end. The cost of a recompute depends on the meeting only, never on
 //! how many meetings the room name had before.
 //!
 //! Invariant: after every commit, a participant's row and cycles in a meeting equal the rule
@@ -21,7 +21,7 @@ use super::meetings;
 use super::presence_outbox::{self, Cause, PresenceChange};
 use crate::domain::attendance::{self, Attendance, ClosedBy, Fact, FactKind};
 use crate::domain::event::WebhookEvent;
-use crate::domain::meeting::{self, MeetingSpan};
+use crate::domain::meeting::{self, Activity, MeetingSpan, RoomTimeouts};
 use crate::domain::time::{timestamp, unix_ms};
 
 /// A participant of a meeting.
@@ -37,13 +37,22 @@ impl ParticipantKey {
     }
 }
 
-/// Parses logged payloads into facts; a payload that no longer parses is a bug, not bad input
-/// (only events that parsed are logged), so it is logged and skipped.
+/// Parses a logged payload; one that no longer parses is a bug, not bad input (only events that
+/// parsed are logged), so it is logged and skipped.
+fn parse_logged(payload: &str) -> Option<WebhookEvent> {
+    let parsed = WebhookEvent::parse(payload.as_bytes()).ok();
+    if parsed.is_none() {
+        tracing::error!("a logged event no longer parses; ignored");
+    }
+    parsed
+}
+
+/// The fact a logged payload states, if attendance interprets it.
 fn facts_of_payload(payload: &str) -> Option<Fact> {
-    match WebhookEvent::parse(payload.as_bytes()).ok().map(|e| Fact::from_event(&e)) {
-        Some(Ok(fact)) => fact,
-        _ => {
-            tracing::error!("a logged event no longer parses; ignored");
+    match Fact::from_event(&parse_logged(payload)?) {
+        Ok(fact) => fact,
+        Err(error) => {
+            tracing::error!(%error, "a logged event is no longer a valid fact; ignored");
             None
         }
     }
@@ -168,7 +177,8 @@ pub async fn recompute_participants(
 }
 
 /// Recomputes the spans of meetings (locked by the caller's transaction) from their
-/// room_started and room_finished and their participants' earliest join. Three statements.
+/// room_started and room_finished, their participants' activity and the sweeper's inferred end;
+/// keeps the room's idle timeouts from its room_started. Four statements.
 pub async fn recompute_spans(conn: &mut PgConnection, room_sids: &BTreeSet<String>) -> Result<(), sqlx::Error> {
     if room_sids.is_empty() {
         return Ok(());
@@ -181,26 +191,52 @@ pub async fn recompute_spans(conn: &mut PgConnection, room_sids: &BTreeSet<Strin
     .bind(&sids)
     .fetch_all(&mut *conn)
     .await?;
-    let earliest_joins: BTreeMap<String, Option<OffsetDateTime>> = sqlx::query_as::<_, (String, Option<OffsetDateTime>)>(
-        "SELECT room_sid, min(first_joined_at) FROM meeting_participants WHERE room_sid = ANY($1) GROUP BY room_sid",
+    type ActivityRow = (String, Option<OffsetDateTime>, Option<OffsetDateTime>, Option<bool>);
+    let activity: BTreeMap<String, Activity> = sqlx::query_as::<_, ActivityRow>(
+        "SELECT room_sid, min(first_joined_at), max(last_left_at), bool_or(present) FROM meeting_participants
+         WHERE room_sid = ANY($1) GROUP BY room_sid",
     )
     .bind(&sids)
     .fetch_all(&mut *conn)
     .await?
     .into_iter()
+    .map(|(room_sid, earliest_join, latest_left, open)| {
+        let activity = Activity {
+            earliest_join_ms: earliest_join.map(unix_ms),
+            latest_left_ms: latest_left.map(unix_ms),
+            open: open.unwrap_or(false),
+        };
+        (room_sid, activity)
+    })
+    .collect();
+    let inferred_ends: BTreeMap<String, i64> = sqlx::query_as::<_, (String, OffsetDateTime)>(
+        "SELECT room_sid, ended_at FROM meeting_end_estimates WHERE room_sid = ANY($1)",
+    )
+    .bind(&sids)
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .map(|(room_sid, ended_at)| (room_sid, unix_ms(ended_at)))
     .collect();
     let mut facts: BTreeMap<&str, Vec<Fact>> = BTreeMap::new();
+    let mut timeouts: BTreeMap<&str, RoomTimeouts> = BTreeMap::new();
     for (room_sid, payload) in &events {
-        if let Some(fact) = facts_of_payload(payload) {
+        let Some(event) = parse_logged(payload) else { continue };
+        if let Some(room) = event.room.as_ref().filter(|_| event.event == "room_started") {
+            timeouts
+                .insert(room_sid, RoomTimeouts { empty_s: room.empty_timeout, departure_s: room.departure_timeout });
+        }
+        if let Ok(Some(fact)) = Fact::from_event(&event) {
             facts.entry(room_sid.as_str()).or_default().push(fact);
         }
     }
-    let spans: BTreeMap<String, MeetingSpan> = room_sids
+    let spans: BTreeMap<String, (MeetingSpan, RoomTimeouts)> = room_sids
         .iter()
         .map(|room_sid| {
-            let earliest_join = earliest_joins.get(room_sid).copied().flatten().map(unix_ms);
             let facts = facts.get(room_sid.as_str()).map(Vec::as_slice).unwrap_or_default();
-            (room_sid.clone(), meeting::span(facts, earliest_join, None))
+            let activity = activity.get(room_sid).copied().unwrap_or_default();
+            let span = meeting::span(facts, activity, inferred_ends.get(room_sid).copied());
+            (room_sid.clone(), (span, timeouts.get(room_sid.as_str()).copied().unwrap_or_default()))
         })
         .collect();
     meetings::write_spans(conn, &spans).await
