@@ -26,6 +26,13 @@ pub struct SweeperConfig {
     /// closed it (its departure or empty timeout past, nobody in it), as an inferred end.
     #[arg(long, env = "MEETING_END_MARGIN", default_value = "5m", value_parser = parse_duration)]
     pub meeting_end_margin: Duration,
+    /// Events of meetings that ended longer ago than this are deleted (the meetings' attendance
+    /// stays, sealed).
+    #[arg(long, env = "EVENT_LOG_RETENTION", default_value = "400d", value_parser = parse_duration)]
+    pub event_log_retention: Duration,
+    /// Most events deleted per meeting and round (small transactions).
+    #[arg(long, env = "RETENTION_BATCH", default_value_t = 1_000, value_parser = clap::value_parser!(i64).range(1..))]
+    pub retention_batch: i64,
     /// How often the presence outbox is checked (presence pages wait on this).
     #[arg(long, env = "OUTBOX_POLL_INTERVAL", default_value = "250ms", value_parser = parse_duration)]
     pub outbox_poll_interval: Duration,

@@ -17,6 +17,8 @@ pub struct SweeperMetrics {
     pub cycles_closed: Family<ClosedByLabel, Counter>,
     /// Meetings ended by inference (their room_finished never came).
     pub meetings_ended: Counter,
+    /// Events deleted past the retention (their meetings sealed).
+    pub events_purged: Counter,
     /// Presence changes published to NATS.
     pub presence_published: Counter,
     /// Presence changes waiting in the outbox, as last seen.
@@ -30,6 +32,7 @@ impl SweeperMetrics {
         let metrics = SweeperMetrics {
             cycles_closed: Family::default(),
             meetings_ended: Counter::default(),
+            events_purged: Counter::default(),
             presence_published: Counter::default(),
             outbox_pending: Gauge::default(),
             failed_rounds: Counter::default(),
@@ -43,6 +46,11 @@ impl SweeperMetrics {
             "sweeper_meetings_ended",
             "Meetings ended by inference, their room_finished never having come",
             metrics.meetings_ended.clone(),
+        );
+        registry.register(
+            "sweeper_events_purged",
+            "Events deleted past the retention, their meetings sealed",
+            metrics.events_purged.clone(),
         );
         registry.register(
             "sweeper_presence_changes_published",

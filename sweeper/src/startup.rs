@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 
 use prometheus_client::registry::Registry;
+use shared::domain::time::millis;
 use shared::nats::presence::PresenceStream;
 use shared::runtime::config::StartupError;
 use shared::runtime::ops::{self, OpsServer, ServiceConnections};
@@ -85,6 +86,16 @@ async fn sweep_loop(
             Err(error) => {
                 metrics.failed_rounds.inc();
                 tracing::warn!(%error, retry_in = ?config.sweep_interval, "sweep failed");
+            }
+        }
+        let ended_before_ms = staleness.now_ms.saturating_sub(millis(config.event_log_retention));
+        match sweep::purge_expired(pool, ended_before_ms, config.retention_batch).await {
+            Ok(deleted) => {
+                metrics.events_purged.inc_by(deleted);
+            }
+            Err(error) => {
+                metrics.failed_rounds.inc();
+                tracing::warn!(%error, retry_in = ?config.sweep_interval, "deleting expired events failed");
             }
         }
         match sweep::end_idle_meetings(pool, staleness.now_ms, config.meeting_end_margin).await {

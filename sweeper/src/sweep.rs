@@ -10,9 +10,9 @@ use shared::domain::attendance::ClosedBy;
 use shared::domain::meeting::{self, RoomTimeouts};
 use shared::domain::time::millis;
 use shared::store::closures::{self, StaleCycle, Staleness};
-use shared::store::meetings;
 use shared::store::presence_outbox::Cause;
 use shared::store::recompute::{self, ParticipantKey};
+use shared::store::{lifecycle, meetings};
 use sqlx::PgPool;
 
 /// What one sweep did.
@@ -41,6 +41,8 @@ pub async fn sweep(pool: &PgPool, staleness: &Staleness) -> Result<Swept, sqlx::
     for room_sid in closures::meetings_with_stale_cycles(pool, staleness).await? {
         let this_meeting = BTreeSet::from([room_sid.clone()]);
         let mut tx = pool.begin().await?;
+        // The closures name a person: not while one is being erased.
+        lifecycle::hold_off_erasures(&mut tx).await?;
         if meetings::lock_meetings(&mut tx, &BTreeSet::new(), &this_meeting).await?.is_empty() {
             continue;
         }
@@ -98,6 +100,26 @@ pub async fn end_idle_meetings(pool: &PgPool, now_ms: i64, margin: Duration) -> 
         ended += 1;
     }
     Ok(ended)
+}
+
+/// Deletes the events of meetings that ended before `ended_before_ms` (past the retention), up to
+/// `batch` per meeting a round, sealing each first: its attendance stays as it is and is never
+/// recomputed. A meeting another replica holds is left for the next round. Returns how many
+/// events were deleted.
+pub async fn purge_expired(pool: &PgPool, ended_before_ms: i64, batch: i64) -> Result<u64, sqlx::Error> {
+    let mut deleted = 0;
+    for room_sid in lifecycle::expired_meetings(pool, ended_before_ms).await? {
+        let mut tx = pool.begin().await?;
+        let this_meeting = BTreeSet::from([room_sid.clone()]);
+        if meetings::lock_meetings(&mut tx, &BTreeSet::new(), &this_meeting).await?.is_empty() {
+            continue;
+        }
+        let purged = lifecycle::purge_meeting(&mut tx, &room_sid, batch).await?;
+        tx.commit().await?;
+        tracing::info!(room_sid, events = purged, "events past the retention deleted; meeting sealed");
+        deleted += purged;
+    }
+    Ok(deleted)
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use shared::nats::webhooks::WebhookMessage;
 use shared::store::event_log::{self, LoggedEvent};
 use shared::store::presence_outbox::Cause;
 use shared::store::recompute::ParticipantKey;
-use shared::store::{self, heartbeats, meetings, recompute};
+use shared::store::{self, heartbeats, lifecycle, meetings, recompute};
 use sqlx::{PgConnection, PgPool};
 
 /// One message to apply.
@@ -55,6 +55,11 @@ pub enum Applied {
     /// Its event id was already in the log: nothing changed.
     Duplicate,
     Rejected(Rejection),
+    /// Never to be stored (acknowledged): `meeting_sealed` (its meeting's events were deleted
+    /// after the retention) or `identity_erased` (its person's data was erased).
+    Refused {
+        reason: &'static str,
+    },
     /// Another transaction held its meeting: nothing done, to be applied in a later batch.
     Deferred,
 }
@@ -152,7 +157,11 @@ pub async fn apply_batch(pool: &PgPool, inputs: &[Input]) -> Result<Vec<Applied>
     meetings::create_meetings(pool, &to_lock.names).await?;
 
     let mut tx = pool.begin().await?;
+    lifecycle::hold_off_erasures(&mut tx).await?;
     let locked = meetings::lock_meetings(&mut tx, &to_lock.wait_for, &to_lock.if_free).await?;
+    let sealed = lifecycle::sealed_among(&mut tx, &locked).await?;
+    let erased = lifecycle::erased_among(&mut tx, &participants_of(&decoded)).await?;
+    let is_erased = |room: &str, identity: &str| erased.contains(&(room.to_owned(), identity.to_owned()));
 
     let mut outcomes = Vec::with_capacity(inputs.len());
     // Participants to recompute → what caused it (for the presence outbox)
@@ -173,6 +182,9 @@ pub async fn apply_batch(pool: &PgPool, inputs: &[Input]) -> Result<Vec<Applied>
             }
         };
         match decoded {
+            Decoded::Heartbeat(heartbeat) if is_erased(&heartbeat.room_name, &heartbeat.identity) => {
+                outcomes.push(Applied::Refused { reason: "identity_erased" });
+            }
             Decoded::Heartbeat(heartbeat) => {
                 outcomes.push(Applied::Stored { event_type: HEARTBEAT.to_owned() });
                 let cause = Cause { event_id: heartbeat.id.clone(), traceparent: input.traceparent.clone() };
@@ -180,6 +192,12 @@ pub async fn apply_batch(pool: &PgPool, inputs: &[Input]) -> Result<Vec<Applied>
             }
             Decoded::LiveKit { fact: Some(fact), .. } if !locked.contains(&fact.room_sid) => {
                 outcomes.push(Applied::Deferred);
+            }
+            Decoded::LiveKit { fact: Some(fact), .. } if sealed.contains(&fact.room_sid) => {
+                outcomes.push(Applied::Refused { reason: "meeting_sealed" });
+            }
+            Decoded::LiveKit { event, .. } if participant_of(&event).is_some_and(|(r, i)| is_erased(r, i)) => {
+                outcomes.push(Applied::Refused { reason: "identity_erased" });
             }
             Decoded::LiveKit { event, json, fact } => {
                 if !logged_ids.insert(event.id.clone()) {
@@ -239,10 +257,30 @@ pub async fn apply_batch(pool: &PgPool, inputs: &[Input]) -> Result<Vec<Applied>
     spans_changed.extend(affected.keys().map(|key| key.room_sid.clone()));
     recompute::recompute_spans(&mut tx, &spans_changed).await?;
 
-    let refuted = record_heartbeats(&mut tx, &locked, heartbeats_in_batch, &mut outcomes).await?;
+    let refuted = record_heartbeats(&mut tx, &locked, &sealed, heartbeats_in_batch, &mut outcomes).await?;
     recompute::recompute_participants(&mut tx, &refuted).await?;
     tx.commit().await?;
     Ok(outcomes)
+}
+
+/// The (room name, identity) an event is about, if any.
+fn participant_of(event: &WebhookEvent) -> Option<(&str, &str)> {
+    let room = event.room.as_ref().filter(|r| !r.name.is_empty())?;
+    let participant = event.participant.as_ref().filter(|p| !p.identity.is_empty())?;
+    Some((room.name.as_str(), participant.identity.as_str()))
+}
+
+/// Every (room name, identity) the batch's messages are about.
+fn participants_of(decoded: &[Result<Decoded, Rejection>]) -> BTreeSet<(String, String)> {
+    decoded
+        .iter()
+        .flatten()
+        .filter_map(|d| match d {
+            Decoded::LiveKit { event, .. } => participant_of(event),
+            Decoded::Heartbeat(h) => Some((h.room_name.as_str(), h.identity.as_str())),
+        })
+        .map(|(room, identity)| (room.to_owned(), identity.to_owned()))
+        .collect()
 }
 
 /// Records the batch's heartbeats, each in the meeting running at its time (found now, after
@@ -252,6 +290,7 @@ pub async fn apply_batch(pool: &PgPool, inputs: &[Input]) -> Result<Vec<Applied>
 async fn record_heartbeats(
     tx: &mut PgConnection,
     locked: &BTreeSet<String>,
+    sealed: &BTreeSet<String>,
     batch: Vec<(usize, Heartbeat, Cause)>,
     outcomes: &mut [Applied],
 ) -> Result<BTreeMap<ParticipantKey, Cause>, sqlx::Error> {
@@ -262,7 +301,7 @@ async fn record_heartbeats(
     let meetings_found = meetings::meetings_at(&mut *tx, &moments).await?;
     let mut latest: BTreeMap<ParticipantKey, (Heartbeat, Cause)> = BTreeMap::new();
     for ((outcome, heartbeat, cause), meeting) in batch.into_iter().zip(meetings_found) {
-        let Some(room_sid) = meeting else { continue };
+        let Some(room_sid) = meeting.filter(|room_sid| !sealed.contains(room_sid)) else { continue };
         if !locked.contains(&room_sid) {
             outcomes[outcome] = Applied::Deferred;
             continue;

@@ -250,6 +250,11 @@ impl Consumer {
                 self.metrics.duplicates.inc();
                 self.acknowledge(&delivery.message, delivery.input.stream_sequence).await;
             }
+            Applied::Refused { reason } => {
+                tracing::info!(reason, "event refused for good");
+                self.metrics.refused.get_or_create(&ReasonLabel { reason }).inc();
+                self.acknowledge(&delivery.message, delivery.input.stream_sequence).await;
+            }
             Applied::Rejected(Rejection { reason, message: error }) => {
                 self.dead_letter(&delivery.message, reason, &error).await;
             }

@@ -6,12 +6,14 @@
 //! - [`consume`]: the pull loop, where retries are decided: acks after commit, NAKs with a delay
 //!   on transient failures, dead letters for what can never be applied.
 //! - [`nak_delay`]: the redelivery delay of a NAK, from the delivery count.
-//! - [`dlq`]: the operators' `worker dlq` commands; [`recompute`]: `worker recompute`.
+//! - [`dlq`]: the operators' `worker dlq` commands; [`recompute`]: `worker recompute`;
+//!   [`erase`]: `worker erase`.
 
 pub mod apply;
 pub mod config;
 pub mod consume;
 pub mod dlq;
+pub mod erase;
 pub mod metrics;
 pub mod nak_delay;
 pub mod recompute;

@@ -24,6 +24,8 @@ enum Command {
     },
     /// Apply the database migrations, then exit (e.g. from a Kubernetes Job).
     Migrate,
+    /// Erase a person's data (events, attendance, heartbeats), record the erasure, then exit.
+    Erase(worker::erase::EraseArgs),
     /// Inspect, replay and purge dead-lettered events.
     Dlq {
         #[command(subcommand)]
@@ -50,12 +52,20 @@ async fn run(command: Command, config: WorkerConfig) -> anyhow::Result<()> {
         Command::Recompute { room } => {
             let pool = config.database.pool()?;
             shared::store::MIGRATOR.run(&pool).await.context("migrations")?;
-            let participants = worker::recompute::recompute(&pool, room.as_deref()).await.context("recompute")?;
-            println!("recomputed {participants} participants (per meeting)");
+            let done = worker::recompute::recompute(&pool, room.as_deref()).await.context("recompute")?;
+            println!("recomputed {} participants (per meeting)", done.participants);
+            if done.sealed_skipped > 0 {
+                println!("{} sealed meetings skipped: their events are past the retention", done.sealed_skipped);
+            }
             Ok(())
         }
         Command::Dlq { command } => {
             worker::dlq::run(command, &config.nats.url, &config.dead_letters.stream).await.map_err(anyhow::Error::from)
+        }
+        Command::Erase(args) => {
+            let pool = config.database.pool()?;
+            shared::store::MIGRATOR.run(&pool).await.context("migrations")?;
+            worker::erase::run(args, &pool).await.context("erase")
         }
         Command::Migrate => {
             let pool = config.database.pool()?;

@@ -23,8 +23,10 @@ pub struct WorkerMetrics {
     pub applied: Family<EventTypeLabel, Counter>,
     /// Redeliveries of already-stored events (LiveKit retries, redeliveries after a crash).
     pub duplicates: Counter,
-    /// Messages put off to the next batch because another replica held their room.
+    /// Messages put off to the next batch because another replica held their meeting.
     pub deferred: Counter,
+    /// Events refused for good and acknowledged, by reason (`meeting_sealed`, `identity_erased`).
+    pub refused: Family<ReasonLabel, Counter>,
     /// Messages handed back to JetStream with a delay, by reason.
     pub retries: Family<ReasonLabel, Counter>,
     /// Messages sent to the dead-letter stream, by reason.
@@ -45,6 +47,7 @@ impl WorkerMetrics {
             applied: Family::default(),
             duplicates: Counter::default(),
             deferred: Counter::default(),
+            refused: Family::default(),
             retries: Family::default(),
             dead_lettered: Family::default(),
             batch_duration: Histogram::new(exponential_buckets(0.000_5, 2.0, 15)),
@@ -55,8 +58,13 @@ impl WorkerMetrics {
         registry.register("worker_events_applied", "Events applied to PostgreSQL, by type", metrics.applied.clone());
         registry.register("worker_events_duplicate", "Deliveries of events already stored", metrics.duplicates.clone());
         registry.register(
+            "worker_events_refused",
+            "Events never to be stored (sealed meeting, erased identity), acknowledged",
+            metrics.refused.clone(),
+        );
+        registry.register(
             "worker_events_deferred",
-            "Messages put off to the next batch because another replica held their room",
+            "Messages put off to the next batch because another replica held their meeting",
             metrics.deferred.clone(),
         );
         registry.register("worker_event_retries", "Messages NAKed with a delay, by reason", metrics.retries.clone());

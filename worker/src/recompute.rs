@@ -9,16 +9,23 @@ use shared::store::presence_outbox::Cause;
 use shared::store::recompute;
 use sqlx::PgPool;
 
-/// Recomputes every meeting of `room` (or of every room name); returns how many participants
-/// (per meeting) were recomputed.
-pub async fn recompute(pool: &PgPool, room: Option<&str>) -> Result<usize, sqlx::Error> {
+/// What a recompute did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Recomputed {
+    /// Participants recomputed, counted per meeting.
+    pub participants: usize,
+    /// Sealed meetings (their events deleted after the retention), left as they are.
+    pub sealed_skipped: usize,
+}
+
+/// Recomputes every meeting of `room` (or of every room name).
+pub async fn recompute(pool: &PgPool, room: Option<&str>) -> Result<Recomputed, sqlx::Error> {
     let room_sids = meetings::room_sids(pool, room).await?;
     rebuild(pool, &room_sids).await
 }
 
-/// Rebuilds the meetings a migration marked (`needs_recompute`); returns how many participants
-/// were recomputed.
-pub async fn rebuild_pending(pool: &PgPool) -> Result<usize, sqlx::Error> {
+/// Rebuilds the meetings a migration marked (`needs_recompute`).
+pub async fn rebuild_pending(pool: &PgPool) -> Result<Recomputed, sqlx::Error> {
     let room_sids = meetings::needing_recompute(pool).await?;
     if !room_sids.is_empty() {
         tracing::info!(meetings = room_sids.len(), "rebuilding meetings from the event log");
@@ -26,14 +33,22 @@ pub async fn rebuild_pending(pool: &PgPool) -> Result<usize, sqlx::Error> {
     rebuild(pool, &room_sids).await
 }
 
-async fn rebuild(pool: &PgPool, room_sids: &[String]) -> Result<usize, sqlx::Error> {
-    let mut participants = 0;
+async fn rebuild(pool: &PgPool, room_sids: &[String]) -> Result<Recomputed, sqlx::Error> {
+    let mut done = Recomputed::default();
     for room_sid in room_sids {
         let mut tx = pool.begin().await?;
         meetings::lock_meetings(&mut tx, &BTreeSet::from([room_sid.clone()]), &BTreeSet::new()).await?;
-        participants += recompute::recompute_meeting(&mut tx, room_sid, &Cause::named("recompute")).await?;
+        match recompute::recompute_meeting(&mut tx, room_sid, &Cause::named("recompute")).await? {
+            Some(participants) => {
+                done.participants += participants;
+                tracing::info!(room_sid, "meeting recomputed");
+            }
+            None => {
+                done.sealed_skipped += 1;
+                tracing::info!(room_sid, "meeting sealed (its events are past the retention): left as it is");
+            }
+        }
         tx.commit().await?;
-        tracing::info!(room_sid, "meeting recomputed");
     }
-    Ok(participants)
+    Ok(done)
 }

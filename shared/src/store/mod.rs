@@ -18,6 +18,7 @@ pub mod admin;
 pub mod closures;
 pub mod event_log;
 pub mod heartbeats;
+pub mod lifecycle;
 pub mod meetings;
 pub mod presence_outbox;
 pub mod read_model;

@@ -243,15 +243,24 @@ pub async fn recompute_spans(conn: &mut PgConnection, room_sids: &BTreeSet<Strin
 }
 
 /// Rebuilds a whole meeting from the log (locked by the caller's transaction): every
-/// participant, its span, and marks it rebuilt. Returns how many participants it has.
-pub async fn recompute_meeting(conn: &mut PgConnection, room_sid: &str, cause: &Cause) -> Result<usize, sqlx::Error> {
+/// participant, its span, and marks it rebuilt. Returns how many participants it has, or `None`
+/// for a sealed meeting: its events are gone, its stored attendance is all there is, and it is
+/// never recomputed.
+pub async fn recompute_meeting(
+    conn: &mut PgConnection,
+    room_sid: &str,
+    cause: &Cause,
+) -> Result<Option<usize>, sqlx::Error> {
+    if !super::lifecycle::sealed_among(conn, &BTreeSet::from([room_sid.to_owned()])).await?.is_empty() {
+        return Ok(None);
+    }
     let identities = event_log::identities_in_meeting(conn, room_sid).await?;
     let participants: BTreeMap<ParticipantKey, Cause> =
         identities.iter().map(|identity| (ParticipantKey::new(room_sid, identity.as_str()), cause.clone())).collect();
     recompute_participants(conn, &participants).await?;
     recompute_spans(conn, &BTreeSet::from([room_sid.to_owned()])).await?;
     meetings::mark_rebuilt(conn, room_sid).await?;
-    Ok(identities.len())
+    Ok(Some(identities.len()))
 }
 
 /// When the participant became present (its latest open cycle's start) or absent (its last left).
