@@ -40,9 +40,8 @@ pub async fn sweep(pool: &PgPool, staleness: &Staleness) -> Result<Swept, sqlx::
     let mut swept = Swept::default();
     for room_sid in closures::meetings_with_stale_cycles(pool, staleness).await? {
         let this_meeting = BTreeSet::from([room_sid.clone()]);
-        let mut tx = pool.begin().await?;
         // The closures name a person: not while one is being erased.
-        lifecycle::hold_off_erasures(&mut tx).await?;
+        let mut tx = lifecycle::begin_holding_off_erasures(pool).await?;
         if meetings::lock_meetings(&mut tx, &BTreeSet::new(), &this_meeting).await?.is_empty() {
             continue;
         }

@@ -20,6 +20,7 @@ use shared::domain::event::WebhookEvent;
 use shared::domain::heartbeat::Heartbeat;
 use shared::nats::webhooks::WebhookMessage;
 use shared::store::event_log::{self, LoggedEvent};
+use shared::store::meetings::Locked;
 use shared::store::presence_outbox::Cause;
 use shared::store::recompute::ParticipantKey;
 use shared::store::{self, heartbeats, lifecycle, meetings, recompute};
@@ -156,10 +157,9 @@ pub async fn apply_batch(pool: &PgPool, inputs: &[Input]) -> Result<Vec<Applied>
     let to_lock = meetings_to_lock(pool, inputs, &decoded).await?;
     meetings::create_meetings(pool, &to_lock.names).await?;
 
-    let mut tx = pool.begin().await?;
-    lifecycle::hold_off_erasures(&mut tx).await?;
+    let mut tx = lifecycle::begin_holding_off_erasures(pool).await?;
     let locked = meetings::lock_meetings(&mut tx, &to_lock.wait_for, &to_lock.if_free).await?;
-    let sealed = lifecycle::sealed_among(&mut tx, &locked).await?;
+    let sealed = &locked.sealed;
     let erased = lifecycle::erased_among(&mut tx, &participants_of(&decoded)).await?;
     let is_erased = |room: &str, identity: &str| erased.contains(&(room.to_owned(), identity.to_owned()));
 
@@ -257,7 +257,7 @@ pub async fn apply_batch(pool: &PgPool, inputs: &[Input]) -> Result<Vec<Applied>
     spans_changed.extend(affected.keys().map(|key| key.room_sid.clone()));
     recompute::recompute_spans(&mut tx, &spans_changed).await?;
 
-    let refuted = record_heartbeats(&mut tx, &locked, &sealed, heartbeats_in_batch, &mut outcomes).await?;
+    let refuted = record_heartbeats(&mut tx, &locked, heartbeats_in_batch, &mut outcomes).await?;
     recompute::recompute_participants(&mut tx, &refuted).await?;
     tx.commit().await?;
     Ok(outcomes)
@@ -289,8 +289,7 @@ fn participants_of(decoded: &[Result<Decoded, Rejection>]) -> BTreeSet<(String, 
 /// participants whose estimates the heartbeats refuted, each with its heartbeat as the cause.
 async fn record_heartbeats(
     tx: &mut PgConnection,
-    locked: &BTreeSet<String>,
-    sealed: &BTreeSet<String>,
+    locked: &Locked,
     batch: Vec<(usize, Heartbeat, Cause)>,
     outcomes: &mut [Applied],
 ) -> Result<BTreeMap<ParticipantKey, Cause>, sqlx::Error> {
@@ -301,7 +300,7 @@ async fn record_heartbeats(
     let meetings_found = meetings::meetings_at(&mut *tx, &moments).await?;
     let mut latest: BTreeMap<ParticipantKey, (Heartbeat, Cause)> = BTreeMap::new();
     for ((outcome, heartbeat, cause), meeting) in batch.into_iter().zip(meetings_found) {
-        let Some(room_sid) = meeting.filter(|room_sid| !sealed.contains(room_sid)) else { continue };
+        let Some(room_sid) = meeting.filter(|room_sid| !locked.sealed.contains(room_sid)) else { continue };
         if !locked.contains(&room_sid) {
             outcomes[outcome] = Applied::Deferred;
             continue;

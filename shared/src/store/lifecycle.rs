@@ -21,13 +21,17 @@ use crate::domain::time::timestamp;
 /// ("erasure" in ASCII).
 const ERASURE_LOCK: i64 = 0x0065_7261_7375_7265;
 
-/// Makes the caller's transaction (a worker's batch, a sweep) wait for an erasure in progress,
-/// and an erasure wait for it: taken first, before reading the erasures, it guarantees that a
-/// person erased is either erased before the transaction looks (and refused by it) or after it
-/// committed (and its rows deleted). Shared: such transactions do not wait for each other.
-pub async fn hold_off_erasures(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT pg_advisory_xact_lock_shared($1)").bind(ERASURE_LOCK).execute(&mut *conn).await?;
-    Ok(())
+/// Begins a transaction (a worker's batch, a sweep) that an erasure in progress holds off, and
+/// that holds off an erasure: taken first, before the erasures are read, the lock guarantees
+/// that a person erased is either erased before the transaction looks (and refused by it) or
+/// after it committed (and its rows deleted). Shared: such transactions do not wait for each
+/// other. One round trip with the BEGIN.
+pub async fn begin_holding_off_erasures(
+    pool: &PgPool,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    const BEGIN: &str = "BEGIN; SELECT pg_advisory_xact_lock_shared(28554735522247269)";
+    debug_assert!(BEGIN.ends_with(&format!("({ERASURE_LOCK})")));
+    pool.begin_with(BEGIN).await
 }
 
 /// The hex SHA-256 of an identity: what an erasure keeps of it.
@@ -195,7 +199,7 @@ pub async fn erase_identity(
     .collect();
     let existing = meetings::room_names_of(&mut tx, &room_sids).await?;
     let to_lock: BTreeSet<String> = existing.keys().cloned().collect();
-    meetings::lock_meetings(&mut tx, &to_lock, &BTreeSet::new()).await?;
+    let locked = meetings::lock_meetings(&mut tx, &to_lock, &BTreeSet::new()).await?;
 
     let delete = |sql: &'static str| sqlx::query(sql).bind(identity).bind(room_name);
     // Cycles first: deleting the participants would take them along uncounted.
@@ -242,7 +246,7 @@ pub async fn erase_identity(
         .bind(sqlx::types::Json(&counts))
         .execute(&mut *tx)
         .await?;
-    let unsealed: BTreeSet<String> = to_lock.difference(&sealed_among(&mut tx, &to_lock).await?).cloned().collect();
+    let unsealed: BTreeSet<String> = locked.meetings.difference(&locked.sealed).cloned().collect();
     recompute::recompute_spans(&mut tx, &unsealed).await?;
     tx.commit().await?;
     Ok(counts)

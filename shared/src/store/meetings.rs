@@ -33,6 +33,24 @@ pub async fn create_meetings(pool: &PgPool, meetings: &BTreeMap<String, String>)
     Ok(())
 }
 
+/// The meetings a transaction locked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Locked {
+    pub meetings: BTreeSet<String>,
+    /// The sealed ones among them (past the retention: never changed again).
+    pub sealed: BTreeSet<String>,
+}
+
+impl Locked {
+    pub fn is_empty(&self) -> bool {
+        self.meetings.is_empty()
+    }
+
+    pub fn contains(&self, room_sid: &str) -> bool {
+        self.meetings.contains(room_sid)
+    }
+}
+
 /// Locks the meetings of `wait_for`, waiting for them in room-sid order, then those of
 /// `if_free` that no other transaction holds, without waiting. Returns every meeting locked. The
 /// rows must exist ([`create_meetings`]). A transaction only ever waits before it skips, and
@@ -41,27 +59,29 @@ pub async fn lock_meetings(
     conn: &mut PgConnection,
     wait_for: &BTreeSet<String>,
     if_free: &BTreeSet<String>,
-) -> Result<BTreeSet<String>, sqlx::Error> {
-    let mut locked = BTreeSet::new();
-    if !wait_for.is_empty() {
-        let room_sids: Vec<&str> = wait_for.iter().map(String::as_str).collect();
-        let rows: Vec<String> =
-            sqlx::query_scalar("SELECT room_sid FROM meetings WHERE room_sid = ANY($1) ORDER BY room_sid FOR UPDATE")
-                .bind(&room_sids)
-                .fetch_all(&mut *conn)
-                .await?;
-        locked.extend(rows);
-    }
-    let room_sids: Vec<&str> = if_free.difference(wait_for).map(String::as_str).collect();
-    if !room_sids.is_empty() {
-        let rows: Vec<String> = sqlx::query_scalar(
-            "SELECT room_sid FROM meetings WHERE room_sid = ANY($1) ORDER BY room_sid FOR UPDATE SKIP LOCKED",
-        )
+) -> Result<Locked, sqlx::Error> {
+    let mut locked = Locked::default();
+    let mut lock = async |room_sids: Vec<&str>, skip_locked: &str| -> Result<(), sqlx::Error> {
+        if room_sids.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<(String, bool)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT room_sid, sealed_at IS NOT NULL FROM meetings WHERE room_sid = ANY($1)
+             ORDER BY room_sid FOR UPDATE {skip_locked}"
+        )))
         .bind(&room_sids)
         .fetch_all(&mut *conn)
         .await?;
-        locked.extend(rows);
-    }
+        for (room_sid, sealed) in rows {
+            if sealed {
+                locked.sealed.insert(room_sid.clone());
+            }
+            locked.meetings.insert(room_sid);
+        }
+        Ok(())
+    };
+    lock(wait_for.iter().map(String::as_str).collect(), "").await?;
+    lock(if_free.difference(wait_for).map(String::as_str).collect(), "SKIP LOCKED").await?;
     Ok(locked)
 }
 

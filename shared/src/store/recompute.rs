@@ -60,6 +60,7 @@ fn facts_of_payload(payload: &str) -> Option<Fact> {
 
 /// The facts the rule needs for each participant of a meeting: its own events, the meeting's
 /// room_finished, and the sweeper's closures. Two statements for any number of participants.
+/// (Each event's fact names its room.)
 pub async fn load_facts_of(
     conn: &mut PgConnection,
     participants: &[ParticipantKey],
@@ -129,16 +130,13 @@ pub async fn recompute_participants(
     }
     let keys: Vec<ParticipantKey> = participants.keys().cloned().collect();
     let facts = load_facts_of(conn, &keys).await?;
-    let room_sids: BTreeSet<String> = keys.iter().map(|key| key.room_sid.clone()).collect();
-    let room_names = meetings::room_names_of(conn, &room_sids).await?;
     let computed: Vec<Computed> = facts
         .iter()
         .filter_map(|(key, facts)| {
-            Some(Computed {
-                key,
-                room_name: room_names.get(&key.room_sid)?.as_str(),
-                attendance: attendance::participant_attendance(&key.identity, facts)?,
-            })
+            // A participant with attendance has an event of its own, which names the room.
+            let room_name = facts.iter().map(|f| f.room_name.as_str()).find(|name| !name.is_empty())?;
+            let attendance = attendance::participant_attendance(&key.identity, facts)?;
+            Some(Computed { key, room_name, attendance })
         })
         .collect();
     if computed.is_empty() {
@@ -178,46 +176,52 @@ pub async fn recompute_participants(
 
 /// Recomputes the spans of meetings (locked by the caller's transaction) from their
 /// room_started and room_finished, their participants' activity and the sweeper's inferred end;
-/// keeps the room's idle timeouts from its room_started. Four statements.
+/// keeps the room's idle timeouts from its room_started. Two statements.
 pub async fn recompute_spans(conn: &mut PgConnection, room_sids: &BTreeSet<String>) -> Result<(), sqlx::Error> {
     if room_sids.is_empty() {
         return Ok(());
     }
     let sids: Vec<&str> = room_sids.iter().map(String::as_str).collect();
-    let events: Vec<(String, String)> = sqlx::query_as(
-        "SELECT room_sid, payload::text FROM webhook_events
-         WHERE room_sid = ANY($1) AND event_type IN ('room_started', 'room_finished')",
+    // Everything a span depends on, in one round trip: room events, activity, inferred end.
+    type SpanInputs = (
+        String,
+        Option<Vec<String>>,
+        Option<OffsetDateTime>,
+        Option<OffsetDateTime>,
+        Option<bool>,
+        Option<OffsetDateTime>,
+    );
+    let rows: Vec<SpanInputs> = sqlx::query_as(
+        "SELECT m.room_sid,
+                (SELECT array_agg(e.payload::text) FROM webhook_events e
+                 WHERE e.room_sid = m.room_sid AND e.event_type IN ('room_started', 'room_finished')),
+                a.earliest_join, a.latest_left, a.open,
+                (SELECT x.ended_at FROM meeting_end_estimates x WHERE x.room_sid = m.room_sid)
+         FROM unnest($1::text[]) AS m (room_sid)
+         CROSS JOIN LATERAL (
+             SELECT min(p.first_joined_at) AS earliest_join, max(p.last_left_at) AS latest_left,
+                    bool_or(p.present) AS open
+             FROM meeting_participants p WHERE p.room_sid = m.room_sid
+         ) a",
     )
     .bind(&sids)
     .fetch_all(&mut *conn)
     .await?;
-    type ActivityRow = (String, Option<OffsetDateTime>, Option<OffsetDateTime>, Option<bool>);
-    let activity: BTreeMap<String, Activity> = sqlx::query_as::<_, ActivityRow>(
-        "SELECT room_sid, min(first_joined_at), max(last_left_at), bool_or(present) FROM meeting_participants
-         WHERE room_sid = ANY($1) GROUP BY room_sid",
-    )
-    .bind(&sids)
-    .fetch_all(&mut *conn)
-    .await?
-    .into_iter()
-    .map(|(room_sid, earliest_join, latest_left, open)| {
-        let activity = Activity {
+    let mut events: Vec<(String, String)> = Vec::new();
+    let mut activity: BTreeMap<String, Activity> = BTreeMap::new();
+    let mut inferred_ends: BTreeMap<String, i64> = BTreeMap::new();
+    for (room_sid, payloads, earliest_join, latest_left, open, inferred_end) in rows {
+        events.extend(payloads.unwrap_or_default().into_iter().map(|payload| (room_sid.clone(), payload)));
+        let meeting_activity = Activity {
             earliest_join_ms: earliest_join.map(unix_ms),
             latest_left_ms: latest_left.map(unix_ms),
             open: open.unwrap_or(false),
         };
-        (room_sid, activity)
-    })
-    .collect();
-    let inferred_ends: BTreeMap<String, i64> = sqlx::query_as::<_, (String, OffsetDateTime)>(
-        "SELECT room_sid, ended_at FROM meeting_end_estimates WHERE room_sid = ANY($1)",
-    )
-    .bind(&sids)
-    .fetch_all(&mut *conn)
-    .await?
-    .into_iter()
-    .map(|(room_sid, ended_at)| (room_sid, unix_ms(ended_at)))
-    .collect();
+        activity.insert(room_sid.clone(), meeting_activity);
+        if let Some(ended_at) = inferred_end {
+            inferred_ends.insert(room_sid, unix_ms(ended_at));
+        }
+    }
     let mut facts: BTreeMap<&str, Vec<Fact>> = BTreeMap::new();
     let mut timeouts: BTreeMap<&str, RoomTimeouts> = BTreeMap::new();
     for (room_sid, payload) in &events {
