@@ -94,6 +94,10 @@ struct MeetingsToLock {
     names: BTreeMap<String, String>,
     wait_for: BTreeSet<String>,
     if_free: BTreeSet<String>,
+    /// Input index of each heartbeat → the meeting it falls in as stored before the batch.
+    heartbeat_meetings: BTreeMap<usize, Option<String>>,
+    /// Room names with events of the batch (which may start or end one of their meetings).
+    rooms_with_events: BTreeSet<String>,
 }
 
 async fn meetings_to_lock(
@@ -122,7 +126,13 @@ async fn meetings_to_lock(
             heartbeats.iter().map(|(_, h)| (h.room_name.as_str(), h.received_at_ms)).collect();
         meetings::meetings_at(&mut *pool.acquire().await?, &moments).await?
     };
-    let mut locks = MeetingsToLock { names: BTreeMap::new(), wait_for: BTreeSet::new(), if_free: BTreeSet::new() };
+    let mut locks = MeetingsToLock {
+        names: BTreeMap::new(),
+        wait_for: BTreeSet::new(),
+        if_free: BTreeSet::new(),
+        heartbeat_meetings: BTreeMap::new(),
+        rooms_with_events: names.values().cloned().collect(),
+    };
     let mut lock = |room_sid: &str, room_name: &str, waiting: bool| {
         locks.names.insert(room_sid.to_owned(), room_name.to_owned());
         if waiting { &mut locks.wait_for } else { &mut locks.if_free }.insert(room_sid.to_owned());
@@ -132,17 +142,20 @@ async fn meetings_to_lock(
             lock(&fact.room_sid, &fact.room_name, input.wait_for_room);
         }
     }
+    let mut heartbeat_meetings = BTreeMap::new();
     for ((i, heartbeat), stored) in heartbeats.into_iter().zip(stored) {
         let waiting = inputs[i].wait_for_room;
-        if let Some(room_sid) = stored {
-            lock(&room_sid, &heartbeat.room_name, waiting);
+        if let Some(room_sid) = &stored {
+            lock(room_sid, &heartbeat.room_name, waiting);
         }
+        heartbeat_meetings.insert(i, stored);
         for (room_sid, room_name) in &names {
             if *room_name == heartbeat.room_name {
                 lock(room_sid, room_name, waiting);
             }
         }
     }
+    locks.heartbeat_meetings = heartbeat_meetings;
     Ok(locks)
 }
 
@@ -257,7 +270,16 @@ pub async fn apply_batch(pool: &PgPool, inputs: &[Input]) -> Result<Vec<Applied>
     spans_changed.extend(affected.keys().map(|key| key.room_sid.clone()));
     recompute::recompute_spans(&mut tx, &spans_changed).await?;
 
-    let refuted = record_heartbeats(&mut tx, &locked, heartbeats_in_batch, &mut outcomes).await?;
+    let rooms_in_batch: BTreeSet<&str> = to_lock.rooms_with_events.iter().map(String::as_str).collect();
+    let refuted = record_heartbeats(
+        &mut tx,
+        &locked,
+        &to_lock.heartbeat_meetings,
+        &rooms_in_batch,
+        heartbeats_in_batch,
+        &mut outcomes,
+    )
+    .await?;
     recompute::recompute_participants(&mut tx, &refuted).await?;
     tx.commit().await?;
     Ok(outcomes)
@@ -290,14 +312,29 @@ fn participants_of(decoded: &[Result<Decoded, Rejection>]) -> BTreeSet<(String, 
 async fn record_heartbeats(
     tx: &mut PgConnection,
     locked: &Locked,
+    found_before: &BTreeMap<usize, Option<String>>,
+    rooms_in_batch: &BTreeSet<&str>,
     batch: Vec<(usize, Heartbeat, Cause)>,
     outcomes: &mut [Applied],
 ) -> Result<BTreeMap<ParticipantKey, Cause>, sqlx::Error> {
     if batch.is_empty() {
         return Ok(BTreeMap::new());
     }
-    let moments: Vec<(&str, i64)> = batch.iter().map(|(_, h, _)| (h.room_name.as_str(), h.received_at_ms)).collect();
-    let meetings_found = meetings::meetings_at(&mut *tx, &moments).await?;
+    // Found again only where the batch's own events may have started or ended a meeting of the
+    // heartbeat's room.
+    let again: Vec<(&str, i64)> = batch
+        .iter()
+        .filter(|(_, h, _)| rooms_in_batch.contains(h.room_name.as_str()))
+        .map(|(_, h, _)| (h.room_name.as_str(), h.received_at_ms))
+        .collect();
+    let mut found_again = meetings::meetings_at(&mut *tx, &again).await?.into_iter();
+    let meetings_found: Vec<Option<String>> = batch
+        .iter()
+        .map(|(index, h, _)| match rooms_in_batch.contains(h.room_name.as_str()) {
+            true => found_again.next().flatten(),
+            false => found_before.get(index).cloned().flatten(),
+        })
+        .collect();
     let mut latest: BTreeMap<ParticipantKey, (Heartbeat, Cause)> = BTreeMap::new();
     for ((outcome, heartbeat, cause), meeting) in batch.into_iter().zip(meetings_found) {
         let Some(room_sid) = meeting.filter(|room_sid| !locked.sealed.contains(room_sid)) else { continue };

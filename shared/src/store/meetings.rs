@@ -162,7 +162,10 @@ pub async fn write_spans(
                                empty_timeout_s = s.empty_timeout_s, departure_timeout_s = s.departure_timeout_s
          FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[], $4::text[], $5::int4[], $6::int4[])
               AS s (room_sid, started_at, ended_at, ended_by, empty_timeout_s, departure_timeout_s)
-         WHERE m.room_sid = s.room_sid",
+         WHERE m.room_sid = s.room_sid
+           -- Most batches change no span: no new row version then.
+           AND (m.started_at, m.ended_at, m.ended_by, m.empty_timeout_s, m.departure_timeout_s)
+               IS DISTINCT FROM (s.started_at, s.ended_at, s.ended_by, s.empty_timeout_s, s.departure_timeout_s)",
     )
     .bind(&room_sids)
     .bind(&started)

@@ -182,7 +182,9 @@ pub async fn recompute_spans(conn: &mut PgConnection, room_sids: &BTreeSet<Strin
         return Ok(());
     }
     let sids: Vec<&str> = room_sids.iter().map(String::as_str).collect();
-    // Everything a span depends on, in one round trip: room events, activity, inferred end.
+    // Everything a span depends on, in one round trip: room events, inferred end, and the
+    // participants' activity, read only where it matters (no room_started to start the meeting,
+    // or an inferred end to check): it is the one part that grows with the meeting.
     type SpanInputs = (
         String,
         Option<Vec<String>>,
@@ -192,16 +194,19 @@ pub async fn recompute_spans(conn: &mut PgConnection, room_sids: &BTreeSet<Strin
         Option<OffsetDateTime>,
     );
     let rows: Vec<SpanInputs> = sqlx::query_as(
-        "SELECT m.room_sid,
-                (SELECT array_agg(e.payload::text) FROM webhook_events e
-                 WHERE e.room_sid = m.room_sid AND e.event_type IN ('room_started', 'room_finished')),
-                a.earliest_join, a.latest_left, a.open,
-                (SELECT x.ended_at FROM meeting_end_estimates x WHERE x.room_sid = m.room_sid)
+        "SELECT m.room_sid, ev.payloads, a.earliest_join, a.latest_left, a.open, x.ended_at
          FROM unnest($1::text[]) AS m (room_sid)
+         CROSS JOIN LATERAL (
+             SELECT array_agg(e.payload::text) AS payloads, bool_or(e.event_type = 'room_started') AS started
+             FROM webhook_events e
+             WHERE e.room_sid = m.room_sid AND e.event_type IN ('room_started', 'room_finished')
+         ) ev
+         LEFT JOIN meeting_end_estimates x ON x.room_sid = m.room_sid
          CROSS JOIN LATERAL (
              SELECT min(p.first_joined_at) AS earliest_join, max(p.last_left_at) AS latest_left,
                     bool_or(p.present) AS open
-             FROM meeting_participants p WHERE p.room_sid = m.room_sid
+             FROM meeting_participants p
+             WHERE p.room_sid = m.room_sid AND (ev.started IS NOT TRUE OR x.ended_at IS NOT NULL)
          ) a",
     )
     .bind(&sids)
