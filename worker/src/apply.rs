@@ -266,8 +266,10 @@ pub async fn apply_batch(pool: &PgPool, inputs: &[Input]) -> Result<Vec<Applied>
         }
     }
     recompute::recompute_participants(&mut tx, &affected).await?;
-    // Their earliest joins may have moved the meetings' starts.
-    spans_changed.extend(affected.keys().map(|key| key.room_sid.clone()));
+    // Their joins and leaves may have moved the spans of meetings that follow their participants.
+    spans_changed.extend(
+        affected.keys().map(|key| &key.room_sid).filter(|sid| locked.span_follows_participants.contains(*sid)).cloned(),
+    );
     recompute::recompute_spans(&mut tx, &spans_changed).await?;
 
     let rooms_in_batch: BTreeSet<&str> = to_lock.rooms_with_events.iter().map(String::as_str).collect();

@@ -39,6 +39,9 @@ pub struct Locked {
     pub meetings: BTreeSet<String>,
     /// The sealed ones among them (past the retention: never changed again).
     pub sealed: BTreeSet<String>,
+    /// Those whose span follows their participants (no room_started to start them, or an
+    /// inferred end to check): only these need their span recomputed when a participant changes.
+    pub span_follows_participants: BTreeSet<String>,
 }
 
 impl Locked {
@@ -65,16 +68,23 @@ pub async fn lock_meetings(
         if room_sids.is_empty() {
             return Ok(());
         }
-        let rows: Vec<(String, bool)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT room_sid, sealed_at IS NOT NULL FROM meetings WHERE room_sid = ANY($1)
-             ORDER BY room_sid FOR UPDATE {skip_locked}"
+        let rows: Vec<(String, bool, bool)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT m.room_sid, m.sealed_at IS NOT NULL,
+                    NOT EXISTS (SELECT 1 FROM webhook_events e
+                                WHERE e.room_sid = m.room_sid AND e.event_type = 'room_started')
+                    OR EXISTS (SELECT 1 FROM meeting_end_estimates x WHERE x.room_sid = m.room_sid)
+             FROM meetings m WHERE m.room_sid = ANY($1)
+             ORDER BY m.room_sid FOR UPDATE OF m {skip_locked}"
         )))
         .bind(&room_sids)
         .fetch_all(&mut *conn)
         .await?;
-        for (room_sid, sealed) in rows {
+        for (room_sid, sealed, follows_participants) in rows {
             if sealed {
                 locked.sealed.insert(room_sid.clone());
+            }
+            if follows_participants {
+                locked.span_follows_participants.insert(room_sid.clone());
             }
             locked.meetings.insert(room_sid);
         }
