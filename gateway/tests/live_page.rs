@@ -1,5 +1,6 @@
-//! The live attendance page in a real headless Chromium: who is present and their minutes,
-//! updated live from the presence stream as webhooks arrive.
+//! The live attendance page in a real headless Chromium: who is present in the current meeting
+//! and their minutes, updated live from the presence stream as webhooks arrive; the room's
+//! meetings, each with its CSV.
 
 mod common;
 
@@ -39,6 +40,21 @@ async fn the_page_shows_who_is_present_and_follows_joins_and_leaves() {
     let minutes = browser.eval("return document.querySelector('[data-identity=ada] .minutes').textContent").await;
     assert_eq!(minutes, "3 min", "open cycles count up to now");
     assert_eq!(browser.eval("return document.getElementById('summary').textContent").await, "1 present of 1");
+    // The room's meetings: this one, running, and its CSV saved through fetch (the token stays in
+    // a header, never in a URL).
+    wait_for(
+        &browser,
+        "return Array.from(document.querySelectorAll('#meeting-list li')).map(li => li.dataset.roomSid + '=' + li.dataset.state).join(',')",
+        "RM_algebra 101=running",
+    )
+    .await;
+    browser.eval("document.querySelector('#meeting-list li button').click(); return true").await;
+    wait_for(
+        &browser,
+        "return Number(document.querySelector('#meeting-list li').dataset.downloaded) > 100 ? 'saved' : 'not yet'",
+        "saved",
+    )
+    .await;
     let screenshot = std::env::temp_dir().join("live-page.png");
     browser.screenshot(&screenshot).await;
     assert!(std::fs::metadata(&screenshot).unwrap().len() > 1_000, "a rendered page");
