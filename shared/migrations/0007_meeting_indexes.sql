@@ -3,3 +3,6 @@
 -- them.
 DROP INDEX webhook_events_participant;
 DROP INDEX webhook_events_room_finished;
+
+-- The sweeper looks for running meetings every round: only those, not every meeting ever held.
+CREATE INDEX meetings_running ON meetings (started_at) WHERE ended_at IS NULL;

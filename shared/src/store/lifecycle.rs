@@ -36,7 +36,11 @@ pub async fn begin_holding_off_erasures(
 
 /// The hex SHA-256 of an identity: what an erasure keeps of it.
 pub fn identity_digest(identity: &str) -> String {
-    Sha256::digest(identity.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    use std::fmt::Write as _;
+    Sha256::digest(identity.as_bytes()).iter().fold(String::with_capacity(64), |mut hex, b| {
+        let _ = write!(hex, "{b:02x}");
+        hex
+    })
 }
 
 /// Meetings that ended before `ended_before_ms` and still have events (at most 100, oldest

@@ -105,12 +105,15 @@ pub async fn meetings_at(conn: &mut PgConnection, moments: &[(&str, i64)]) -> Re
     }
     let names: Vec<&str> = moments.iter().map(|(name, _)| *name).collect();
     let times: Vec<OffsetDateTime> = moments.iter().map(|(_, at)| timestamp(*at)).collect();
+    // One index probe per moment (meetings_by_room), whatever the number of meetings.
     let rows: Vec<(i64, String)> = sqlx::query_as(
-        "SELECT DISTINCT ON (h.n) h.n, m.room_sid
+        "SELECT h.n, m.room_sid
          FROM unnest($1::text[], $2::timestamptz[]) WITH ORDINALITY AS h (room_name, at, n)
-         JOIN meetings m ON m.room_name = h.room_name AND m.started_at <= h.at
-                        AND (m.ended_at IS NULL OR m.ended_at >= h.at)
-         ORDER BY h.n, m.started_at DESC, m.room_sid DESC",
+         CROSS JOIN LATERAL (
+             SELECT room_sid FROM meetings
+             WHERE room_name = h.room_name AND started_at <= h.at AND (ended_at IS NULL OR ended_at >= h.at)
+             ORDER BY started_at DESC, room_sid DESC LIMIT 1
+         ) m",
     )
     .bind(&names)
     .bind(&times)
