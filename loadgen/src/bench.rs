@@ -1,10 +1,11 @@
 //! `loadgen bench`: the benchmark report. Three phases, each on streams and databases of the
 //! run's own, with the release binaries as separate processes:
 //!
-//! 1. **Live**: gateway, workers and sweeper take a realistic workload ([`crate::scenario`])
-//!    through the gateway on its schedule. Measured: the gateway's latency, the time from a
-//!    webhook's 200 to its committed attendance, CPU and peak memory of every process; then the
-//!    attendance in PostgreSQL is compared with the workload's own expectation.
+//! 1. **Live**: gateway, workers and sweeper take a realistic workload ([`crate::scenario`]:
+//!    rooms with several consecutive meetings) through the gateway on its schedule. Measured:
+//!    the gateway's latency, the time from a webhook's 200 to its committed attendance, CPU and
+//!    peak memory of every process; then each meeting's attendance in PostgreSQL is compared
+//!    with the workload's own expectation.
 //! 2. **Capacity**: a gateway alone, as fast as it answers, at several concurrency levels.
 //! 3. **Replay**: the live phase's stream (webhooks and heartbeats as the gateway stored
 //!    them) applied again from the start by 1, then 2 workers into fresh databases: events/s
@@ -12,7 +13,7 @@
 //!
 //! What the phases measure goes into [`crate::results`], from which [`crate::report`] writes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,7 +29,7 @@ use crate::capacity::{self, LevelResult};
 use crate::procstat::{self, GroupCpu, MachineCpu};
 use crate::report;
 use crate::results::{Answer, Live, Replay, Results, Settings, Usage};
-use crate::scenario::{Expected, Plan, Request, ScenarioConfig};
+use crate::scenario::{Expected, MeetingExpectations, Plan, Request, ScenarioConfig};
 use crate::sign;
 use crate::system::{self, BenchDatabase, RunNames, Service, with_env};
 
@@ -40,7 +41,11 @@ pub struct BenchArgs {
     /// Participants (distinct identities), spread over the rooms.
     #[arg(long, default_value_t = 10_000)]
     pub participants: usize,
-    /// How long the meetings run; the live phase adds the rooms' finishing.
+    /// Consecutive meetings per room (LiveKit room sessions, each with its own room sid).
+    #[arg(long, default_value_t = 3)]
+    pub meetings_per_room: usize,
+    /// The span in which each room's meetings happen, their finishing and the gaps between them
+    /// included (longer when a meeting would get less than 15 s of activity).
     #[arg(long, default_value = "4m", value_parser = humantime::parse_duration)]
     pub duration: Duration,
     /// How often each client heartbeats.
@@ -119,6 +124,7 @@ impl BenchArgs {
             seed,
             rooms: self.rooms,
             participants: self.participants,
+            meetings_per_room: self.meetings_per_room,
             duration_ms: millis(self.duration),
             heartbeat_interval_ms: millis(self.heartbeat_interval),
             heartbeat_timeout_ms: millis(self.heartbeat_timeout()),
@@ -204,8 +210,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
 
     let outcome = async {
         eprintln!(
-            "[bench] live phase: {} rooms, {} participants, {:?} (seed {seed})",
-            args.rooms, args.participants, args.duration
+            "[bench] live phase: {} rooms × {} meetings, {} participants, {:?} (seed {seed})",
+            args.rooms, args.meetings_per_room, args.participants, args.duration
         );
         let live = live_phase(&run, seed).await?;
         eprintln!(
@@ -275,7 +281,8 @@ async fn live_phase(run: &Run<'_>, seed: u64) -> anyhow::Result<Live> {
         let tokens: Vec<String> = plan
             .participants
             .iter()
-            .map(|p| sign::participant_token(&run.keys, &p.identity, &plan.rooms[p.room].name, 6 * 3600))
+            .enumerate()
+            .map(|(index, p)| sign::participant_token(&run.keys, &p.identity, plan.room_name_of(index), 6 * 3600))
             .collect();
         eprintln!(
             "[bench] {} webhooks, {} requests in all, over {:.0} s",
@@ -522,11 +529,7 @@ impl CommitListener {
 
 /// Compares the database with the expectation until they agree or `deadline` passes (the
 /// sweeper closes sessions whose left was lost only after the heartbeat timeout).
-async fn converge(
-    pool: &PgPool,
-    expected: &BTreeMap<(String, String), Expected>,
-    deadline: Instant,
-) -> anyhow::Result<Vec<String>> {
+async fn converge(pool: &PgPool, expected: &MeetingExpectations, deadline: Instant) -> anyhow::Result<Vec<String>> {
     loop {
         let differences = differences(pool, expected).await?;
         if differences.is_empty() || Instant::now() > deadline {
@@ -536,38 +539,32 @@ async fn converge(
     }
 }
 
-/// Every way the stored attendance differs from the expectation, one line each.
-pub async fn differences(
-    pool: &PgPool,
-    expected: &BTreeMap<(String, String), Expected>,
-) -> anyhow::Result<Vec<String>> {
-    let mut by_room: BTreeMap<&str, Vec<(&str, &Expected)>> = BTreeMap::new();
-    for ((room, identity), want) in expected {
-        by_room.entry(room).or_default().push((identity, want));
-    }
+/// Every way the stored attendance of each meeting differs from the expectation, one line each;
+/// a stored meeting the workload does not hold is one too.
+pub async fn differences(pool: &PgPool, expected: &MeetingExpectations) -> anyhow::Result<Vec<String>> {
     let mut differences = Vec::new();
     let mut connection = pool.acquire().await?;
-    for (room, participants) in &by_room {
-        let mut stored = shared::store::read_model::load_room(&mut connection, room).await?;
+    for (room_sid, participants) in expected {
+        let mut stored = shared::store::read_model::load_meeting(&mut connection, room_sid).await?;
         for (identity, want) in participants {
-            match stored.remove(*identity) {
-                None => differences.push(format!("{room} / {identity}: missing, expected {want:?}")),
+            match stored.remove(identity) {
+                None => differences.push(format!("{room_sid} / {identity}: missing, expected {want:?}")),
                 Some(attendance) => {
                     let got = Expected::from(&attendance);
-                    if got != **want {
-                        differences.push(format!("{room} / {identity}: stored {got:?}, expected {want:?}"));
+                    if got != *want {
+                        differences.push(format!("{room_sid} / {identity}: stored {got:?}, expected {want:?}"));
                     }
                 }
             }
         }
-        differences.extend(stored.keys().map(|identity| format!("{room} / {identity}: not in the workload")));
+        differences.extend(stored.keys().map(|identity| format!("{room_sid} / {identity}: not in the workload")));
     }
-    let rooms = shared::store::meetings::room_names(&mut connection).await?;
+    let meetings = shared::store::meetings::room_sids(pool, None).await?;
     differences.extend(
-        rooms
+        meetings
             .into_iter()
-            .filter(|room| !by_room.contains_key(room.as_str()))
-            .map(|room| format!("{room}: not in the workload")),
+            .filter(|room_sid| !expected.contains_key(room_sid))
+            .map(|room_sid| format!("meeting {room_sid}: not in the workload")),
     );
     Ok(differences)
 }

@@ -2,13 +2,13 @@
 //! and [`crate::plot`] read it. A module of its own so that the phases and the report each
 //! depend on the data, not on one another.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
 use crate::capacity::LevelResult;
-use crate::scenario::{Expected, Plan, Request};
+use crate::scenario::{MeetingExpectations, Plan, Request};
 
 /// Everything the report is written from.
 pub struct Results {
@@ -86,7 +86,7 @@ pub struct Live {
     /// The share of the machine's CPU time that was busy.
     pub machine_busy: f64,
     /// The attendance the workload implies, given when the gateway received each heartbeat.
-    pub expected: BTreeMap<(String, String), Expected>,
+    pub expected: MeetingExpectations,
 }
 
 /// What one replay measured.

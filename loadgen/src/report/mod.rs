@@ -172,7 +172,7 @@ mod tests {
             );
             let plot_follows_usage = "their memory is not theirs for this run alone.\n\nPLOT\n\n## Gateway capacity";
             assert!(markdown.contains(plot_follows_usage));
-            assert_eq!(markdown.contains("**Attendance exact**: all 12 participants of 3 rooms"), exact);
+            assert_eq!(markdown.contains("**Attendance exact** in all 6 meetings of 3 rooms: 22 attendances"), exact);
             assert_eq!(markdown.contains("- … and 53 more\n"), !exact);
         }
     }
@@ -184,6 +184,7 @@ mod tests {
             seed: 1,
             rooms: 3,
             participants: 12,
+            meetings_per_room: 2,
             duration_ms: 60_000,
             heartbeat_interval_ms: 10_000,
             heartbeat_timeout_ms: 30_000,

@@ -34,10 +34,13 @@ pub(super) fn result(out: &mut String, results: &Results, figures: &Figures) -> 
     if results.attendance_exact() {
         writeln!(
             out,
-            "**Attendance exact**: all {} participants of {} rooms match the workload's own expectation \
-             after the live phase and after every replay.\n",
+            "**Attendance exact** in all {} meetings of {} rooms: {} attendances ({} participants, each in most \
+             meetings of its room) match the workload's own expectation after the live phase and after every \
+             replay.\n",
+            plan.meetings.len(),
+            plan.rooms.len(),
             plan.participants.len(),
-            plan.rooms.len()
+            plan.identities()
         )?;
     } else {
         writeln!(out, "**Attendance differs** from the workload's expectation: see Differences below.\n")?;
@@ -107,13 +110,19 @@ pub(super) fn workload(out: &mut String, results: &Results) -> fmt::Result {
     let sessions = plan.sessions().count();
     let lost = plan.sessions().filter(|s| !s.left_delivered).count();
     let reconnecting = plan.participants.iter().filter(|p| p.sessions.len() > 1).count();
-    let finished = plan.rooms.iter().filter(|r| r.finished_at_ms.is_some()).count();
+    let finished = plan.meetings.iter().filter(|m| m.finished_at_ms.is_some()).count();
     writeln!(out, "## Workload\n")?;
     writeln!(out, "| | |\n|---|---:|")?;
-    writeln!(out, "| rooms (finished with room_finished) | {} ({finished}) |", plan.rooms.len())?;
+    writeln!(out, "| rooms | {} |", plan.rooms.len())?;
     writeln!(
         out,
-        "| participants (reconnecting with the same identity) | {} ({reconnecting}) |",
+        "| meetings, consecutive in each room (finished with room_finished) | {} ({finished}) |",
+        plan.meetings.len()
+    )?;
+    writeln!(out, "| participants (identities, each in most meetings of its room) | {} |", plan.identities())?;
+    writeln!(
+        out,
+        "| attendances: an identity in a meeting (reconnecting with the same identity) | {} ({reconnecting}) |",
         plan.participants.len()
     )?;
     writeln!(out, "| sessions (left never delivered: closed by the sweeper) | {sessions} ({lost}) |")?;
