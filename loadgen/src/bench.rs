@@ -1,4 +1,4 @@
-//! `loadgen bench`: the benchmark report. Three phases, each on streams and databases of the
+//! `loadgen bench`: the benchmark report. Five phases, each on streams and databases of the
 //! run's own, with the release binaries as separate processes:
 //!
 //! 1. **Live**: gateway, workers and sweeper take a realistic workload ([`crate::scenario`]:
@@ -10,6 +10,10 @@
 //! 3. **Replay**: the live phase's stream (webhooks and heartbeats as the gateway stored
 //!    them) applied again from the start by 1, then 2 workers into fresh databases: events/s
 //!    at saturation, and the same comparison afterwards.
+//! 4. **Read latency** ([`crate::read_latency`]): one large meeting read again and again
+//!    through the gateway's read API, as JSON and as CSV.
+//! 5. **History** ([`crate::history`]): events/s applying a meeting per room with no earlier
+//!    meeting stored, against the same events with many earlier meetings of the same rooms.
 //!
 //! What the phases measure goes into [`crate::results`], from which [`crate::report`] writes.
 
@@ -28,10 +32,11 @@ use tokio::sync::Semaphore;
 use crate::capacity::{self, LevelResult};
 use crate::procstat::{self, GroupCpu, MachineCpu};
 use crate::report;
-use crate::results::{Answer, Live, Replay, Results, Settings, Usage};
+use crate::results::{Answer, Applied, Live, Replay, Results, Settings, Usage};
 use crate::scenario::{Expected, MeetingExpectations, Plan, Request, ScenarioConfig};
 use crate::sign;
-use crate::system::{self, BenchDatabase, RunNames, Service, with_env};
+use crate::system::{self, BenchDatabase, RunNames, Service, StreamSource, with_env};
+use crate::{history, read_latency};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
@@ -80,6 +85,25 @@ pub struct BenchArgs {
     /// Worker counts of the replay phase, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,2")]
     pub replay_workers: Vec<usize>,
+    /// Participants of the meeting whose reading through the read API is measured.
+    #[arg(long, default_value_t = 1_000)]
+    pub read_participants: usize,
+    /// Sequential reads of that meeting, in each format (JSON, CSV).
+    #[arg(long, default_value_t = 200)]
+    pub read_requests: usize,
+    /// Rooms of the history phase (events/s with earlier meetings stored against without).
+    #[arg(long, default_value_t = 50)]
+    pub history_rooms: usize,
+    /// Participants of the history phase, spread over its rooms.
+    #[arg(long, default_value_t = 1_000)]
+    pub history_participants: usize,
+    /// Earlier meetings per room stored before the history phase's measured meeting.
+    #[arg(long, default_value_t = 20)]
+    pub history_meetings: usize,
+    /// Rounds of the history phase: each measures without, then with the earlier meetings, for
+    /// every count of --replay-workers.
+    #[arg(long, default_value_t = 2)]
+    pub history_rounds: usize,
     /// Concurrency levels of the capacity phase, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
     pub capacity_concurrency: Vec<usize>,
@@ -106,7 +130,7 @@ pub struct BenchArgs {
 }
 
 impl BenchArgs {
-    fn heartbeat_timeout(&self) -> Duration {
+    pub(crate) fn heartbeat_timeout(&self) -> Duration {
         self.heartbeat_timeout.unwrap_or(self.heartbeat_interval * 3)
     }
 
@@ -119,7 +143,7 @@ impl BenchArgs {
         }
     }
 
-    fn scenario(&self, seed: u64) -> ScenarioConfig {
+    pub(crate) fn scenario(&self, seed: u64) -> ScenarioConfig {
         ScenarioConfig {
             seed,
             rooms: self.rooms,
@@ -140,23 +164,24 @@ impl BenchArgs {
 }
 
 /// What every phase shares: the arguments, the run's names, keys, folders and NATS.
-struct Run<'a> {
-    args: &'a BenchArgs,
-    names: RunNames,
-    keys: KeySet,
+pub(crate) struct Run<'a> {
+    pub(crate) args: &'a BenchArgs,
+    pub(crate) names: RunNames,
+    pub(crate) keys: KeySet,
     keys_file: PathBuf,
     bin_dir: PathBuf,
     log_dir: PathBuf,
+    pub(crate) client: async_nats::Client,
     jetstream: async_nats::jetstream::Context,
 }
 
 impl Run<'_> {
     /// The environment of the run's services, on `database_url`.
-    fn env(&self, database_url: &str) -> Vec<(String, String)> {
+    pub(crate) fn env(&self, database_url: &str) -> Vec<(String, String)> {
         self.names.env(&self.args.nats.url, database_url, &self.keys_file)
     }
 
-    fn start(&self, binary: &str, name: &str, env: &[(String, String)]) -> anyhow::Result<Service> {
+    pub(crate) fn start(&self, binary: &str, name: &str, env: &[(String, String)]) -> anyhow::Result<Service> {
         Service::start(&self.bin_dir, binary, name, env, &self.log_dir)
     }
 
@@ -165,6 +190,50 @@ impl Run<'_> {
         let env = with_env(env.to_vec(), "SWEEP_INTERVAL", format!("{}ms", SWEEP_INTERVAL.as_millis()));
         let env = with_env(env, "HEARTBEAT_TIMEOUT", format!("{}ms", self.args.heartbeat_timeout().as_millis()));
         self.start("sweeper", name, &env)
+    }
+
+    /// Starts `workers` workers (named after `label`) on `database_url`, reading `source` from
+    /// its start at saturation; once they have acknowledged every message, stops them and
+    /// returns what it took.
+    pub(crate) async fn apply_stream(
+        &self,
+        database_url: &str,
+        source: &StreamSource,
+        workers: usize,
+        label: &str,
+    ) -> anyhow::Result<Applied> {
+        let env = source.worker_env(self.env(database_url));
+        let (postgres_before, nats_before) = (GroupCpu::read("postgres"), GroupCpu::read("nats-server"));
+        let machine_before = MachineCpu::read();
+        let started = Instant::now();
+        let mut running = Vec::new();
+        for n in 0..workers.max(1) {
+            running.push(self.start("worker", &format!("{label}-worker-{}", n + 1), &env)?);
+        }
+        let mut services: Vec<&mut Service> = running.iter_mut().collect();
+        let messages = system::wait_drained(
+            &self.jetstream,
+            &source.stream,
+            &source.consumer,
+            &mut services,
+            Duration::from_secs(900),
+        )
+        .await?;
+        let elapsed = started.elapsed();
+        let applied = Applied {
+            workers,
+            messages,
+            elapsed,
+            cpu_seconds: running.iter().map(Service::cpu_seconds).sum(),
+            peak_rss_bytes: running.iter().map(Service::peak_rss_bytes).max().unwrap_or(0),
+            postgres_cpu_seconds: GroupCpu::read("postgres").since(&postgres_before),
+            nats_cpu_seconds: GroupCpu::read("nats-server").since(&nats_before),
+            machine_busy: MachineCpu::read().busy_since(&machine_before),
+        };
+        for worker in running {
+            worker.stop().await?;
+        }
+        Ok(applied)
     }
 }
 
@@ -204,6 +273,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
         keys_file,
         bin_dir: args.bin_dir.clone().unwrap_or_else(system::default_bin_dir),
         log_dir,
+        client: client.clone(),
         jetstream: async_nats::jetstream::new(client.clone()),
     };
     let seed = args.seed.unwrap_or_else(|| fastrand::u64(..));
@@ -224,11 +294,21 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
             eprintln!("[bench] replay phase: {workers} worker(s)");
             replays.push(replay_phase(&run, workers, &live).await?);
         }
-        anyhow::Ok((live, capacity, replays))
+        eprintln!(
+            "[bench] read latency phase: a meeting of {} participants, {} reads per format",
+            args.read_participants, args.read_requests
+        );
+        let read_latency = read_latency::read_latency_phase(&run, seed).await?;
+        eprintln!(
+            "[bench] history phase: {} rooms, {} participants, {} earlier meetings, {} rounds",
+            args.history_rooms, args.history_participants, args.history_meetings, args.history_rounds
+        );
+        let history = history::history_phase(&run, seed).await?;
+        anyhow::Ok((live, capacity, replays, read_latency, history))
     }
     .await;
     run.names.delete_streams(&run.jetstream).await;
-    let (live, capacity, replays) = outcome?;
+    let (live, capacity, replays, read_latency, history) = outcome?;
     let nats_version = client.server_info().version;
 
     let postgres_version = postgres_version(&args.database_url).await.unwrap_or_else(|_| "?".into());
@@ -241,6 +321,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
         live,
         capacity,
         replays,
+        read_latency,
+        history,
     };
     let markdown = report::write(&results, &run_dir)?;
     let latest = args.out.join("latest");
@@ -529,7 +611,11 @@ impl CommitListener {
 
 /// Compares the database with the expectation until they agree or `deadline` passes (the
 /// sweeper closes sessions whose left was lost only after the heartbeat timeout).
-async fn converge(pool: &PgPool, expected: &MeetingExpectations, deadline: Instant) -> anyhow::Result<Vec<String>> {
+pub(crate) async fn converge(
+    pool: &PgPool,
+    expected: &MeetingExpectations,
+    deadline: Instant,
+) -> anyhow::Result<Vec<String>> {
     loop {
         let differences = differences(pool, expected).await?;
         if differences.is_empty() || Instant::now() > deadline {
@@ -591,50 +677,16 @@ async fn replay_phase(run: &Run<'_>, workers: usize, live: &Live) -> anyhow::Res
     let database =
         BenchDatabase::create(&args.database_url, &format!("bench_{}_replay{workers}", names.suffix)).await?;
     let result = async {
-        let consumer = format!("bench-replay-{workers}");
-        let env = with_env(run.env(&database.url), "CONSUMER_NAME", consumer.clone());
-        let (postgres_before, nats_before) = (GroupCpu::read("postgres"), GroupCpu::read("nats-server"));
-        let machine_before = MachineCpu::read();
-        let started = Instant::now();
-        let mut running = Vec::new();
-        for n in 0..workers.max(1) {
-            running.push(run.start("worker", &format!("replay{workers}-worker-{}", n + 1), &env)?);
-        }
-        let mut services: Vec<&mut Service> = running.iter_mut().collect();
-        let messages = system::wait_drained(
-            &run.jetstream,
-            &names.webhook_stream(),
-            &consumer,
-            &mut services,
-            Duration::from_secs(900),
-        )
-        .await?;
-        let elapsed = started.elapsed();
-        let machine_busy = MachineCpu::read().busy_since(&machine_before);
-        let postgres_cpu_seconds = GroupCpu::read("postgres").since(&postgres_before);
-        let nats_cpu_seconds = GroupCpu::read("nats-server").since(&nats_before);
-        let cpu_seconds = running.iter().map(Service::cpu_seconds).sum();
-        let peak_rss_bytes = running.iter().map(Service::peak_rss_bytes).max().unwrap_or(0);
-        for worker in running {
-            worker.stop().await?;
-        }
+        let source = names.live_source(&format!("bench-replay-{workers}"));
+        let applied = run.apply_stream(&database.url, &source, workers, &format!("replay{workers}")).await?;
         // The sweeper closes the sessions whose left never came, as in the live phase.
-        let sweeper = run.start_sweeper(&format!("replay{workers}-sweeper"), &env)?;
+        let sweeper =
+            run.start_sweeper(&format!("replay{workers}-sweeper"), &source.worker_env(run.env(&database.url)))?;
         let pool = PgPool::connect(&database.url).await?;
         let differences = converge(&pool, &live.expected, Instant::now() + Duration::from_secs(60)).await?;
         pool.close().await;
         sweeper.stop().await?;
-        anyhow::Ok(Replay {
-            workers,
-            messages,
-            elapsed,
-            cpu_seconds,
-            peak_rss_bytes,
-            postgres_cpu_seconds,
-            nats_cpu_seconds,
-            machine_busy,
-            differences,
-        })
+        anyhow::Ok(Replay { applied, differences })
     }
     .await;
     database.drop_database().await;
@@ -645,6 +697,6 @@ async fn postgres_version(database_url: &str) -> anyhow::Result<String> {
     Ok(shared::store::admin::server_version(database_url).await?)
 }
 
-fn millis(duration: Duration) -> i64 {
+pub(crate) fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }

@@ -7,7 +7,8 @@
 //! - [`system`]: the system under test as processes, with streams and databases of the run's own.
 //! - [`procstat`]: CPU time and peak memory of processes.
 //! - [`capacity`]: the gateway's capacity at several concurrency levels.
-//! - [`bench`]: the phases of `loadgen bench`; they fill in [`results`].
+//! - [`bench`]: the phases of `loadgen bench`; they fill in [`results`]. [`read_latency`] and
+//!   [`history`] are two of them, on databases loaded by [`preload`] rather than by a live run.
 //! - [`results`]: what a run measured, as plain data.
 //! - [`report`]: the Markdown report, from [`results`]; [`plot`] draws its PNG.
 //!
@@ -15,8 +16,11 @@
 
 pub mod bench;
 pub mod capacity;
+pub mod history;
 pub mod plot;
+pub mod preload;
 pub mod procstat;
+pub mod read_latency;
 pub mod report;
 pub mod results;
 pub mod scenario;

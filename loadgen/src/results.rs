@@ -20,13 +20,26 @@ pub struct Results {
     pub live: Live,
     pub capacity: Vec<LevelResult>,
     pub replays: Vec<Replay>,
+    pub read_latency: ReadLatency,
+    pub history: History,
 }
 
 impl Results {
     /// Whether the stored attendance matched the workload's expectation after the live phase
     /// and after every replay.
     pub fn attendance_exact(&self) -> bool {
-        self.live.differences.is_empty() && self.replays.iter().all(|r| r.differences.is_empty())
+        self.all_differences().next().is_none()
+    }
+
+    /// Every difference from an expectation: the live phase's, the replays', then the read
+    /// latency's and the history phase's meetings.
+    pub fn all_differences(&self) -> impl Iterator<Item = &String> {
+        self.live
+            .differences
+            .iter()
+            .chain(self.replays.iter().flat_map(|r| r.differences.iter()))
+            .chain(self.read_latency.differences.iter())
+            .chain(self.history.samples.iter().flat_map(|s| s.differences.iter()))
     }
 }
 
@@ -89,23 +102,68 @@ pub struct Live {
     pub expected: MeetingExpectations,
 }
 
-/// What one replay measured.
-pub struct Replay {
+/// What applying a stream with some workers at saturation measured: from the workers' start to
+/// every message acknowledged.
+#[derive(Debug, Clone)]
+pub struct Applied {
     pub workers: usize,
     pub messages: u64,
     pub elapsed: Duration,
+    /// The workers' CPU (all of them).
     pub cpu_seconds: f64,
     pub peak_rss_bytes: u64,
     pub postgres_cpu_seconds: f64,
     pub nats_cpu_seconds: f64,
     pub machine_busy: f64,
-    pub differences: Vec<String>,
 }
 
-impl Replay {
+impl Applied {
     pub fn events_per_second(&self) -> f64 {
         self.messages as f64 / self.elapsed.as_secs_f64()
     }
+}
+
+/// What one replay of the live phase's stream measured.
+pub struct Replay {
+    pub applied: Applied,
+    pub differences: Vec<String>,
+}
+
+/// Reading one large meeting through the gateway's read API.
+pub struct ReadLatency {
+    pub participants: usize,
+    /// One per format, JSON first.
+    pub formats: Vec<ReadFormat>,
+    pub differences: Vec<String>,
+}
+
+/// Sequential GETs of `GET /v1/meetings/{room_sid}` in one format.
+pub struct ReadFormat {
+    /// `json` or `csv`.
+    pub format: &'static str,
+    pub latencies_us: Histogram<u64>,
+    pub response_bytes: usize,
+}
+
+/// Applying one meeting per room into a fresh database (the first meeting of its room names)
+/// against applying the same events on top of earlier meetings of the same room names.
+pub struct History {
+    pub rooms: usize,
+    pub participants: usize,
+    /// Earlier meetings per room, stored before the measured one.
+    pub earlier_meetings: usize,
+    /// Messages of the earlier meetings (loaded, not measured).
+    pub history_messages: u64,
+    pub samples: Vec<HistorySample>,
+}
+
+/// One measurement of the history phase.
+pub struct HistorySample {
+    pub round: usize,
+    /// Whether the earlier meetings were stored (the measured meeting is then the last of many).
+    pub with_history: bool,
+    pub applied: Applied,
+    pub differences: Vec<String>,
 }
 
 /// One second of the live phase, by when the answer came or the commit happened.

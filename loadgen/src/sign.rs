@@ -1,6 +1,6 @@
 //! Requests signed the way LiveKit signs them: webhooks with an HS256 token over the body's
 //! SHA-256 (`iss` = API key, valid 5 minutes), participants with an access token granting
-//! `roomJoin` for their room.
+//! `roomJoin` for their room, and a reader with `roomList`.
 
 use shared::livekit::token::{self, Claims};
 use shared::livekit::{KeySet, VideoGrant, webhook};
@@ -13,14 +13,27 @@ pub fn webhook_authorization(keys: &KeySet, body: &[u8]) -> String {
 
 /// A participant's access token, as the platform's backend issues it for LiveKit.
 pub fn participant_token(keys: &KeySet, identity: &str, room: &str, ttl_secs: i64) -> String {
+    let grant = VideoGrant { room: Some(room.to_owned()), room_join: true, ..Default::default() };
+    access_token(keys, identity, grant, ttl_secs)
+}
+
+/// A token that reads every room's attendance and meetings (`roomList`), as a platform's
+/// backend holds for its reports.
+pub fn reader_token(keys: &KeySet, ttl_secs: i64) -> String {
+    access_token(keys, "bench-reader", VideoGrant { room_list: true, ..Default::default() }, ttl_secs)
+}
+
+/// An access token for `subject` with `grant`, valid from now for `ttl_secs`, signed with the
+/// first key.
+fn access_token(keys: &KeySet, subject: &str, grant: VideoGrant, ttl_secs: i64) -> String {
     let now = shared::domain::time::now_unix_ms() / 1000;
     let (api_key, secret) = keys.first();
     let claims = Claims {
         iss: api_key.to_owned(),
-        sub: Some(identity.to_owned()),
+        sub: Some(subject.to_owned()),
         nbf: Some(now),
         exp: Some(now + ttl_secs),
-        video: Some(VideoGrant { room: Some(room.to_owned()), room_join: true, ..Default::default() }),
+        video: Some(grant),
         ..Default::default()
     };
     token::sign(&claims, secret)

@@ -105,6 +105,13 @@ impl BenchDatabase {
         Ok(database)
     }
 
+    /// A copy of this database, named `name` (nobody may be connected to this one meanwhile).
+    pub async fn copy(&self, name: &str) -> anyhow::Result<Self> {
+        let url =
+            admin::copy_database(&self.server_url, &self.name, name).await.context("copy the benchmark's database")?;
+        Ok(BenchDatabase { url, name: name.to_owned(), server_url: self.server_url.clone() })
+    }
+
     /// Makes PostgreSQL announce every event-log row on `channel` when its transaction commits.
     pub async fn announce_commits(&self, channel: &str) -> anyhow::Result<()> {
         Ok(admin::announce_event_log_commits(&self.url, channel).await?)
@@ -113,6 +120,51 @@ impl BenchDatabase {
     pub async fn drop_database(self) {
         if let Err(error) = admin::drop_database(&self.server_url, &self.name).await {
             eprintln!("could not drop the benchmark's database {}: {error}", self.name);
+        }
+    }
+}
+
+/// A stream of webhooks and heartbeats that workers apply, and the durable consumer they share.
+#[derive(Debug, Clone)]
+pub struct StreamSource {
+    pub stream: String,
+    pub subject_prefix: String,
+    pub consumer: String,
+}
+
+impl StreamSource {
+    /// `env` with the workers pointed at this stream and consumer.
+    pub fn worker_env(&self, env: Vec<(String, String)>) -> Vec<(String, String)> {
+        let env = with_env(env, "WEBHOOK_STREAM", self.stream.clone());
+        let env = with_env(env, "WEBHOOK_SUBJECT_PREFIX", self.subject_prefix.clone());
+        with_env(env, "CONSUMER_NAME", self.consumer.clone())
+    }
+
+    /// The same stream read by another consumer.
+    pub fn with_consumer(&self, consumer: impl Into<String>) -> Self {
+        StreamSource { consumer: consumer.into(), ..self.clone() }
+    }
+}
+
+/// The streams the run fills itself, straight from a plan (not through a gateway).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadedStream {
+    /// The earlier meetings of the history phase.
+    History,
+    /// The meeting the history phase measures.
+    Measured,
+    /// The large meeting whose reading is measured.
+    ReadLatency,
+}
+
+impl LoadedStream {
+    const ALL: [LoadedStream; 3] = [LoadedStream::History, LoadedStream::Measured, LoadedStream::ReadLatency];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            LoadedStream::History => "history",
+            LoadedStream::Measured => "measured",
+            LoadedStream::ReadLatency => "read",
         }
     }
 }
@@ -145,6 +197,25 @@ impl RunNames {
         format!("BENCH_PRESENCE_{}", self.suffix)
     }
 
+    /// The live phase's stream, read by `consumer`.
+    pub fn live_source(&self, consumer: &str) -> StreamSource {
+        StreamSource {
+            stream: self.webhook_stream(),
+            subject_prefix: format!("bench{}.webhook", self.suffix),
+            consumer: consumer.to_owned(),
+        }
+    }
+
+    /// A stream the run fills itself, read by `consumer`.
+    pub fn loaded_source(&self, loaded: LoadedStream, consumer: &str) -> StreamSource {
+        let purpose = loaded.as_str();
+        StreamSource {
+            stream: format!("BENCH_{}_{}", purpose.to_uppercase(), self.suffix),
+            subject_prefix: format!("bench{purpose}{}.webhook", self.suffix),
+            consumer: consumer.to_owned(),
+        }
+    }
+
     /// The environment every service of the run shares.
     pub fn env(&self, nats_url: &str, database_url: &str, keys_file: &Path) -> Vec<(String, String)> {
         let s = &self.suffix;
@@ -153,7 +224,7 @@ impl RunNames {
             ("DATABASE_URL", database_url.to_owned()),
             ("LIVEKIT_KEYS_FILE", keys_file.display().to_string()),
             ("WEBHOOK_STREAM", self.webhook_stream()),
-            ("WEBHOOK_SUBJECT_PREFIX", format!("bench{s}.webhook")),
+            ("WEBHOOK_SUBJECT_PREFIX", self.live_source("").subject_prefix),
             ("WEBHOOK_STREAM_MAX_AGE", "2h".into()),
             ("DLQ_STREAM", self.dlq_stream()),
             ("DLQ_SUBJECT_PREFIX", format!("bench{s}.dlq")),
@@ -171,7 +242,11 @@ impl RunNames {
 
     /// Removes the run's streams.
     pub async fn delete_streams(&self, jetstream: &async_nats::jetstream::Context) {
+        let loaded = LoadedStream::ALL.map(|loaded| self.loaded_source(loaded, "").stream);
         for stream in [self.webhook_stream(), self.capacity_stream(), self.dlq_stream(), self.presence_stream()] {
+            let _ = jetstream.delete_stream(&stream).await;
+        }
+        for stream in loaded {
             let _ = jetstream.delete_stream(&stream).await;
         }
     }

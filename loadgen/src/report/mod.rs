@@ -38,6 +38,8 @@ fn markdown(results: &Results, figures: &Figures, plot: &str) -> Result<String, 
     sections::timeline(&mut out, plot)?;
     sections::gateway_capacity(&mut out, results)?;
     sections::replays(&mut out, results)?;
+    sections::history(&mut out, results)?;
+    sections::read_latency(&mut out, results)?;
     sections::differences(&mut out, results)?;
     Ok(out)
 }
@@ -142,7 +144,7 @@ fn second_of(seconds: &mut Vec<Second>, at: Duration) -> &mut Second {
 mod tests {
     use super::*;
     use crate::capacity::LevelResult;
-    use crate::results::{Answer, Replay, Settings, Usage};
+    use crate::results::{Answer, Applied, History, HistorySample, ReadFormat, ReadLatency, Replay, Settings, Usage};
 
     #[test]
     fn seconds_grow_to_fit() {
@@ -167,6 +169,8 @@ mod tests {
                     "## Live phase: gateway, 3 workers, sweeper",
                     "## Gateway capacity",
                     "## Workers at saturation (replay)",
+                    "## Workers at saturation with history",
+                    "## Reading a meeting of 4 participants",
                     "## Differences",
                 ]
             );
@@ -261,18 +265,41 @@ mod tests {
                 failures: 0,
             }
         };
-        let replay = |workers: usize, differences: Vec<String>| Replay {
+        let applied = |workers: usize, elapsed_ms: u64| Applied {
             workers,
             messages: 1_234,
-            elapsed: Duration::from_millis(700 / workers as u64),
+            elapsed: Duration::from_millis(elapsed_ms / workers as u64),
             cpu_seconds: 0.6,
             peak_rss_bytes: 25 << 20,
             postgres_cpu_seconds: 0.3,
             nats_cpu_seconds: 0.1,
             machine_busy: 0.9,
-            differences,
         };
+        let replay = |workers: usize, differences: Vec<String>| Replay { applied: applied(workers, 700), differences };
         let replays = vec![replay(1, Vec::new()), replay(2, differences(if exact { 0 } else { 250 }))];
+        let mut latencies_us = latency_histogram();
+        for us in [2_000, 2_500, 9_000] {
+            latencies_us.record(us).unwrap();
+        }
+        let read_latency = ReadLatency {
+            participants: 4,
+            formats: vec![
+                ReadFormat { format: "json", latencies_us: latencies_us.clone(), response_bytes: 4_096 },
+                ReadFormat { format: "csv", latencies_us, response_bytes: 1_024 },
+            ],
+            differences: Vec::new(),
+        };
+        let samples = (1..=2)
+            .flat_map(|round| {
+                [(1, false), (1, true), (2, false), (2, true)].map(|(workers, with_history)| HistorySample {
+                    round,
+                    with_history,
+                    applied: applied(workers, if with_history { 720 } else { 700 }),
+                    differences: Vec::new(),
+                })
+            })
+            .collect();
+        let history = History { rooms: 3, participants: 12, earlier_meetings: 20, history_messages: 24_680, samples };
         Results {
             settings: Settings {
                 workers: 3,
@@ -287,6 +314,8 @@ mod tests {
             live,
             capacity: vec![level(1, 1_000), level(16, 400)],
             replays,
+            read_latency,
+            history,
         }
     }
 }

@@ -6,7 +6,7 @@ use hdrhistogram::Histogram;
 
 use super::Figures;
 use crate::capacity;
-use crate::results::{Live, Replay, Results};
+use crate::results::{Applied, History, Live, Replay, Results};
 use crate::scenario::Request;
 
 /// The title, when and on what machine the run ran, and the command that ran it.
@@ -36,7 +36,7 @@ pub(super) fn result(out: &mut String, results: &Results, figures: &Figures) -> 
             out,
             "**Attendance exact** in all {} meetings of {} rooms: {} attendances ({} participants, each in most \
              meetings of its room) match the workload's own expectation after the live phase and after every \
-             replay.\n",
+             replay, and so do the meetings of the read latency and history phases.\n",
             plan.meetings.len(),
             plan.rooms.len(),
             plan.participants.len(),
@@ -55,8 +55,8 @@ fn headline_figures(out: &mut String, results: &Results, figures: &Figures) -> f
         results
             .replays
             .iter()
-            .find(|r| r.workers == workers)
-            .map_or("–".to_owned(), |r| format!("{:.0}", r.events_per_second()))
+            .find(|r| r.applied.workers == workers)
+            .map_or("–".to_owned(), |r| format!("{:.0}", r.applied.events_per_second()))
     };
     writeln!(out, "| figure | value |\n|---|---:|")?;
     writeln!(
@@ -97,6 +97,25 @@ fn headline_figures(out: &mut String, results: &Results, figures: &Figures) -> f
         replay_rate(1),
         replay_rate(2)
     )?;
+    for format in &results.read_latency.formats {
+        writeln!(
+            out,
+            "| reading a meeting of {} participants as {}: p50 / p99 / max ms | {} |",
+            results.read_latency.participants,
+            format.format.to_uppercase(),
+            read_quantiles(&format.latencies_us)
+        )?;
+    }
+    for ratio in history_ratios(&results.history) {
+        writeln!(
+            out,
+            "| events/s with {} earlier meetings per room / without, {} worker(s) (per round) | {:.2} ({}) |",
+            results.history.earlier_meetings,
+            ratio.workers,
+            ratio.of_medians,
+            ratio.per_round_text()
+        )?;
+    }
     writeln!(out)
 }
 
@@ -262,19 +281,163 @@ pub(super) fn replays(out: &mut String, results: &Results) -> fmt::Result {
 }
 
 fn replay_row(r: &Replay) -> String {
+    format!("| {} | {} |", applied_cells(&r.applied), attendance_cell(&r.differences))
+}
+
+/// "exact", or how many differences from the expectation.
+fn attendance_cell(differences: &[String]) -> String {
+    if differences.is_empty() { "exact".to_owned() } else { format!("{} differences", differences.len()) }
+}
+
+/// The cells every table of workers at saturation shares: workers, messages, seconds, events/s,
+/// CPU per 1 000 events, machine busy, peak RSS.
+fn applied_cells(a: &Applied) -> String {
     format!(
-        "| {} | {} | {:.1} | {:.0} | {:.0} / {:.0} / {:.0} | {:.0} % | {} | {} |",
-        r.workers,
-        r.messages,
-        r.elapsed.as_secs_f64(),
-        r.events_per_second(),
-        cpu_ms_per_thousand(r.cpu_seconds, r.messages),
-        cpu_ms_per_thousand(r.postgres_cpu_seconds, r.messages),
-        cpu_ms_per_thousand(r.nats_cpu_seconds, r.messages),
-        r.machine_busy * 100.0,
-        mib(r.peak_rss_bytes),
-        if r.differences.is_empty() { "exact".to_owned() } else { format!("{} differences", r.differences.len()) }
+        "{} | {} | {:.1} | {:.0} | {:.0} / {:.0} / {:.0} | {:.0} % | {}",
+        a.workers,
+        a.messages,
+        a.elapsed.as_secs_f64(),
+        a.events_per_second(),
+        cpu_ms_per_thousand(a.cpu_seconds, a.messages),
+        cpu_ms_per_thousand(a.postgres_cpu_seconds, a.messages),
+        cpu_ms_per_thousand(a.nats_cpu_seconds, a.messages),
+        a.machine_busy * 100.0,
+        mib(a.peak_rss_bytes),
     )
+}
+
+/// `## Workers at saturation with history`: a row per measurement, then the medians and ratios.
+pub(super) fn history(out: &mut String, results: &Results) -> fmt::Result {
+    let history = &results.history;
+    writeln!(out, "## Workers at saturation with history\n")?;
+    writeln!(
+        out,
+        "{} rooms, {} participants. Each room's meeting number {} applied at saturation into a copy of an empty \
+         database (\"first\": no earlier meeting), and the very same events into a copy of a database holding \
+         the {} earlier meetings of every room ({} messages, stored beforehand, not measured) (\"last\"). \
+         Interleaved: first, last, for each worker count, round after round. Then the attendance of every \
+         meeting in the database is compared with the plan's.\n",
+        history.rooms,
+        history.participants,
+        history.earlier_meetings + 1,
+        history.earlier_meetings,
+        history.history_messages
+    )?;
+    writeln!(
+        out,
+        "| round | meeting | workers | messages | s | events/s | CPU ms per 1 000 events: workers / postgres / nats \
+         | machine busy | peak RSS MiB (largest worker) | attendance |"
+    )?;
+    writeln!(out, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|")?;
+    for sample in &history.samples {
+        writeln!(
+            out,
+            "| {} | {} | {} | {} |",
+            sample.round,
+            if sample.with_history { "last" } else { "first" },
+            applied_cells(&sample.applied),
+            attendance_cell(&sample.differences)
+        )?;
+    }
+    writeln!(out, "\n| workers | median events/s, first | median events/s, last | last / first (per round) |")?;
+    writeln!(out, "|---:|---:|---:|---|")?;
+    for ratio in history_ratios(history) {
+        writeln!(
+            out,
+            "| {} | {:.0} | {:.0} | {:.2} ({}) |",
+            ratio.workers,
+            ratio.median_without,
+            ratio.median_with,
+            ratio.of_medians,
+            ratio.per_round_text()
+        )?;
+    }
+    writeln!(out)
+}
+
+/// For one worker count: events/s with the history over without, as the ratio of the medians
+/// and per round (each round's "last" over the same round's "first").
+struct HistoryRatio {
+    workers: usize,
+    median_without: f64,
+    median_with: f64,
+    of_medians: f64,
+    per_round: Vec<f64>,
+}
+
+impl HistoryRatio {
+    fn per_round_text(&self) -> String {
+        self.per_round.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(", ")
+    }
+}
+
+fn history_ratios(history: &History) -> Vec<HistoryRatio> {
+    let mut worker_counts: Vec<usize> = history.samples.iter().map(|s| s.applied.workers).collect();
+    worker_counts.sort_unstable();
+    worker_counts.dedup();
+    worker_counts
+        .into_iter()
+        .map(|workers| {
+            let rates = |with_history: bool| -> Vec<(usize, f64)> {
+                history
+                    .samples
+                    .iter()
+                    .filter(|s| s.applied.workers == workers && s.with_history == with_history)
+                    .map(|s| (s.round, s.applied.events_per_second()))
+                    .collect()
+            };
+            let (without, with) = (rates(false), rates(true));
+            let per_round = with
+                .iter()
+                .filter_map(|(round, rate)| without.iter().find(|(r, _)| r == round).map(|(_, base)| rate / base))
+                .collect();
+            let median_without = median(without.iter().map(|(_, rate)| *rate).collect());
+            let median_with = median(with.iter().map(|(_, rate)| *rate).collect());
+            HistoryRatio { workers, median_without, median_with, of_medians: median_with / median_without, per_round }
+        })
+        .collect()
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+/// `## Reading a meeting`: latency of the read API on one large meeting, per format.
+pub(super) fn read_latency(out: &mut String, results: &Results) -> fmt::Result {
+    let read = &results.read_latency;
+    writeln!(out, "## Reading a meeting of {} participants\n", read.participants)?;
+    writeln!(
+        out,
+        "`GET /v1/meetings/{{room_sid}}` through a gateway of the run, one request at a time after a few \
+         unmeasured ones, each timed to the last byte of its body. The meeting was planned like the live \
+         workload and applied by a worker (attendance: {}).\n",
+        attendance_cell(&read.differences)
+    )?;
+    writeln!(out, "| format | requests | p50 ms | p99 ms | max ms | response bytes |\n|---|---:|---:|---:|---:|---:|")?;
+    for format in &read.formats {
+        writeln!(
+            out,
+            "| {} | {} | {} | {} |",
+            format.format.to_uppercase(),
+            format.latencies_us.len(),
+            read_quantiles(&format.latencies_us).replace(" / ", " | "),
+            format.response_bytes
+        )?;
+    }
+    writeln!(out)
+}
+
+/// p50 / p99 / max in milliseconds, or a dash for no samples.
+fn read_quantiles(histogram: &Histogram<u64>) -> String {
+    if histogram.is_empty() {
+        return "–".into();
+    }
+    format!("{:.1} / {:.1} / {:.1}", ms(histogram, 0.5), ms(histogram, 0.99), histogram.max() as f64 / 1000.0)
 }
 
 /// Differences listed at the most; the rest are counted.
@@ -283,8 +446,7 @@ const DIFFERENCES_LISTED: usize = 200;
 /// `## Differences`: how the stored attendance differs from the expectation, live phase first.
 pub(super) fn differences(out: &mut String, results: &Results) -> fmt::Result {
     writeln!(out, "## Differences\n")?;
-    let all: Vec<&String> =
-        results.live.differences.iter().chain(results.replays.iter().flat_map(|r| r.differences.iter())).collect();
+    let all: Vec<&String> = results.all_differences().collect();
     if all.is_empty() {
         return writeln!(out, "None.");
     }

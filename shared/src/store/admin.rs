@@ -1,5 +1,5 @@
 //! Databases as a whole, for the harnesses that make their own (tests, the benchmark): create
-//! and drop one beside the configured database, its server's version, and the benchmark's commit
+//! and drop one beside the configured database, copy one, its server's version, and the benchmark's commit
 //! probe. No service calls these.
 
 use sqlx::Connection as _;
@@ -31,6 +31,20 @@ pub async fn create_database(server_url: &str, name: &str) -> Result<String, sql
     }
     let mut admin = sqlx::PgConnection::connect(&with_database(server_url, "postgres")).await?;
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await?;
+    Ok(with_database(server_url, name))
+}
+
+/// Creates the database `name` as a copy of `template` (which nobody may be connected to) on
+/// the server of `server_url`; returns its URL. A benchmark loads a database once and measures
+/// on copies of it.
+pub async fn copy_database(server_url: &str, template: &str, name: &str) -> Result<String, sqlx::Error> {
+    for plain in [template, name] {
+        if !is_plain_name(plain) {
+            return Err(invalid_name(plain));
+        }
+    }
+    let mut admin = sqlx::PgConnection::connect(&with_database(server_url, "postgres")).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name} TEMPLATE {template}"))).execute(&mut admin).await?;
     Ok(with_database(server_url, name))
 }
 

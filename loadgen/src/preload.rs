@@ -1,0 +1,85 @@
+//! A plan's requests stored straight into a stream of the run's own, as the gateway would have
+//! stored them (webhooks verified and redacted by the same code, heartbeats received at their
+//! planned time), for the phases that need a database loaded rather than a live run.
+//!
+//! Invariant: messages go into the stream in the plan's order (publishes overlap only within a
+//! small window), so a heartbeat still follows its meeting's room_started by the plan's lead.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use shared::domain::heartbeat::Heartbeat;
+use shared::livekit::{KeySet, webhook};
+use shared::nats::settings::WebhookStreamArgs;
+use shared::nats::webhooks::WebhookStream;
+use tokio::sync::Semaphore;
+
+use crate::scenario::{Meeting, Plan, Request};
+use crate::sign;
+use crate::system::StreamSource;
+
+/// Publishes in flight at once: enough to keep NATS busy, few enough to keep the plan's order.
+const PUBLISHES_IN_FLIGHT: usize = 32;
+const PUBLISH_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Stores every request of `plan` whose meeting `include` accepts into `source`'s stream
+/// (created if missing, with the settings the run's workers expect); returns how many.
+pub async fn publish(
+    client: &async_nats::Client,
+    source: &StreamSource,
+    keys: &KeySet,
+    plan: &Plan,
+    include: impl Fn(&Meeting) -> bool,
+) -> anyhow::Result<usize> {
+    let stream = Arc::new(WebhookStream::new(
+        client.clone(),
+        &WebhookStreamArgs {
+            stream: source.stream.clone(),
+            subject_prefix: source.subject_prefix.clone(),
+            replicas: 1,
+            duplicate_window: Duration::from_secs(6 * 60),
+            max_age: Duration::from_secs(2 * 3600),
+        },
+    ));
+    stream.ensure().await?;
+    let in_flight = Arc::new(Semaphore::new(PUBLISHES_IN_FLIGHT));
+    let mut publishes = tokio::task::JoinSet::new();
+    let mut published = 0;
+    for send in plan.sends.iter().filter(|send| include(&plan.meetings[plan.meeting_of(send.request)])) {
+        let permit = in_flight.clone().acquire_owned().await?;
+        let stream = stream.clone();
+        match send.request {
+            Request::Webhook { index, .. } => {
+                let body = plan.webhooks[index].body.clone();
+                let authorization = sign::webhook_authorization(keys, &body);
+                let now = shared::domain::time::now_unix_ms() / 1000;
+                let event = webhook::receive(Some(authorization.as_bytes()), body, keys, now, send.at_ms)
+                    .context("verify a planned webhook")?;
+                publishes.spawn(async move {
+                    let stored = stream.publish(&event, PUBLISH_DEADLINE).await;
+                    drop(permit);
+                    stored.map(|_| ())
+                });
+            }
+            Request::Heartbeat { index } => {
+                let identity = plan.participants[index].identity.clone();
+                let heartbeat = Heartbeat::new(plan.room_name_of(index).to_owned(), identity, send.at_ms);
+                publishes.spawn(async move {
+                    let stored = stream.publish_heartbeat(&heartbeat, PUBLISH_DEADLINE).await;
+                    drop(permit);
+                    stored.map(|_| ())
+                });
+            }
+        }
+        published += 1;
+        // Collect the finished ones as we go, so an error stops the loop early.
+        while let Some(done) = publishes.try_join_next() {
+            done?.context("store a planned message")?;
+        }
+    }
+    while let Some(done) = publishes.join_next().await {
+        done?.context("store a planned message")?;
+    }
+    Ok(published)
+}
