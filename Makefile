@@ -26,13 +26,13 @@ test-nats-compat: services browser
 	$(CARGO) build --workspace --bins
 	scripts/test-nats-compat.sh
 
-## bench: the benchmark report (about 6 min): 500 rooms, 10 000 participants through the whole
+## bench: the benchmark report (not re-timed since meetings; was about 6 min): 500 rooms × 3 meetings, 10 000 participants through the whole
 ## system, gateway capacity, workers at saturation; bench-results/latest/report.md and a plot
 bench: services
 	$(CARGO) build --release --bins
 	scripts/bench.sh $(BENCH_ARGS)
 
-## bench-quick: the same report on a small workload (about 1 min)
+## bench-quick: the same report on a small workload (about 4 min)
 bench-quick: services
 	$(CARGO) build --release --bins
 	scripts/bench.sh --rooms 50 --participants 1000 --duration 20s --heartbeat-interval 4s \

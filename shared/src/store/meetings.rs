@@ -97,7 +97,8 @@ pub async fn lock_meetings(
 
 /// The meeting each (room name, time) falls in: the latest-started meeting of the room name that
 /// had started by then and had not ended before. Heartbeats carry no room sid (the token names
-/// the room): they count for that meeting only, whatever the order they are applied in. `None`
+/// the room): they count for that meeting only. (A heartbeat applied before any event of a new
+/// meeting of its room counts for the previous one if that one never ended.) `None`
 /// where no meeting of the name was running.
 pub async fn meetings_at(conn: &mut PgConnection, moments: &[(&str, i64)]) -> Result<Vec<Option<String>>, sqlx::Error> {
     if moments.is_empty() {
