@@ -82,6 +82,9 @@ fn decode_cursor(cursor: &str) -> Result<MeetingsAfter, String> {
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(cursor).map_err(|_| invalid())?;
     let text = String::from_utf8(bytes).map_err(|_| invalid())?;
     let (started_at, room_sid) = text.split_once(':').ok_or_else(invalid)?;
+    if room_sid.contains(char::is_control) {
+        return Err(invalid());
+    }
     let started_at_ms = started_at.parse().map_err(|_| invalid())?;
     Ok(MeetingsAfter { started_at_ms, room_sid: room_sid.to_owned() })
 }
@@ -158,8 +161,14 @@ pub async fn list(
         // One more than asked, to know whether there is a next page.
         limit: limit + 1,
     };
-    let mut connection = state.pool.acquire().await.map_err(read_failed)?;
-    let mut meetings = read_model::list_meetings(&mut connection, &room, &query).await.map_err(read_failed)?;
+    // PostgreSQL cannot hold a NUL: no meeting can have such a room name (and asking must not
+    // look like an outage).
+    let mut meetings = if room.contains('\0') {
+        Vec::new()
+    } else {
+        let mut connection = state.pool.acquire().await.map_err(read_failed)?;
+        read_model::list_meetings(&mut connection, &room, &query).await.map_err(read_failed)?
+    };
     let next_cursor = if meetings.len() as i64 > limit {
         meetings.truncate(limit as usize);
         meetings.last().and_then(|last| {
@@ -229,6 +238,9 @@ pub async fn one(
         None => accepts_csv(&headers),
     };
 
+    if room_sid.contains('\0') {
+        return Err(ApiError::NoSuchMeeting);
+    }
     let mut connection = state.pool.acquire().await.map_err(read_failed)?;
     let summary =
         read_model::meeting(&mut connection, &room_sid).await.map_err(read_failed)?.ok_or(ApiError::NoSuchMeeting)?;

@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use shared::domain::time::millis;
 use shared::livekit::KeySet;
 use shared::runtime::config::NatsArgs;
 use sqlx::PgPool;
@@ -695,8 +696,4 @@ async fn replay_phase(run: &Run<'_>, workers: usize, live: &Live) -> anyhow::Res
 
 async fn postgres_version(database_url: &str) -> anyhow::Result<String> {
     Ok(shared::store::admin::server_version(database_url).await?)
-}
-
-pub(crate) fn millis(duration: Duration) -> i64 {
-    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }

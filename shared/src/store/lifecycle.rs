@@ -21,6 +21,9 @@ use crate::domain::time::timestamp;
 /// ("erasure" in ASCII).
 const ERASURE_LOCK: i64 = 0x0065_7261_7375_7265;
 
+/// `BEGIN` with the shared erasure lock, sent as one simple query (the key is [`ERASURE_LOCK`]).
+const BEGIN_HOLDING_OFF_ERASURES: &str = "BEGIN; SELECT pg_advisory_xact_lock_shared(28554735522247269)";
+
 /// Begins a transaction (a worker's batch, a sweep) that an erasure in progress holds off, and
 /// that holds off an erasure: taken first, before the erasures are read, the lock guarantees
 /// that a person erased is either erased before the transaction looks (and refused by it) or
@@ -29,9 +32,7 @@ const ERASURE_LOCK: i64 = 0x0065_7261_7375_7265;
 pub async fn begin_holding_off_erasures(
     pool: &PgPool,
 ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
-    const BEGIN: &str = "BEGIN; SELECT pg_advisory_xact_lock_shared(28554735522247269)";
-    debug_assert!(BEGIN.ends_with(&format!("({ERASURE_LOCK})")));
-    pool.begin_with(BEGIN).await
+    pool.begin_with(BEGIN_HOLDING_OFF_ERASURES).await
 }
 
 /// The hex SHA-256 of an identity: what an erasure keeps of it.
@@ -201,9 +202,8 @@ pub async fn erase_identity(
     .await?
     .into_iter()
     .collect();
-    let existing = meetings::room_names_of(&mut tx, &room_sids).await?;
-    let to_lock: BTreeSet<String> = existing.keys().cloned().collect();
-    let locked = meetings::lock_meetings(&mut tx, &to_lock, &BTreeSet::new()).await?;
+    // Locks the meetings that exist (events of a meeting never created have no row to lock).
+    let locked = meetings::lock_meetings(&mut tx, &room_sids, &BTreeSet::new()).await?;
 
     let delete = |sql: &'static str| sqlx::query(sql).bind(identity).bind(room_name);
     // Cycles first: deleting the participants would take them along uncounted.
@@ -259,6 +259,11 @@ pub async fn erase_identity(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_begin_statement_takes_the_erasure_lock() {
+        assert!(BEGIN_HOLDING_OFF_ERASURES.ends_with(&format!("({ERASURE_LOCK})")));
+    }
 
     #[test]
     fn the_digest_is_hex_sha256() {

@@ -142,20 +142,6 @@ pub async fn needing_recompute(pool: &PgPool) -> Result<Vec<String>, sqlx::Error
     sqlx::query_scalar("SELECT room_sid FROM meetings WHERE needs_recompute ORDER BY room_sid").fetch_all(pool).await
 }
 
-/// The room name of each meeting.
-pub async fn room_names_of(
-    conn: &mut PgConnection,
-    room_sids: &BTreeSet<String>,
-) -> Result<BTreeMap<String, String>, sqlx::Error> {
-    let room_sids: Vec<&str> = room_sids.iter().map(String::as_str).collect();
-    let rows: Vec<(String, String)> =
-        sqlx::query_as("SELECT room_sid, room_name FROM meetings WHERE room_sid = ANY($1)")
-            .bind(&room_sids)
-            .fetch_all(&mut *conn)
-            .await?;
-    Ok(rows.into_iter().collect())
-}
-
 /// Stores the meetings' spans and room timeouts, room sid → them. One statement.
 pub async fn write_spans(
     conn: &mut PgConnection,
