@@ -121,6 +121,7 @@ async fn a_heartbeat_after_a_timeout_reopens_the_cycle_and_a_batch_keeps_each_pa
     let pool = database.pool().await;
     store::MIGRATOR.run(&pool).await.unwrap();
     apply(&pool, event("participant_joined", "EV_j", "r", "ada", "PA_1", T0, T0), T0).await;
+    apply(&pool, event("participant_joined", "EV_bj", "r", "bob", "PA_2", T0, T0), T0).await;
     apply(&pool, heartbeat("r", "ada"), T0 + MINUTE).await;
     sweep_at(&pool, T0 + 10 * MINUTE).await.unwrap();
     assert!(cycle(&pool, "r", "ada").await.left_at_ms.is_some());
@@ -335,6 +336,83 @@ async fn heartbeats_in_a_later_meeting_of_the_room_name_never_reopen_an_earlier_
     database.drop_database().await;
 }
 
+/// A heartbeat can reach the worker before its participant's join is applied: another replica
+/// holds the join's meeting, or the join is a few messages behind. The heartbeat is then put off
+/// rather than lost or counted in the previous meeting of the room name (which never ended
+/// here); after enough deferrals it waits for the meetings of its room being applied, and one
+/// that falls in no meeting is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_before_its_join_is_put_off_then_counts_in_its_own_meeting() {
+    use shared::store::meetings;
+
+    let database = TestDatabase::create_shared().await;
+    let pool = database.pool().await;
+    store::MIGRATOR.run(&pool).await.unwrap();
+    let input = |payload: Vec<u8>, at_ms: i64, wait_for_room: bool| Input {
+        payload: payload.into(),
+        received_at_ms: Some(at_ms),
+        stream_sequence: 1,
+        traceparent: None,
+        wait_for_room,
+    };
+    let heartbeats_of = |identity: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_as::<_, (String, i64)>(
+                "SELECT room_sid, (extract(epoch FROM last_heartbeat_at) * 1000)::int8 FROM meeting_heartbeats
+                 WHERE identity = $1 ORDER BY room_sid",
+            )
+            .bind(identity)
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    // Meeting 1: ada joins; its room_finished never comes, so it is still running as stored.
+    apply(&pool, meeting_event("participant_joined", "EV_1j", "algebra", "RM_w1", "ada", "PA_1", T0), T0).await;
+    let t2 = T0 + 7 * 24 * 60 * MINUTE;
+
+    // Meeting 2: bob's heartbeat comes before his join. He never joined meeting 1: put off.
+    let bob_heartbeat = input(heartbeat("algebra", "bob"), t2 + 1_000, false);
+    assert_eq!(apply_batch(&pool, std::slice::from_ref(&bob_heartbeat)).await.unwrap(), [Applied::Deferred]);
+    apply(&pool, meeting_event("participant_joined", "EV_2b", "algebra", "RM_w2", "bob", "PA_2", t2), t2).await;
+    let outcomes = apply_batch(&pool, &[bob_heartbeat]).await.unwrap();
+    assert!(matches!(outcomes[0], Applied::Stored { .. }), "{outcomes:?}");
+    assert_eq!(heartbeats_of("bob").await, [("RM_w2".to_owned(), t2 + 1_000)]);
+
+    // Meeting 3: another replica has created it and holds it, applying ada's join. Ada was in
+    // meeting 1, which never ended; her heartbeat is put off, then waits for meeting 3.
+    let t3 = t2 + 7 * 24 * 60 * MINUTE;
+    meetings::create_meetings(&pool, &[("RM_w3".to_owned(), "algebra".to_owned())].into()).await.unwrap();
+    let mut other = pool.begin().await.unwrap();
+    let w3 = std::collections::BTreeSet::from(["RM_w3".to_owned()]);
+    meetings::lock_meetings(&mut other, &w3, &Default::default()).await.unwrap();
+    let ada_heartbeat = |wait_for_room| input(heartbeat("algebra", "ada"), t3 + 1_000, wait_for_room);
+    assert_eq!(apply_batch(&pool, &[ada_heartbeat(false)]).await.unwrap(), [Applied::Deferred]);
+    let spawn_batch = |inputs: Vec<Input>| {
+        let pool = pool.clone();
+        tokio::spawn(async move { apply_batch(&pool, &inputs).await })
+    };
+    let join_w3 = meeting_event("participant_joined", "EV_3a", "algebra", "RM_w3", "ada", "PA_3", t3);
+    let join = spawn_batch(vec![input(join_w3, t3, true)]);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let waiting = spawn_batch(vec![ada_heartbeat(true)]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "waits for the meeting being applied");
+    other.commit().await.unwrap();
+    assert!(matches!(join.await.unwrap().unwrap()[0], Applied::Stored { .. }));
+    let outcomes = waiting.await.unwrap().unwrap();
+    assert!(matches!(outcomes[0], Applied::Stored { .. }), "{outcomes:?}");
+    assert_eq!(heartbeats_of("ada").await, [("RM_w3".to_owned(), t3 + 1_000)], "meeting 1 untouched");
+
+    // A room with no meeting: put off, then refused once it has waited.
+    let nowhere = |wait_for_room| input(heartbeat("geometry", "ada"), t3, wait_for_room);
+    assert_eq!(apply_batch(&pool, &[nowhere(false)]).await.unwrap(), [Applied::Deferred]);
+    assert_eq!(apply_batch(&pool, &[nowhere(true)]).await.unwrap(), [Applied::Refused { reason: "no_meeting" }]);
+    pool.close().await;
+    database.drop_database().await;
+}
+
 /// A meeting whose room_finished never came is ended where LiveKit would have closed it (its
 /// departure timeout after the last leave) once that is more than the margin past; the real
 /// room_finished, arriving late, replaces the estimate. A meeting with someone in it is never
@@ -381,8 +459,17 @@ async fn a_meeting_whose_room_finished_never_came_is_ended_by_inference_and_the_
     assert_eq!(meeting("RM_busy").await.span.ended_at_ms, None, "someone is still in it");
     assert_eq!(sweeper::sweep::end_idle_meetings(&pool, close + 2 * margin_ms, margin).await.unwrap(), 0, "once");
 
-    // A heartbeat after the end counts for no meeting: the ended one takes none.
-    apply(&pool, heartbeat("algebra", "ada"), close + MINUTE).await;
+    // A heartbeat after the end counts for no meeting: the ended one takes none. (Refused once
+    // it has been put off enough times to wait.)
+    let after_end = Input {
+        payload: heartbeat("algebra", "ada").into(),
+        received_at_ms: Some(close + MINUTE),
+        stream_sequence: 1,
+        traceparent: None,
+        wait_for_room: true,
+    };
+    let outcomes = apply_batch(&pool, &[after_end]).await.unwrap();
+    assert_eq!(outcomes, [Applied::Refused { reason: "no_meeting" }]);
     let heartbeats: i64 = sqlx::query_scalar("SELECT count(*) FROM meeting_heartbeats").fetch_one(&pool).await.unwrap();
     assert_eq!(heartbeats, 0);
 

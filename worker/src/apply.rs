@@ -20,7 +20,7 @@ use shared::domain::event::WebhookEvent;
 use shared::domain::heartbeat::Heartbeat;
 use shared::nats::webhooks::WebhookMessage;
 use shared::store::event_log::{self, LoggedEvent};
-use shared::store::meetings::Locked;
+use shared::store::meetings::{HeartbeatAt, HeartbeatMeeting, Locked};
 use shared::store::presence_outbox::Cause;
 use shared::store::recompute::ParticipantKey;
 use shared::store::{self, heartbeats, lifecycle, meetings, recompute};
@@ -57,7 +57,8 @@ pub enum Applied {
     Duplicate,
     Rejected(Rejection),
     /// Never to be stored (acknowledged): `meeting_sealed` (its meeting's events were deleted
-    /// after the retention) or `identity_erased` (its person's data was erased).
+    /// after the retention), `identity_erased` (its person's data was erased) or, for a
+    /// heartbeat, `no_meeting` (no meeting of its room was running at its time).
     Refused {
         reason: &'static str,
     },
@@ -88,16 +89,13 @@ fn decode(input: &Input) -> Result<Decoded, Rejection> {
 
 /// The meetings a batch must lock, each with its room name, split by whether the batch waits
 /// for them. A heartbeat names no meeting, so its candidates are locked: the meeting of its room
-/// running at its time as stored, and every meeting of its room in the batch (which may change
-/// which one that is).
+/// running at its time as stored, every meeting of its room in the batch (which may change which
+/// one that is), and, for a heartbeat that waits, the meetings of its room another transaction
+/// may be starting.
 struct MeetingsToLock {
     names: BTreeMap<String, String>,
     wait_for: BTreeSet<String>,
     if_free: BTreeSet<String>,
-    /// Input index of each heartbeat → the meeting it falls in as stored before the batch.
-    heartbeat_meetings: BTreeMap<usize, Option<String>>,
-    /// Room names with events of the batch (which may start or end one of their meetings).
-    rooms_with_events: BTreeSet<String>,
 }
 
 async fn meetings_to_lock(
@@ -119,20 +117,13 @@ async fn meetings_to_lock(
             _ => None,
         })
         .collect();
-    let stored: Vec<Option<String>> = if heartbeats.is_empty() {
+    let stored: Vec<HeartbeatMeeting> = if heartbeats.is_empty() {
         Vec::new()
     } else {
-        let moments: Vec<(&str, i64)> =
-            heartbeats.iter().map(|(_, h)| (h.room_name.as_str(), h.received_at_ms)).collect();
-        meetings::meetings_at(&mut *pool.acquire().await?, &moments).await?
+        let moments: Vec<HeartbeatAt> = heartbeats.iter().map(|(_, h)| heartbeat_at(h)).collect();
+        meetings::heartbeat_meetings(&mut *pool.acquire().await?, &moments).await?
     };
-    let mut locks = MeetingsToLock {
-        names: BTreeMap::new(),
-        wait_for: BTreeSet::new(),
-        if_free: BTreeSet::new(),
-        heartbeat_meetings: BTreeMap::new(),
-        rooms_with_events: names.values().cloned().collect(),
-    };
+    let mut locks = MeetingsToLock { names: BTreeMap::new(), wait_for: BTreeSet::new(), if_free: BTreeSet::new() };
     let mut lock = |room_sid: &str, room_name: &str, waiting: bool| {
         locks.names.insert(room_sid.to_owned(), room_name.to_owned());
         if waiting { &mut locks.wait_for } else { &mut locks.if_free }.insert(room_sid.to_owned());
@@ -142,21 +133,27 @@ async fn meetings_to_lock(
             lock(&fact.room_sid, &fact.room_name, input.wait_for_room);
         }
     }
-    let mut heartbeat_meetings = BTreeMap::new();
     for ((i, heartbeat), stored) in heartbeats.into_iter().zip(stored) {
         let waiting = inputs[i].wait_for_room;
-        if let Some(room_sid) = &stored {
+        if let Some(room_sid) = &stored.running {
             lock(room_sid, &heartbeat.room_name, waiting);
         }
-        heartbeat_meetings.insert(i, stored);
+        if waiting {
+            for room_sid in &stored.in_flight {
+                lock(room_sid, &heartbeat.room_name, true);
+            }
+        }
         for (room_sid, room_name) in &names {
             if *room_name == heartbeat.room_name {
                 lock(room_sid, room_name, waiting);
             }
         }
     }
-    locks.heartbeat_meetings = heartbeat_meetings;
     Ok(locks)
+}
+
+fn heartbeat_at(heartbeat: &Heartbeat) -> HeartbeatAt<'_> {
+    HeartbeatAt { room_name: &heartbeat.room_name, identity: &heartbeat.identity, at_ms: heartbeat.received_at_ms }
 }
 
 /// Applies the messages in one transaction and returns one outcome per message, in order.
@@ -272,16 +269,7 @@ pub async fn apply_batch(pool: &PgPool, inputs: &[Input]) -> Result<Vec<Applied>
     );
     recompute::recompute_spans(&mut tx, &spans_changed).await?;
 
-    let rooms_in_batch: BTreeSet<&str> = to_lock.rooms_with_events.iter().map(String::as_str).collect();
-    let refuted = record_heartbeats(
-        &mut tx,
-        &locked,
-        &to_lock.heartbeat_meetings,
-        &rooms_in_batch,
-        heartbeats_in_batch,
-        &mut outcomes,
-    )
-    .await?;
+    let refuted = record_heartbeats(&mut tx, inputs, &locked, heartbeats_in_batch, &mut outcomes).await?;
     recompute::recompute_participants(&mut tx, &refuted).await?;
     tx.commit().await?;
     Ok(outcomes)
@@ -307,39 +295,39 @@ fn participants_of(decoded: &[Result<Decoded, Rejection>]) -> BTreeSet<(String, 
         .collect()
 }
 
-/// Records the batch's heartbeats, each in the meeting running at its time (found now, after
-/// the batch's events), the latest of each participant; a heartbeat whose meeting another
-/// transaction holds is put off, one that falls in no meeting has nothing to tell. Returns the
+/// Records the batch's heartbeats, each in the meeting running at its time (found now, under
+/// the locks and after the batch's events), the latest of each participant. A heartbeat whose
+/// meeting another transaction holds is put off; so is one whose meeting is not certain yet
+/// ([`HeartbeatMeeting::is_certain`]: its join or the next meeting's start may be on its way),
+/// until it has been put off enough times to wait for its room: then it counts for the meeting
+/// running, if any, and one that falls in no meeting is refused (`no_meeting`). Returns the
 /// participants whose estimates the heartbeats refuted, each with its heartbeat as the cause.
 async fn record_heartbeats(
     tx: &mut PgConnection,
+    inputs: &[Input],
     locked: &Locked,
-    found_before: &BTreeMap<usize, Option<String>>,
-    rooms_in_batch: &BTreeSet<&str>,
     batch: Vec<(usize, Heartbeat, Cause)>,
     outcomes: &mut [Applied],
 ) -> Result<BTreeMap<ParticipantKey, Cause>, sqlx::Error> {
     if batch.is_empty() {
         return Ok(BTreeMap::new());
     }
-    // Found again only where the batch's own events may have started or ended a meeting of the
-    // heartbeat's room.
-    let again: Vec<(&str, i64)> = batch
-        .iter()
-        .filter(|(_, h, _)| rooms_in_batch.contains(h.room_name.as_str()))
-        .map(|(_, h, _)| (h.room_name.as_str(), h.received_at_ms))
-        .collect();
-    let mut found_again = meetings::meetings_at(&mut *tx, &again).await?.into_iter();
-    let meetings_found: Vec<Option<String>> = batch
-        .iter()
-        .map(|(index, h, _)| match rooms_in_batch.contains(h.room_name.as_str()) {
-            true => found_again.next().flatten(),
-            false => found_before.get(index).cloned().flatten(),
-        })
-        .collect();
+    let moments: Vec<HeartbeatAt> = batch.iter().map(|(_, h, _)| heartbeat_at(h)).collect();
+    let found = meetings::heartbeat_meetings(&mut *tx, &moments).await?;
     let mut latest: BTreeMap<ParticipantKey, (Heartbeat, Cause)> = BTreeMap::new();
-    for ((outcome, heartbeat, cause), meeting) in batch.into_iter().zip(meetings_found) {
-        let Some(room_sid) = meeting.filter(|room_sid| !locked.sealed.contains(room_sid)) else { continue };
+    for ((outcome, heartbeat, cause), meeting) in batch.into_iter().zip(found) {
+        let waited = inputs[outcome].wait_for_room;
+        if !meeting.is_certain() && !waited {
+            outcomes[outcome] = Applied::Deferred;
+            continue;
+        }
+        let Some(room_sid) = meeting.running else {
+            outcomes[outcome] = Applied::Refused { reason: "no_meeting" };
+            continue;
+        };
+        if locked.sealed.contains(&room_sid) {
+            continue;
+        }
         if !locked.contains(&room_sid) {
             outcomes[outcome] = Applied::Deferred;
             continue;

@@ -251,7 +251,12 @@ impl Consumer {
                 self.acknowledge(&delivery.message, delivery.input.stream_sequence).await;
             }
             Applied::Refused { reason } => {
-                tracing::info!(reason, "event refused for good");
+                // Heartbeats after their meeting's end are common: not worth a line each.
+                if reason == "no_meeting" {
+                    tracing::debug!(reason, "heartbeat refused for good");
+                } else {
+                    tracing::info!(reason, "event refused for good");
+                }
                 self.metrics.refused.get_or_create(&ReasonLabel { reason }).inc();
                 self.acknowledge(&delivery.message, delivery.input.stream_sequence).await;
             }

@@ -25,7 +25,8 @@ pub struct WorkerMetrics {
     pub duplicates: Counter,
     /// Messages put off to the next batch because another replica held their meeting.
     pub deferred: Counter,
-    /// Events refused for good and acknowledged, by reason (`meeting_sealed`, `identity_erased`).
+    /// Messages refused for good and acknowledged, by reason (`meeting_sealed`, `identity_erased`,
+    /// `no_meeting`).
     pub refused: Family<ReasonLabel, Counter>,
     /// Messages handed back to JetStream with a delay, by reason.
     pub retries: Family<ReasonLabel, Counter>,
@@ -59,7 +60,7 @@ impl WorkerMetrics {
         registry.register("worker_events_duplicate", "Deliveries of events already stored", metrics.duplicates.clone());
         registry.register(
             "worker_events_refused",
-            "Events never to be stored (sealed meeting, erased identity), acknowledged",
+            "Messages never to be stored (sealed meeting, erased identity, heartbeat in no meeting), acknowledged",
             metrics.refused.clone(),
         );
         registry.register(

@@ -95,35 +95,74 @@ pub async fn lock_meetings(
     Ok(locked)
 }
 
-/// The meeting each (room name, time) falls in: the latest-started meeting of the room name that
-/// had started by then and had not ended before. Heartbeats carry no room sid (the token names
-/// the room): they count for that meeting only. (A heartbeat applied before any event of a new
-/// meeting of its room counts for the previous one if that one never ended.) `None`
-/// where no meeting of the name was running.
-pub async fn meetings_at(conn: &mut PgConnection, moments: &[(&str, i64)]) -> Result<Vec<Option<String>>, sqlx::Error> {
-    if moments.is_empty() {
+/// A heartbeat's identity, room name and time.
+#[derive(Debug, Clone, Copy)]
+pub struct HeartbeatAt<'a> {
+    pub room_name: &'a str,
+    pub identity: &'a str,
+    pub at_ms: i64,
+}
+
+/// Where a heartbeat falls, as stored. Heartbeats carry no room sid (the token names the room):
+/// one counts for the meeting of its room name running at its time only.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeartbeatMeeting {
+    /// The latest-started meeting of the room name that had started by then and had not ended
+    /// before.
+    pub running: Option<String>,
+    /// Whether the identity has joined that meeting.
+    pub joined: bool,
+    /// Meetings of the room name created in the last minute that their events have not started
+    /// yet: another transaction may be applying the events that start them.
+    pub in_flight: Vec<String>,
+}
+
+impl HeartbeatMeeting {
+    /// The heartbeat's meeting is known for sure: one is running, the identity joined it, and no
+    /// later one may be on its way. Otherwise the events that tell may not be applied yet (the
+    /// join, or the start of the next meeting, applied by another replica or still in the
+    /// stream).
+    pub fn is_certain(&self) -> bool {
+        self.running.is_some() && self.joined && self.in_flight.is_empty()
+    }
+}
+
+/// Where each heartbeat falls ([`HeartbeatMeeting`]). One index probe per heartbeat and table,
+/// whatever the number of meetings.
+pub async fn heartbeat_meetings(
+    conn: &mut PgConnection,
+    heartbeats: &[HeartbeatAt<'_>],
+) -> Result<Vec<HeartbeatMeeting>, sqlx::Error> {
+    if heartbeats.is_empty() {
         return Ok(Vec::new());
     }
-    let names: Vec<&str> = moments.iter().map(|(name, _)| *name).collect();
-    let times: Vec<OffsetDateTime> = moments.iter().map(|(_, at)| timestamp(*at)).collect();
-    // One index probe per moment (meetings_by_room), whatever the number of meetings.
-    let rows: Vec<(i64, String)> = sqlx::query_as(
-        "SELECT h.n, m.room_sid
-         FROM unnest($1::text[], $2::timestamptz[]) WITH ORDINALITY AS h (room_name, at, n)
-         CROSS JOIN LATERAL (
+    let names: Vec<&str> = heartbeats.iter().map(|h| h.room_name).collect();
+    let identities: Vec<&str> = heartbeats.iter().map(|h| h.identity).collect();
+    let times: Vec<OffsetDateTime> = heartbeats.iter().map(|h| timestamp(h.at_ms)).collect();
+    let rows: Vec<(i64, Option<String>, bool, Vec<String>)> = sqlx::query_as(
+        "SELECT h.n, m.room_sid,
+                m.room_sid IS NOT NULL AND EXISTS (
+                    SELECT 1 FROM meeting_participants p WHERE p.room_sid = m.room_sid AND p.identity = h.identity),
+                ARRAY(SELECT f.room_sid FROM meetings f
+                      WHERE f.room_name = h.room_name AND f.started_at IS NULL
+                        AND f.created_at > now() - interval '1 minute'
+                      ORDER BY f.room_sid)
+         FROM unnest($1::text[], $2::text[], $3::timestamptz[]) WITH ORDINALITY AS h (room_name, identity, at, n)
+         LEFT JOIN LATERAL (
              SELECT room_sid FROM meetings
              WHERE room_name = h.room_name AND started_at <= h.at AND (ended_at IS NULL OR ended_at >= h.at)
              ORDER BY started_at DESC, room_sid DESC LIMIT 1
-         ) m",
+         ) m ON true",
     )
     .bind(&names)
+    .bind(&identities)
     .bind(&times)
     .fetch_all(&mut *conn)
     .await?;
-    let mut found = vec![None; moments.len()];
-    for (n, room_sid) in rows {
+    let mut found = vec![HeartbeatMeeting::default(); heartbeats.len()];
+    for (n, running, joined, in_flight) in rows {
         if let Some(slot) = usize::try_from(n - 1).ok().and_then(|i| found.get_mut(i)) {
-            *slot = Some(room_sid);
+            *slot = HeartbeatMeeting { running, joined, in_flight };
         }
     }
     Ok(found)

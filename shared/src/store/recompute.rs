@@ -58,56 +58,66 @@ fn facts_of_payload(payload: &str) -> Option<Fact> {
     }
 }
 
-/// The facts the rule needs for each participant of a meeting: its own events, the meeting's
-/// room_finished, and the sweeper's closures. Two statements for any number of participants.
-/// (Each event's fact names its room.)
-pub async fn load_facts_of(
+/// What a recompute reads of a participant of a meeting: the facts the rule needs (its own
+/// events, the meeting's room_finished, the sweeper's closures) and what is stored of it.
+#[derive(Debug, Default)]
+struct Loaded {
+    facts: Vec<Fact>,
+    /// Whether it was present, if it has a row.
+    was_present: Option<bool>,
+    /// The participant sids of its stored cycles.
+    stored_cycles: Vec<String>,
+}
+
+/// Reads each participant, one statement for any number of them. Every part is a subquery per
+/// participant, so each is an index probe on its table: the cost follows the participants read,
+/// never the size of the tables (a join against the list would let the planner scan a table
+/// it believes small). (Each event's fact names its room.)
+async fn load_participants(
     conn: &mut PgConnection,
     participants: &[ParticipantKey],
-) -> Result<BTreeMap<ParticipantKey, Vec<Fact>>, sqlx::Error> {
+) -> Result<BTreeMap<ParticipantKey, Loaded>, sqlx::Error> {
+    type Row = (String, String, Vec<String>, Option<bool>, Vec<String>, Vec<String>, Vec<String>, Vec<OffsetDateTime>);
     let room_sids: Vec<&str> = participants.iter().map(|p| p.room_sid.as_str()).collect();
     let identities: Vec<&str> = participants.iter().map(|p| p.identity.as_str()).collect();
-    let events: Vec<(String, String, String)> = sqlx::query_as(
-        "WITH p AS (SELECT DISTINCT * FROM unnest($1::text[], $2::text[]) AS p (room_sid, identity))
-         SELECT p.room_sid, p.identity, e.payload::text FROM p
-         JOIN webhook_events e ON e.room_sid = p.room_sid AND e.identity = p.identity
-         UNION ALL
-         SELECT p.room_sid, p.identity, f.payload::text FROM p
-         JOIN webhook_events f ON f.room_sid = p.room_sid AND f.event_type = 'room_finished'",
-    )
-    .bind(&room_sids)
-    .bind(&identities)
-    .fetch_all(&mut *conn)
-    .await?;
-    let closures: Vec<(String, String, String, String, OffsetDateTime)> = sqlx::query_as(
-        "SELECT c.room_sid, c.identity, c.participant_sid, c.closed_by, c.closed_at FROM cycle_closures c
-         JOIN (SELECT DISTINCT * FROM unnest($1::text[], $2::text[]) AS p (room_sid, identity)) p
-           USING (room_sid, identity)",
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT p.room_sid, p.identity,
+                ARRAY(SELECT e.payload::text FROM webhook_events e
+                      WHERE e.room_sid = p.room_sid AND e.identity = p.identity
+                      UNION ALL
+                      SELECT f.payload::text FROM webhook_events f
+                      WHERE f.room_sid = p.room_sid AND f.event_type = 'room_finished'),
+                (SELECT s.present FROM meeting_participants s WHERE s.room_sid = p.room_sid AND s.identity = p.identity),
+                ARRAY(SELECT c.participant_sid FROM cycles c WHERE c.room_sid = p.room_sid AND c.identity = p.identity),
+                ARRAY(SELECT x.participant_sid FROM cycle_closures x
+                      WHERE x.room_sid = p.room_sid AND x.identity = p.identity ORDER BY x.participant_sid, x.closed_by),
+                ARRAY(SELECT x.closed_by FROM cycle_closures x
+                      WHERE x.room_sid = p.room_sid AND x.identity = p.identity ORDER BY x.participant_sid, x.closed_by),
+                ARRAY(SELECT x.closed_at FROM cycle_closures x
+                      WHERE x.room_sid = p.room_sid AND x.identity = p.identity ORDER BY x.participant_sid, x.closed_by)
+         FROM (SELECT DISTINCT * FROM unnest($1::text[], $2::text[]) AS p (room_sid, identity)) p",
     )
     .bind(&room_sids)
     .bind(&identities)
     .fetch_all(&mut *conn)
     .await?;
 
-    let mut facts: BTreeMap<ParticipantKey, Vec<Fact>> =
-        participants.iter().map(|participant| (participant.clone(), Vec::new())).collect();
-    for (room_sid, identity, payload) in events {
-        if let Some(fact) = facts_of_payload(&payload) {
-            facts.entry(ParticipantKey { room_sid, identity }).or_default().push(fact);
+    let mut loaded: BTreeMap<ParticipantKey, Loaded> = BTreeMap::new();
+    for (room_sid, identity, payloads, was_present, stored_cycles, closed_sids, closed_by, closed_at) in rows {
+        let mut facts: Vec<Fact> = payloads.iter().filter_map(|payload| facts_of_payload(payload)).collect();
+        for ((participant_sid, closed_by), closed_at) in closed_sids.into_iter().zip(closed_by).zip(closed_at) {
+            let Some(closed_by) = ClosedBy::parse(&closed_by) else { continue };
+            facts.push(Fact {
+                event_id: format!("closure:{participant_sid}:{}", closed_by.as_str()),
+                created_at_ms: unix_ms(closed_at),
+                room_name: String::new(),
+                room_sid: room_sid.clone(),
+                kind: FactKind::Closure { identity: identity.clone(), participant_sid, closed_by },
+            });
         }
+        loaded.insert(ParticipantKey { room_sid, identity }, Loaded { facts, was_present, stored_cycles });
     }
-    for (room_sid, identity, participant_sid, closed_by, closed_at) in closures {
-        let Some(closed_by) = ClosedBy::parse(&closed_by) else { continue };
-        let fact = Fact {
-            event_id: format!("closure:{participant_sid}:{}", closed_by.as_str()),
-            created_at_ms: unix_ms(closed_at),
-            room_name: String::new(),
-            room_sid: room_sid.clone(),
-            kind: FactKind::Closure { identity: identity.clone(), participant_sid, closed_by },
-        };
-        facts.entry(ParticipantKey { room_sid, identity }).or_default().push(fact);
-    }
-    Ok(facts)
+    Ok(loaded)
 }
 
 /// A participant's computed attendance in a meeting, with where it is stored.
@@ -115,6 +125,8 @@ struct Computed<'a> {
     key: &'a ParticipantKey,
     room_name: &'a str,
     attendance: Attendance,
+    /// Stored cycles the rule no longer gives (participant sids).
+    stale_cycles: Vec<&'a str>,
 }
 
 /// Recomputes participants of meetings, each → what caused it, from the log and stores the
@@ -129,37 +141,30 @@ pub async fn recompute_participants(
         return Ok(());
     }
     let keys: Vec<ParticipantKey> = participants.keys().cloned().collect();
-    let facts = load_facts_of(conn, &keys).await?;
-    let computed: Vec<Computed> = facts
+    let loaded = load_participants(conn, &keys).await?;
+    let computed: Vec<Computed> = loaded
         .iter()
-        .filter_map(|(key, facts)| {
+        .filter_map(|(key, loaded)| {
             // A participant with attendance has an event of its own, which names the room.
-            let room_name = facts.iter().map(|f| f.room_name.as_str()).find(|name| !name.is_empty())?;
-            let attendance = attendance::participant_attendance(&key.identity, facts)?;
-            Some(Computed { key, room_name, attendance })
+            let room_name = loaded.facts.iter().map(|f| f.room_name.as_str()).find(|name| !name.is_empty())?;
+            let attendance = attendance::participant_attendance(&key.identity, &loaded.facts)?;
+            let stale_cycles = loaded
+                .stored_cycles
+                .iter()
+                .filter(|sid| !attendance.cycles.iter().any(|c| c.participant_sid == **sid))
+                .map(String::as_str)
+                .collect();
+            Some(Computed { key, room_name, attendance, stale_cycles })
         })
         .collect();
     if computed.is_empty() {
         return Ok(());
     }
-    let sids: Vec<&str> = computed.iter().map(|c| c.key.room_sid.as_str()).collect();
-    let identities: Vec<&str> = computed.iter().map(|c| c.key.identity.as_str()).collect();
-    let was_present: BTreeMap<ParticipantKey, bool> = sqlx::query_as::<_, (String, String, bool)>(
-        "SELECT room_sid, identity, present FROM meeting_participants
-         JOIN unnest($1::text[], $2::text[]) AS p (room_sid, identity) USING (room_sid, identity)",
-    )
-    .bind(&sids)
-    .bind(&identities)
-    .fetch_all(&mut *conn)
-    .await?
-    .into_iter()
-    .map(|(room_sid, identity, present)| (ParticipantKey { room_sid, identity }, present))
-    .collect();
     write_attendance(conn, &computed).await?;
 
     let changes: Vec<(PresenceChange, &Cause)> = computed
         .iter()
-        .filter(|c| was_present.get(c.key).copied().unwrap_or(false) != c.attendance.present)
+        .filter(|c| loaded[c.key].was_present.unwrap_or(false) != c.attendance.present)
         .map(|c| {
             let change = PresenceChange {
                 room_name: c.room_name.to_owned(),
@@ -308,7 +313,15 @@ async fn write_attendance(conn: &mut PgConnection, computed: &[Computed<'_>]) ->
              name = excluded.name, metadata = excluded.metadata, kind = excluded.kind, present = excluded.present,
              attended_ms = excluded.attended_ms, join_count = excluded.join_count,
              leave_count = excluded.leave_count, first_joined_at = excluded.first_joined_at,
-             last_left_at = excluded.last_left_at, updated_at = now()",
+             last_left_at = excluded.last_left_at, updated_at = now()
+         -- A recompute that changes nothing (a room_finished for those who had left) writes nothing.
+         WHERE (meeting_participants.name, meeting_participants.metadata, meeting_participants.kind,
+                meeting_participants.present, meeting_participants.attended_ms, meeting_participants.join_count,
+                meeting_participants.leave_count, meeting_participants.first_joined_at,
+                meeting_participants.last_left_at)
+               IS DISTINCT FROM (excluded.name, excluded.metadata, excluded.kind, excluded.present,
+                                 excluded.attended_ms, excluded.join_count, excluded.leave_count,
+                                 excluded.first_joined_at, excluded.last_left_at)",
     )
     .bind(&room_sids)
     .bind(&identities)
@@ -325,14 +338,21 @@ async fn write_attendance(conn: &mut PgConnection, computed: &[Computed<'_>]) ->
     .execute(&mut *conn)
     .await?;
 
-    sqlx::query(
-        "DELETE FROM cycles USING unnest($1::text[], $2::text[]) AS p (room_sid, identity)
-         WHERE cycles.room_sid = p.room_sid AND cycles.identity = p.identity",
-    )
-    .bind(&room_sids)
-    .bind(&identities)
-    .execute(&mut *conn)
-    .await?;
+    // Cycles keep their rows: each is written only if it changed, and removed only if the rule
+    // no longer gives it.
+    let stale: Vec<(&ParticipantKey, &str)> =
+        computed.iter().flat_map(|c| c.stale_cycles.iter().map(move |sid| (c.key, *sid))).collect();
+    if !stale.is_empty() {
+        sqlx::query(
+            "DELETE FROM cycles c USING unnest($1::text[], $2::text[], $3::text[]) AS s (room_sid, identity, sid)
+             WHERE c.room_sid = s.room_sid AND c.identity = s.identity AND c.participant_sid = s.sid",
+        )
+        .bind(stale.iter().map(|(key, _)| key.room_sid.as_str()).collect::<Vec<_>>())
+        .bind(stale.iter().map(|(key, _)| key.identity.as_str()).collect::<Vec<_>>())
+        .bind(stale.iter().map(|(_, sid)| *sid).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+    }
     let cycles: Vec<(&ParticipantKey, &attendance::Cycle)> =
         computed.iter().flat_map(|c| c.attendance.cycles.iter().map(move |cycle| (c.key, cycle))).collect();
     if cycles.is_empty() {
@@ -346,7 +366,12 @@ async fn write_attendance(conn: &mut PgConnection, computed: &[Computed<'_>]) ->
     let closed_by: Vec<Option<&str>> = cycles.iter().map(|(_, c)| c.closed_by.map(|b| b.as_str())).collect();
     sqlx::query(
         "INSERT INTO cycles (room_sid, identity, participant_sid, joined_at, left_at, closed_by)
-         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::text[])",
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::text[])
+         ORDER BY 1, 2, 3
+         ON CONFLICT (room_sid, identity, participant_sid) DO UPDATE SET
+             joined_at = excluded.joined_at, left_at = excluded.left_at, closed_by = excluded.closed_by
+         WHERE (cycles.joined_at, cycles.left_at, cycles.closed_by)
+               IS DISTINCT FROM (excluded.joined_at, excluded.left_at, excluded.closed_by)",
     )
     .bind(&cycle_room_sids)
     .bind(&cycle_identities)
