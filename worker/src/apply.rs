@@ -20,7 +20,7 @@ use shared::domain::event::WebhookEvent;
 use shared::domain::heartbeat::Heartbeat;
 use shared::nats::webhooks::WebhookMessage;
 use shared::store::event_log::{self, LoggedEvent};
-use shared::store::meetings::{HeartbeatAt, HeartbeatMeeting, Locked};
+use shared::store::meetings::{HeartbeatAt, Locked};
 use shared::store::presence_outbox::Cause;
 use shared::store::recompute::ParticipantKey;
 use shared::store::{self, heartbeats, lifecycle, meetings, recompute};
@@ -87,13 +87,11 @@ fn decode(input: &Input) -> Result<Decoded, Rejection> {
     }
 }
 
-/// The meetings a batch must lock, each with its room name, split by whether the batch waits
-/// for them. A heartbeat names no meeting, so its candidates are locked: the meeting of its room
+/// The meetings a batch must lock (created if new), split by whether the batch waits for them. A heartbeat names no meeting, so its candidates are locked: the meeting of its room
 /// running at its time as stored, every meeting of its room in the batch (which may change which
 /// one that is), and, for a heartbeat that waits, the meetings of its room another transaction
 /// may be starting.
 struct MeetingsToLock {
-    names: BTreeMap<String, String>,
     wait_for: BTreeSet<String>,
     if_free: BTreeSet<String>,
 }
@@ -117,35 +115,32 @@ async fn meetings_to_lock(
             _ => None,
         })
         .collect();
-    let stored: Vec<HeartbeatMeeting> = if heartbeats.is_empty() {
-        Vec::new()
-    } else {
-        let moments: Vec<HeartbeatAt> = heartbeats.iter().map(|(_, h)| heartbeat_at(h)).collect();
-        meetings::heartbeat_meetings(&mut *pool.acquire().await?, &moments).await?
-    };
-    let mut locks = MeetingsToLock { names: BTreeMap::new(), wait_for: BTreeSet::new(), if_free: BTreeSet::new() };
-    let mut lock = |room_sid: &str, room_name: &str, waiting: bool| {
-        locks.names.insert(room_sid.to_owned(), room_name.to_owned());
+    // The batch's meetings are created first, in their own statement, so that locking them
+    // never waits on another transaction's uncommitted insert of the same meeting.
+    let moments: Vec<HeartbeatAt> = heartbeats.iter().map(|(_, h)| heartbeat_at(h)).collect();
+    let stored = meetings::create_meetings_and_find_heartbeats(pool, &names, &moments).await?;
+    let mut locks = MeetingsToLock { wait_for: BTreeSet::new(), if_free: BTreeSet::new() };
+    let mut lock = |room_sid: &str, waiting: bool| {
         if waiting { &mut locks.wait_for } else { &mut locks.if_free }.insert(room_sid.to_owned());
     };
     for (input, decoded) in inputs.iter().zip(decoded) {
         if let Ok(Decoded::LiveKit { fact: Some(fact), .. }) = decoded {
-            lock(&fact.room_sid, &fact.room_name, input.wait_for_room);
+            lock(&fact.room_sid, input.wait_for_room);
         }
     }
     for ((i, heartbeat), stored) in heartbeats.into_iter().zip(stored) {
         let waiting = inputs[i].wait_for_room;
         if let Some(room_sid) = &stored.running {
-            lock(room_sid, &heartbeat.room_name, waiting);
+            lock(room_sid, waiting);
         }
         if waiting {
             for room_sid in &stored.in_flight {
-                lock(room_sid, &heartbeat.room_name, true);
+                lock(room_sid, true);
             }
         }
         for (room_sid, room_name) in &names {
             if *room_name == heartbeat.room_name {
-                lock(room_sid, room_name, waiting);
+                lock(room_sid, waiting);
             }
         }
     }
@@ -165,7 +160,6 @@ fn heartbeat_at(heartbeat: &Heartbeat) -> HeartbeatAt<'_> {
 pub async fn apply_batch(pool: &PgPool, inputs: &[Input]) -> Result<Vec<Applied>, sqlx::Error> {
     let decoded: Vec<Result<Decoded, Rejection>> = inputs.iter().map(decode).collect();
     let to_lock = meetings_to_lock(pool, inputs, &decoded).await?;
-    meetings::create_meetings(pool, &to_lock.names).await?;
 
     let mut tx = lifecycle::begin_holding_off_erasures(pool).await?;
     let locked = meetings::lock_meetings(&mut tx, &to_lock.wait_for, &to_lock.if_free).await?;
@@ -298,7 +292,7 @@ fn participants_of(decoded: &[Result<Decoded, Rejection>]) -> BTreeSet<(String, 
 /// Records the batch's heartbeats, each in the meeting running at its time (found now, under
 /// the locks and after the batch's events), the latest of each participant. A heartbeat whose
 /// meeting another transaction holds is put off; so is one whose meeting is not certain yet
-/// ([`HeartbeatMeeting::is_certain`]: its join or the next meeting's start may be on its way),
+/// ([`meetings::HeartbeatMeeting::is_certain`]: its join or the next meeting's start may be on its way),
 /// until it has been put off enough times to wait for its room: then it counts for the meeting
 /// running, if any, and one that falls in no meeting is refused (`no_meeting`). Returns the
 /// participants whose estimates the heartbeats refuted, each with its heartbeat as the cause.

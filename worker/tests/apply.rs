@@ -263,3 +263,74 @@ async fn a_database_of_the_previous_schema_migrates_and_rebuilds_every_meeting()
     pool.close().await;
     database.drop_database().await;
 }
+
+/// A database the previous schema's worker wrote (commit 1584c14, the last before meetings: a
+/// weekly class of three meetings under one room name, another room, heartbeats by room name),
+/// kept as its `pg_dump`: migrated and rebuilt, every meeting has exactly the attendance and span
+/// its events give when applied afresh by today's worker, and the heartbeats moved to meetings.
+#[tokio::test]
+async fn a_dump_of_the_previous_schema_migrates_to_the_meetings_its_events_give_afresh() {
+    use shared::store::{self, meetings, read_model};
+    use sqlx::Connection as _;
+    use worker::apply::{Applied, Input, apply_batch};
+
+    let migrated = TestDatabase::create_shared().await;
+    // A connection of its own: the dump sets the session's search_path.
+    let mut restore = sqlx::PgConnection::connect(&migrated.url).await.unwrap();
+    sqlx::raw_sql(include_str!("fixtures/schema_v3.sql")).execute(&mut restore).await.unwrap();
+    restore.close().await.unwrap();
+    let pool = migrated.pool().await;
+    let old_heartbeats: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM participant_heartbeats").fetch_one(&pool).await.unwrap();
+    assert!(old_heartbeats > 0, "the fixture holds heartbeats");
+    store::MIGRATOR.run(&pool).await.unwrap();
+    worker::recompute::rebuild_pending(&pool).await.unwrap();
+
+    // The same events, applied afresh.
+    let fresh = TestDatabase::create_shared().await;
+    let fresh_pool = fresh.pool().await;
+    store::MIGRATOR.run(&fresh_pool).await.unwrap();
+    let logged: Vec<(String, Option<i64>)> = sqlx::query_as(
+        "SELECT payload::text, (extract(epoch FROM received_at) * 1000)::int8 FROM webhook_events
+         ORDER BY stream_sequence NULLS LAST, event_id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let inputs: Vec<Input> = logged
+        .into_iter()
+        .enumerate()
+        .map(|(i, (payload, received_at_ms))| Input {
+            payload: payload.into_bytes().into(),
+            received_at_ms,
+            stream_sequence: i as u64 + 1,
+            traceparent: None,
+            wait_for_room: true,
+        })
+        .collect();
+    for batch in inputs.chunks(10) {
+        let outcomes = apply_batch(&fresh_pool, batch).await.unwrap();
+        assert!(outcomes.iter().all(|o| matches!(o, Applied::Stored { .. })), "{outcomes:?}");
+    }
+
+    let room_sids = meetings::room_sids(&pool, None).await.unwrap();
+    assert_eq!(room_sids, meetings::room_sids(&fresh_pool, None).await.unwrap());
+    let class = meetings::room_sids(&pool, Some("algebra-7b")).await.unwrap();
+    assert_eq!(class.len(), 3, "three meetings of the class: {room_sids:?}");
+    let (mut old, mut new) = (pool.acquire().await.unwrap(), fresh_pool.acquire().await.unwrap());
+    for room_sid in &room_sids {
+        let attendance = read_model::load_meeting(&mut old, room_sid).await.unwrap();
+        assert!(!attendance.is_empty(), "{room_sid} has participants");
+        assert_eq!(attendance, read_model::load_meeting(&mut new, room_sid).await.unwrap(), "{room_sid}");
+        let span = read_model::meeting(&mut old, room_sid).await.unwrap().expect("rebuilt").span;
+        assert_eq!(span, read_model::meeting(&mut new, room_sid).await.unwrap().unwrap().span, "{room_sid}");
+    }
+    let heartbeats: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM meeting_heartbeats").fetch_one(&mut *old).await.unwrap();
+    assert_eq!(heartbeats, old_heartbeats, "every heartbeat kept, in a meeting");
+    drop((old, new));
+    pool.close().await;
+    fresh_pool.close().await;
+    migrated.drop_database().await;
+    fresh.drop_database().await;
+}

@@ -127,8 +127,8 @@ impl HeartbeatMeeting {
     }
 }
 
-/// Where each heartbeat falls ([`HeartbeatMeeting`]). One index probe per heartbeat and table,
-/// whatever the number of meetings.
+/// Where each heartbeat falls ([`HeartbeatMeeting`]). Index probes per heartbeat, whatever the
+/// number of meetings and participants.
 pub async fn heartbeat_meetings(
     conn: &mut PgConnection,
     heartbeats: &[HeartbeatAt<'_>],
@@ -136,29 +136,69 @@ pub async fn heartbeat_meetings(
     if heartbeats.is_empty() {
         return Ok(Vec::new());
     }
+    find_heartbeat_meetings(&mut *conn, heartbeats, None).await
+}
+
+/// [`create_meetings`] and [`heartbeat_meetings`] (as stored before the creation) in one round
+/// trip, outside any transaction: what a batch does before it locks.
+pub async fn create_meetings_and_find_heartbeats(
+    pool: &PgPool,
+    meetings: &BTreeMap<String, String>,
+    heartbeats: &[HeartbeatAt<'_>],
+) -> Result<Vec<HeartbeatMeeting>, sqlx::Error> {
+    if meetings.is_empty() && heartbeats.is_empty() {
+        return Ok(Vec::new());
+    }
+    find_heartbeat_meetings(&mut *pool.acquire().await?, heartbeats, Some(meetings)).await
+}
+
+/// Per heartbeat ($1 room name, $2 identity, $3 time): its ordinal, the meeting running, whether
+/// the identity joined it, the meetings in flight. Scalar and array subqueries, not EXISTS or
+/// joins: the planner may turn those into a scan of a whole table it believes small.
+const FIND_HEARTBEAT_MEETINGS: &str = "
+    SELECT h.n, m.room_sid,
+           coalesce((SELECT true FROM meeting_participants p
+                     WHERE p.room_sid = m.room_sid AND p.identity = h.identity), false),
+           ARRAY(SELECT f.room_sid FROM meetings f
+                 WHERE f.room_name = h.room_name AND f.started_at IS NULL
+                   AND f.created_at > now() - interval '1 minute'
+                 ORDER BY f.room_sid)
+    FROM unnest($1::text[], $2::text[], $3::timestamptz[]) WITH ORDINALITY AS h (room_name, identity, at, n)
+    LEFT JOIN LATERAL (
+        SELECT room_sid FROM meetings
+        WHERE room_name = h.room_name AND started_at <= h.at AND (ended_at IS NULL OR ended_at >= h.at)
+        ORDER BY started_at DESC, room_sid DESC LIMIT 1
+    ) m ON true";
+
+/// [`FIND_HEARTBEAT_MEETINGS`], creating the meetings of `to_create` first if given.
+async fn find_heartbeat_meetings(
+    conn: &mut PgConnection,
+    heartbeats: &[HeartbeatAt<'_>],
+    to_create: Option<&BTreeMap<String, String>>,
+) -> Result<Vec<HeartbeatMeeting>, sqlx::Error> {
     let names: Vec<&str> = heartbeats.iter().map(|h| h.room_name).collect();
     let identities: Vec<&str> = heartbeats.iter().map(|h| h.identity).collect();
     let times: Vec<OffsetDateTime> = heartbeats.iter().map(|h| timestamp(h.at_ms)).collect();
-    let rows: Vec<(i64, Option<String>, bool, Vec<String>)> = sqlx::query_as(
-        "SELECT h.n, m.room_sid,
-                m.room_sid IS NOT NULL AND EXISTS (
-                    SELECT 1 FROM meeting_participants p WHERE p.room_sid = m.room_sid AND p.identity = h.identity),
-                ARRAY(SELECT f.room_sid FROM meetings f
-                      WHERE f.room_name = h.room_name AND f.started_at IS NULL
-                        AND f.created_at > now() - interval '1 minute'
-                      ORDER BY f.room_sid)
-         FROM unnest($1::text[], $2::text[], $3::timestamptz[]) WITH ORDINALITY AS h (room_name, identity, at, n)
-         LEFT JOIN LATERAL (
-             SELECT room_sid FROM meetings
-             WHERE room_name = h.room_name AND started_at <= h.at AND (ended_at IS NULL OR ended_at >= h.at)
-             ORDER BY started_at DESC, room_sid DESC LIMIT 1
-         ) m ON true",
-    )
-    .bind(&names)
-    .bind(&identities)
-    .bind(&times)
-    .fetch_all(&mut *conn)
-    .await?;
+    let statement = match to_create {
+        None => FIND_HEARTBEAT_MEETINGS.to_owned(),
+        Some(_) => format!(
+            "WITH created AS (
+                 INSERT INTO meetings (room_sid, room_name)
+                 SELECT * FROM unnest($4::text[], $5::text[]) ORDER BY 1 ON CONFLICT (room_sid) DO NOTHING
+             )
+             {FIND_HEARTBEAT_MEETINGS}"
+        ),
+    };
+    let mut query = sqlx::query_as::<_, (i64, Option<String>, bool, Vec<String>)>(sqlx::AssertSqlSafe(statement))
+        .bind(&names)
+        .bind(&identities)
+        .bind(&times);
+    if let Some(to_create) = to_create {
+        query = query
+            .bind(to_create.keys().map(String::as_str).collect::<Vec<_>>())
+            .bind(to_create.values().map(String::as_str).collect::<Vec<_>>());
+    }
+    let rows = query.fetch_all(&mut *conn).await?;
     let mut found = vec![HeartbeatMeeting::default(); heartbeats.len()];
     for (n, running, joined, in_flight) in rows {
         if let Some(slot) = usize::try_from(n - 1).ok().and_then(|i| found.get_mut(i)) {

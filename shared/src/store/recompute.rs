@@ -301,8 +301,33 @@ async fn write_attendance(conn: &mut PgConnection, computed: &[Computed<'_>]) ->
         computed.iter().map(|c| c.attendance.first_joined_at_ms.map(timestamp)).collect();
     let last_left: Vec<Option<OffsetDateTime>> =
         computed.iter().map(|c| c.attendance.last_left_at_ms.map(timestamp)).collect();
+    // Cycles keep their rows: each is written only if it changed, and removed only if the rule
+    // no longer gives it.
+    let stale: Vec<(&ParticipantKey, &str)> =
+        computed.iter().flat_map(|c| c.stale_cycles.iter().map(move |sid| (c.key, *sid))).collect();
+    if !stale.is_empty() {
+        sqlx::query(
+            "DELETE FROM cycles c USING unnest($1::text[], $2::text[], $3::text[]) AS s (room_sid, identity, sid)
+             WHERE c.room_sid = s.room_sid AND c.identity = s.identity AND c.participant_sid = s.sid",
+        )
+        .bind(stale.iter().map(|(key, _)| key.room_sid.as_str()).collect::<Vec<_>>())
+        .bind(stale.iter().map(|(key, _)| key.identity.as_str()).collect::<Vec<_>>())
+        .bind(stale.iter().map(|(_, sid)| *sid).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+    }
+    let cycles: Vec<(&ParticipantKey, &attendance::Cycle)> =
+        computed.iter().flat_map(|c| c.attendance.cycles.iter().map(move |cycle| (c.key, cycle))).collect();
+    let cycle_room_sids: Vec<&str> = cycles.iter().map(|(key, _)| key.room_sid.as_str()).collect();
+    let cycle_identities: Vec<&str> = cycles.iter().map(|(key, _)| key.identity.as_str()).collect();
+    let sids: Vec<&str> = cycles.iter().map(|(_, c)| c.participant_sid.as_str()).collect();
+    let joined: Vec<OffsetDateTime> = cycles.iter().map(|(_, c)| timestamp(c.joined_at_ms)).collect();
+    let left: Vec<Option<OffsetDateTime>> = cycles.iter().map(|(_, c)| c.left_at_ms.map(timestamp)).collect();
+    let closed_by: Vec<Option<&str>> = cycles.iter().map(|(_, c)| c.closed_by.map(|b| b.as_str())).collect();
+    // The participants' rows and their cycles in one statement.
     sqlx::query(
-        "INSERT INTO meeting_participants
+        "WITH participants AS (
+         INSERT INTO meeting_participants
              (room_sid, identity, room_name, name, metadata, kind, present, attended_ms, join_count, leave_count,
               first_joined_at, last_left_at, updated_at)
          SELECT *, now() FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
@@ -321,7 +346,16 @@ async fn write_attendance(conn: &mut PgConnection, computed: &[Computed<'_>]) ->
                 meeting_participants.last_left_at)
                IS DISTINCT FROM (excluded.name, excluded.metadata, excluded.kind, excluded.present,
                                  excluded.attended_ms, excluded.join_count, excluded.leave_count,
-                                 excluded.first_joined_at, excluded.last_left_at)",
+                                 excluded.first_joined_at, excluded.last_left_at)
+         )
+         INSERT INTO cycles (room_sid, identity, participant_sid, joined_at, left_at, closed_by)
+         SELECT * FROM unnest($13::text[], $14::text[], $15::text[], $16::timestamptz[], $17::timestamptz[],
+                              $18::text[])
+         ORDER BY 1, 2, 3
+         ON CONFLICT (room_sid, identity, participant_sid) DO UPDATE SET
+             joined_at = excluded.joined_at, left_at = excluded.left_at, closed_by = excluded.closed_by
+         WHERE (cycles.joined_at, cycles.left_at, cycles.closed_by)
+               IS DISTINCT FROM (excluded.joined_at, excluded.left_at, excluded.closed_by)",
     )
     .bind(&room_sids)
     .bind(&identities)
@@ -335,44 +369,6 @@ async fn write_attendance(conn: &mut PgConnection, computed: &[Computed<'_>]) ->
     .bind(&leaves)
     .bind(&first_joined)
     .bind(&last_left)
-    .execute(&mut *conn)
-    .await?;
-
-    // Cycles keep their rows: each is written only if it changed, and removed only if the rule
-    // no longer gives it.
-    let stale: Vec<(&ParticipantKey, &str)> =
-        computed.iter().flat_map(|c| c.stale_cycles.iter().map(move |sid| (c.key, *sid))).collect();
-    if !stale.is_empty() {
-        sqlx::query(
-            "DELETE FROM cycles c USING unnest($1::text[], $2::text[], $3::text[]) AS s (room_sid, identity, sid)
-             WHERE c.room_sid = s.room_sid AND c.identity = s.identity AND c.participant_sid = s.sid",
-        )
-        .bind(stale.iter().map(|(key, _)| key.room_sid.as_str()).collect::<Vec<_>>())
-        .bind(stale.iter().map(|(key, _)| key.identity.as_str()).collect::<Vec<_>>())
-        .bind(stale.iter().map(|(_, sid)| *sid).collect::<Vec<_>>())
-        .execute(&mut *conn)
-        .await?;
-    }
-    let cycles: Vec<(&ParticipantKey, &attendance::Cycle)> =
-        computed.iter().flat_map(|c| c.attendance.cycles.iter().map(move |cycle| (c.key, cycle))).collect();
-    if cycles.is_empty() {
-        return Ok(());
-    }
-    let cycle_room_sids: Vec<&str> = cycles.iter().map(|(key, _)| key.room_sid.as_str()).collect();
-    let cycle_identities: Vec<&str> = cycles.iter().map(|(key, _)| key.identity.as_str()).collect();
-    let sids: Vec<&str> = cycles.iter().map(|(_, c)| c.participant_sid.as_str()).collect();
-    let joined: Vec<OffsetDateTime> = cycles.iter().map(|(_, c)| timestamp(c.joined_at_ms)).collect();
-    let left: Vec<Option<OffsetDateTime>> = cycles.iter().map(|(_, c)| c.left_at_ms.map(timestamp)).collect();
-    let closed_by: Vec<Option<&str>> = cycles.iter().map(|(_, c)| c.closed_by.map(|b| b.as_str())).collect();
-    sqlx::query(
-        "INSERT INTO cycles (room_sid, identity, participant_sid, joined_at, left_at, closed_by)
-         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::text[])
-         ORDER BY 1, 2, 3
-         ON CONFLICT (room_sid, identity, participant_sid) DO UPDATE SET
-             joined_at = excluded.joined_at, left_at = excluded.left_at, closed_by = excluded.closed_by
-         WHERE (cycles.joined_at, cycles.left_at, cycles.closed_by)
-               IS DISTINCT FROM (excluded.joined_at, excluded.left_at, excluded.closed_by)",
-    )
     .bind(&cycle_room_sids)
     .bind(&cycle_identities)
     .bind(&sids)
