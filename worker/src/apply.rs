@@ -1,8 +1,8 @@
 //! Applying a batch of webhook messages to PostgreSQL in one transaction.
 //!
 //! The batch's events go into the event log in one statement; when PostgreSQL refuses one's data,
-//! they are inserted again one savepoint each, so a bad message is rejected alone while its
-//! neighbours commit. Meetings are locked first; each affected participant of a meeting is then
+//! the batch is rolled back and applied again with one savepoint per event, so a bad message is
+//! rejected alone while its neighbours commit (and a good batch pays no savepoint). Meetings are locked first; each affected participant of a meeting is then
 //! recomputed once from the log. A transient failure (connection, deadlock, serialization) fails the whole batch,
 //! which is then redelivered; applying it again changes nothing that was already committed.
 //!
@@ -158,6 +158,43 @@ fn heartbeat_at(heartbeat: &Heartbeat) -> HeartbeatAt<'_> {
 /// recomputed; only then is each heartbeat's meeting found (the batch may have started or ended
 /// it), its heartbeat recorded, and the participants whose estimates it refuted recomputed.
 pub async fn apply_batch(pool: &PgPool, inputs: &[Input]) -> Result<Vec<Applied>, sqlx::Error> {
+    match apply_batch_logging(pool, inputs, Logging::AllAtOnce).await {
+        Err(Attempt::DataRefused) => match apply_batch_logging(pool, inputs, Logging::OneSavepointEach).await {
+            Ok(outcomes) => Ok(outcomes),
+            Err(Attempt::Database(error)) => Err(error),
+            // Not produced with a savepoint each; a failed batch (retried later) if it ever were.
+            Err(Attempt::DataRefused) => Err(sqlx::Error::Protocol("an event refused outside its savepoint".into())),
+        },
+        Err(Attempt::Database(error)) => Err(error),
+        Ok(outcomes) => Ok(outcomes),
+    }
+}
+
+/// How a batch logs its events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Logging {
+    /// In one statement; if PostgreSQL refuses the data of one, the whole transaction is rolled
+    /// back and the batch applied again with [`Logging::OneSavepointEach`]. Bad data is rare: the
+    /// common batch pays no savepoint.
+    AllAtOnce,
+    /// One savepoint each, so that a bad event is rejected alone while the others are logged.
+    OneSavepointEach,
+}
+
+/// Why an attempt at a batch committed nothing.
+enum Attempt {
+    Database(sqlx::Error),
+    /// PostgreSQL refused the data of an event logged with [`Logging::AllAtOnce`].
+    DataRefused,
+}
+
+impl From<sqlx::Error> for Attempt {
+    fn from(error: sqlx::Error) -> Self {
+        Attempt::Database(error)
+    }
+}
+
+async fn apply_batch_logging(pool: &PgPool, inputs: &[Input], logging: Logging) -> Result<Vec<Applied>, Attempt> {
     let decoded: Vec<Result<Decoded, Rejection>> = inputs.iter().map(decode).collect();
     let to_lock = meetings_to_lock(pool, inputs, &decoded).await?;
 
@@ -225,7 +262,7 @@ pub async fn apply_batch(pool: &PgPool, inputs: &[Input]) -> Result<Vec<Applied>
             stream_sequence: Some(one.input.stream_sequence),
         })
         .collect();
-    let inserted = insert_logged(&mut tx, &logged).await?;
+    let inserted = insert_logged(&mut tx, &logged, logging).await?;
     for (one, inserted) in to_log.iter().zip(inserted) {
         outcomes[one.outcome] = match inserted {
             Err(rejection) => Applied::Rejected(rejection),
@@ -357,24 +394,22 @@ struct ToLog<'a> {
     input: &'a Input,
 }
 
-/// Logs the events in one statement. If PostgreSQL refuses the data of one of them, finds which,
-/// one savepoint each, so that a bad event is rejected alone while the others are logged.
-/// Per event: whether it was new (`false`: its id was already logged), or why it was refused.
+/// Logs the events: per event, whether it was new (`false`: its id was already logged), or why
+/// PostgreSQL refused it ([`Logging`] says how).
 async fn insert_logged(
     tx: &mut PgConnection,
     logged: &[LoggedEvent<'_>],
-) -> Result<Vec<Result<bool, Rejection>>, sqlx::Error> {
+    logging: Logging,
+) -> Result<Vec<Result<bool, Rejection>>, Attempt> {
     if logged.is_empty() {
         return Ok(Vec::new());
     }
-    let mut savepoint = sqlx::Connection::begin(&mut *tx).await?;
-    match event_log::insert_events(&mut savepoint, logged).await {
-        Ok(inserted) => {
-            savepoint.commit().await?;
-            return Ok(logged.iter().map(|one| Ok(inserted.contains(&one.event.id))).collect());
-        }
-        Err(error) if store::is_permanent(&error) => savepoint.rollback().await?,
-        Err(error) => return Err(error),
+    if logging == Logging::AllAtOnce {
+        return match event_log::insert_events(&mut *tx, logged).await {
+            Ok(inserted) => Ok(logged.iter().map(|one| Ok(inserted.contains(&one.event.id))).collect()),
+            Err(error) if store::is_permanent(&error) => Err(Attempt::DataRefused),
+            Err(error) => Err(Attempt::Database(error)),
+        };
     }
     let mut results = Vec::with_capacity(logged.len());
     for one in logged {
@@ -388,7 +423,7 @@ async fn insert_logged(
                 savepoint.rollback().await?;
                 results.push(Err(Rejection { reason: "unstorable_event", message: error.to_string() }));
             }
-            Err(error) => return Err(error),
+            Err(error) => return Err(Attempt::Database(error)),
         }
     }
     Ok(results)

@@ -147,7 +147,7 @@ impl ServiceConnections {
     ) -> Result<Self, crate::runtime::config::StartupError> {
         let listener = crate::runtime::config::bind(probes_addr).await?;
         let nats = nats.connect(client_name).await?;
-        let pool = database.pool()?;
+        let pool = database.background_pool()?;
         Ok(ServiceConnections { listener, nats, pool })
     }
 

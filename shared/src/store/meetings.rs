@@ -68,11 +68,13 @@ pub async fn lock_meetings(
         if room_sids.is_empty() {
             return Ok(());
         }
+        // Scalar subqueries, not EXISTS: an EXISTS may be planned as one hashed scan of every
+        // room_started ever logged.
         let rows: Vec<(String, bool, bool)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT m.room_sid, m.sealed_at IS NOT NULL,
-                    NOT EXISTS (SELECT 1 FROM webhook_events e
-                                WHERE e.room_sid = m.room_sid AND e.event_type = 'room_started')
-                    OR EXISTS (SELECT 1 FROM meeting_end_estimates x WHERE x.room_sid = m.room_sid)
+                    (SELECT true FROM webhook_events e
+                     WHERE e.room_sid = m.room_sid AND e.event_type = 'room_started' LIMIT 1) IS NULL
+                    OR (SELECT true FROM meeting_end_estimates x WHERE x.room_sid = m.room_sid) IS NOT NULL
              FROM meetings m WHERE m.room_sid = ANY($1)
              ORDER BY m.room_sid FOR UPDATE OF m {skip_locked}"
         )))
