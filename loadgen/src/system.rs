@@ -112,6 +112,11 @@ impl BenchDatabase {
         Ok(BenchDatabase { url, name: name.to_owned(), server_url: self.server_url.clone() })
     }
 
+    /// Vacuums and analyzes it, as autovacuum would have a running system's database.
+    pub async fn vacuum_analyze(&self) -> anyhow::Result<()> {
+        Ok(admin::vacuum_analyze(&self.url).await?)
+    }
+
     /// Makes PostgreSQL announce every event-log row on `channel` when its transaction commits.
     pub async fn announce_commits(&self, channel: &str) -> anyhow::Result<()> {
         Ok(admin::announce_event_log_commits(&self.url, channel).await?)

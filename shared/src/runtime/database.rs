@@ -43,10 +43,14 @@ impl DatabaseArgs {
     /// [`Self::pool`] for a background service (worker, sweeper), whose statements all look
     /// rows up by key: each is planned once per connection (`plan_cache_mode =
     /// force_generic_plan`) rather than at every execution, which took 29 % of PostgreSQL's
-    /// statement time in the benchmark (`pg_stat_statements.track_planning`). The read API keeps
-    /// per-execution plans: its optional filters do depend on the values.
+    /// statement time in the benchmark (`pg_stat_statements.track_planning`); and index probes
+    /// are costed as the reads from memory they are for this working set (`random_page_cost =
+    /// 1.1`, the usual SSD setting; the default 4 made the planner scan a `meetings` table of a
+    /// thousand rows at every batch, a cost that grew with the history). The read API keeps the
+    /// server's settings: its optional filters do depend on the values.
     pub fn background_pool(&self) -> Result<PgPool, sqlx::Error> {
-        let options = PgConnectOptions::from_str(&self.url)?.options([("plan_cache_mode", "force_generic_plan")]);
+        let options = PgConnectOptions::from_str(&self.url)?
+            .options([("plan_cache_mode", "force_generic_plan"), ("random_page_cost", "1.1")]);
         Ok(PgPoolOptions::new()
             .max_connections(self.max_connections)
             .acquire_timeout(self.acquire_timeout)

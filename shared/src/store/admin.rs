@@ -60,6 +60,16 @@ pub async fn drop_database(server_url: &str, name: &str) -> Result<(), sqlx::Err
     Ok(())
 }
 
+/// Vacuums and analyzes the database of `url`: what autovacuum does, in time, to a database that
+/// has been written to, so that a benchmark's freshly loaded database is measured as a running
+/// system would hold it (no dead row versions for every index probe to step over, statistics
+/// the planner can use).
+pub async fn vacuum_analyze(url: &str) -> Result<(), sqlx::Error> {
+    let mut connection = sqlx::PgConnection::connect(url).await?;
+    sqlx::raw_sql("VACUUM (ANALYZE)").execute(&mut connection).await?;
+    Ok(())
+}
+
 /// The server's version, as it reports it.
 pub async fn server_version(url: &str) -> Result<String, sqlx::Error> {
     let mut connection = sqlx::PgConnection::connect(url).await?;
