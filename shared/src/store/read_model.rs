@@ -57,26 +57,31 @@ enum Scope<'a> {
 /// each identity. One statement, so that totals and cycles come from one snapshot even while a
 /// worker commits, whatever the room's size.
 async fn load_per_meeting(conn: &mut PgConnection, scope: Scope<'_>) -> Result<Vec<(String, Attendance)>, sqlx::Error> {
-    let (room_name, identity, room_sid) = match scope {
-        Scope::Room { room_name, identity } => (Some(room_name), identity, None),
-        Scope::Meeting(room_sid) => (None, None, Some(room_sid)),
-    };
-    let rows = sqlx::query(
-        "SELECT p.room_sid, p.identity, p.name, p.metadata, p.kind, p.present, p.attended_ms, p.join_count,
-                p.leave_count, p.first_joined_at, p.last_left_at,
+    // One statement per scope, its key a plain condition: a condition that may be switched off
+    // (`$1 IS NULL OR ...`) cannot use an index once the plan is generic, and a meeting was read
+    // by scanning every participant of every meeting.
+    const SELECT: &str = "SELECT p.room_sid, p.identity, p.name, p.metadata, p.kind, p.present, p.attended_ms,
+                p.join_count, p.leave_count, p.first_joined_at, p.last_left_at,
                 c.participant_sid, c.joined_at, c.left_at, c.closed_by
          FROM meeting_participants p
          JOIN meetings m USING (room_sid)
-         LEFT JOIN cycles c USING (room_sid, identity)
-         WHERE ($1::text IS NULL OR p.room_name = $1) AND ($2::text IS NULL OR p.identity = $2)
-           AND ($3::text IS NULL OR p.room_sid = $3)
-         ORDER BY p.identity, m.started_at NULLS LAST, m.created_at, p.room_sid, c.joined_at, c.participant_sid",
-    )
-    .bind(room_name)
-    .bind(identity)
-    .bind(room_sid)
-    .fetch_all(&mut *conn)
-    .await?;
+         LEFT JOIN cycles c USING (room_sid, identity)";
+    const ORDER: &str =
+        "ORDER BY p.identity, m.started_at NULLS LAST, m.created_at, p.room_sid, c.joined_at, c.participant_sid";
+    let query = match scope {
+        Scope::Room { room_name, identity: None } => {
+            sqlx::query(sqlx::AssertSqlSafe(format!("{SELECT} WHERE p.room_name = $1 {ORDER}"))).bind(room_name)
+        }
+        Scope::Room { room_name, identity: Some(identity) } => {
+            sqlx::query(sqlx::AssertSqlSafe(format!("{SELECT} WHERE p.room_name = $1 AND p.identity = $2 {ORDER}")))
+                .bind(room_name)
+                .bind(identity)
+        }
+        Scope::Meeting(room_sid) => {
+            sqlx::query(sqlx::AssertSqlSafe(format!("{SELECT} WHERE p.room_sid = $1 {ORDER}"))).bind(room_sid)
+        }
+    };
+    let rows = query.fetch_all(&mut *conn).await?;
     let mut per_meeting: Vec<(String, Attendance)> = Vec::new();
     for row in rows {
         let room_sid: String = row.try_get("room_sid")?;
