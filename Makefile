@@ -26,7 +26,7 @@ test-nats-compat: services browser
 	$(CARGO) build --workspace --bins
 	scripts/test-nats-compat.sh
 
-## bench: the benchmark report (not re-timed since meetings; was about 6 min): 500 rooms × 3 meetings, 10 000 participants through the whole
+## bench: the benchmark report (about 10 min): 500 rooms × 3 meetings, 10 000 participants through the whole
 ## system, gateway capacity, workers at saturation; bench-results/latest/report.md and a plot
 bench: services
 	$(CARGO) build --release --bins
