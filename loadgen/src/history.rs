@@ -62,6 +62,7 @@ pub(crate) async fn history_phase(run: &Run<'_>, seed: u64) -> anyhow::Result<Hi
                     eprintln!("[bench] history phase: {label}");
                     let name = format!("bench_{}_{}", names.suffix, label.replace('-', "_"));
                     let database = if with_history { template.copy(&name).await? } else { empty.copy(&name).await? };
+                    database.prewarm().await;
                     let expected = if with_history { &all_meetings } else { &measured_meetings };
                     let measured = async {
                         let source = measured_source.with_consumer(format!("bench-{label}"));

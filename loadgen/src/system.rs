@@ -117,6 +117,14 @@ impl BenchDatabase {
         Ok(admin::vacuum_analyze(&self.url).await?)
     }
 
+    /// Reads all of it into PostgreSQL's buffers, as a running system's database would be (a
+    /// copy starts with none there). Without `pg_prewarm` on the server it says so and goes on.
+    pub async fn prewarm(&self) {
+        if let Err(error) = admin::prewarm(&self.url).await {
+            eprintln!("[bench] could not prewarm {} (pg_prewarm missing?): {error}", self.name);
+        }
+    }
+
     /// Makes PostgreSQL announce every event-log row on `channel` when its transaction commits.
     pub async fn announce_commits(&self, channel: &str) -> anyhow::Result<()> {
         Ok(admin::announce_event_log_commits(&self.url, channel).await?)
