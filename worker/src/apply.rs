@@ -158,16 +158,15 @@ fn heartbeat_at(heartbeat: &Heartbeat) -> HeartbeatAt<'_> {
 /// recomputed; only then is each heartbeat's meeting found (the batch may have started or ended
 /// it), its heartbeat recorded, and the participants whose estimates it refuted recomputed.
 pub async fn apply_batch(pool: &PgPool, inputs: &[Input]) -> Result<Vec<Applied>, sqlx::Error> {
-    match apply_batch_logging(pool, inputs, Logging::AllAtOnce).await {
-        Err(Attempt::DataRefused) => match apply_batch_logging(pool, inputs, Logging::OneSavepointEach).await {
-            Ok(outcomes) => Ok(outcomes),
-            Err(Attempt::Database(error)) => Err(error),
-            // Not produced with a savepoint each; a failed batch (retried later) if it ever were.
-            Err(Attempt::DataRefused) => Err(sqlx::Error::Protocol("an event refused outside its savepoint".into())),
-        },
-        Err(Attempt::Database(error)) => Err(error),
-        Ok(outcomes) => Ok(outcomes),
-    }
+    let attempt = match apply_batch_logging(pool, inputs, Logging::AllAtOnce).await {
+        Err(Attempt::DataRefused) => apply_batch_logging(pool, inputs, Logging::OneSavepointEach).await,
+        attempt => attempt,
+    };
+    attempt.map_err(|failed| match failed {
+        Attempt::Database(error) => error,
+        // Not produced with a savepoint each; a failed batch (retried later) if it ever were.
+        Attempt::DataRefused => sqlx::Error::Protocol("an event refused outside its savepoint".into()),
+    })
 }
 
 /// How a batch logs its events.

@@ -17,20 +17,7 @@ use crate::domain::time::{timestamp, unix_ms};
 /// own (not inside the caller's transaction), so that locking them later never waits on another
 /// transaction's uncommitted insert of the same meeting.
 pub async fn create_meetings(pool: &PgPool, meetings: &BTreeMap<String, String>) -> Result<(), sqlx::Error> {
-    if meetings.is_empty() {
-        return Ok(());
-    }
-    let room_sids: Vec<&str> = meetings.keys().map(String::as_str).collect();
-    let room_names: Vec<&str> = meetings.values().map(String::as_str).collect();
-    sqlx::query(
-        "INSERT INTO meetings (room_sid, room_name)
-         SELECT * FROM unnest($1::text[], $2::text[]) ORDER BY 1 ON CONFLICT (room_sid) DO NOTHING",
-    )
-    .bind(&room_sids)
-    .bind(&room_names)
-    .execute(pool)
-    .await?;
-    Ok(())
+    create_meetings_and_find_heartbeats(pool, meetings, &[]).await.map(drop)
 }
 
 /// The meetings a transaction locked.
@@ -181,15 +168,19 @@ async fn find_heartbeat_meetings(
     let names: Vec<&str> = heartbeats.iter().map(|h| h.room_name).collect();
     let identities: Vec<&str> = heartbeats.iter().map(|h| h.identity).collect();
     let times: Vec<OffsetDateTime> = heartbeats.iter().map(|h| timestamp(h.at_ms)).collect();
-    let statement = match to_create {
-        None => FIND_HEARTBEAT_MEETINGS.to_owned(),
-        Some(_) => format!(
+    // Built once: this runs for every batch.
+    static CREATE_THEN_FIND: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
             "WITH created AS (
                  INSERT INTO meetings (room_sid, room_name)
                  SELECT * FROM unnest($4::text[], $5::text[]) ORDER BY 1 ON CONFLICT (room_sid) DO NOTHING
              )
              {FIND_HEARTBEAT_MEETINGS}"
-        ),
+        )
+    });
+    let statement: &'static str = match to_create {
+        None => FIND_HEARTBEAT_MEETINGS,
+        Some(_) => CREATE_THEN_FIND.as_str(),
     };
     let mut query = sqlx::query_as::<_, (i64, Option<String>, bool, Vec<String>)>(sqlx::AssertSqlSafe(statement))
         .bind(&names)

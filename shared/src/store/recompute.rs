@@ -60,7 +60,7 @@ fn facts_of_payload(payload: &str) -> Option<Fact> {
 
 /// What a recompute reads of a participant of a meeting: the facts the rule needs (its own
 /// events, the meeting's room_finished, the sweeper's closures) and what is stored of it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Loaded {
     facts: Vec<Fact>,
     /// Whether it was present, if it has a row.
