@@ -103,7 +103,7 @@ pub struct BenchArgs {
     pub history_meetings: usize,
     /// Rounds of the history phase: each measures without, then with the earlier meetings, for
     /// every count of --replay-workers.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 3)]
     pub history_rounds: usize,
     /// Concurrency levels of the capacity phase, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]

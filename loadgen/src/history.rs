@@ -63,6 +63,7 @@ pub(crate) async fn history_phase(run: &Run<'_>, seed: u64) -> anyhow::Result<Hi
                     let name = format!("bench_{}_{}", names.suffix, label.replace('-', "_"));
                     let database = if with_history { template.copy(&name).await? } else { empty.copy(&name).await? };
                     database.prewarm().await;
+                    database.checkpoint().await;
                     let expected = if with_history { &all_meetings } else { &measured_meetings };
                     let measured = async {
                         let source = measured_source.with_consumer(format!("bench-{label}"));

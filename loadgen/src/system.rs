@@ -125,6 +125,14 @@ impl BenchDatabase {
         }
     }
 
+    /// Writes what the server holds unwritten to disk (`CHECKPOINT`), so that a measurement does
+    /// not pay for the writes of the copy before it. Without the right it says so and goes on.
+    pub async fn checkpoint(&self) {
+        if let Err(error) = admin::checkpoint(&self.url).await {
+            eprintln!("[bench] could not checkpoint before measuring {}: {error}", self.name);
+        }
+    }
+
     /// Makes PostgreSQL announce every event-log row on `channel` when its transaction commits.
     pub async fn announce_commits(&self, channel: &str) -> anyhow::Result<()> {
         Ok(admin::announce_event_log_commits(&self.url, channel).await?)

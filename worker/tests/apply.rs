@@ -334,3 +334,49 @@ async fn a_dump_of_the_previous_schema_migrates_to_the_meetings_its_events_give_
     migrated.drop_database().await;
     fresh.drop_database().await;
 }
+
+/// The log stores an event once whatever it names: a participant's (unique within its
+/// participant of its meeting), a room's and a room-less one (unique by id alone), each
+/// redelivered alone and then all together.
+#[tokio::test]
+async fn every_kind_of_event_is_logged_once_however_often_it_is_inserted() {
+    use shared::domain::event::WebhookEvent;
+    use shared::store::{
+        self,
+        event_log::{self, LoggedEvent},
+    };
+
+    let database = TestDatabase::create_shared().await;
+    let pool = database.pool().await;
+    store::MIGRATOR.run(&pool).await.unwrap();
+    let bodies = [
+        r#"{"event":"participant_joined","id":"EV_joined","createdAt":"1790000000",
+            "room":{"sid":"RM_a","name":"algebra"},"participant":{"sid":"PA_a","identity":"ada"}}"#,
+        r#"{"event":"room_finished","id":"EV_finished","createdAt":"1790000100","room":{"sid":"RM_a","name":"algebra"}}"#,
+        r#"{"event":"egress_started","id":"EV_egress","createdAt":"1790000010"}"#,
+    ];
+    let parsed: Vec<WebhookEvent> = bodies.iter().map(|b| WebhookEvent::parse(b.as_bytes()).unwrap()).collect();
+    let logged: Vec<LoggedEvent> = parsed
+        .iter()
+        .zip(bodies)
+        .map(|(event, payload)| LoggedEvent { event, payload, received_at_ms: None, stream_sequence: None })
+        .collect();
+    let mut tx = pool.begin().await.unwrap();
+    let first = event_log::insert_events(&mut tx, &logged).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(first.len(), 3, "{first:?}");
+    for one in &logged {
+        let mut tx = pool.begin().await.unwrap();
+        let again = event_log::insert_events(&mut tx, std::slice::from_ref(one)).await.unwrap();
+        tx.commit().await.unwrap();
+        assert!(again.is_empty(), "{} inserted again", one.event.id);
+    }
+    let mut tx = pool.begin().await.unwrap();
+    assert!(event_log::insert_events(&mut tx, &logged).await.unwrap().is_empty());
+    tx.commit().await.unwrap();
+    let stored: Vec<String> =
+        sqlx::query_scalar("SELECT event_id FROM webhook_events ORDER BY event_id").fetch_all(&pool).await.unwrap();
+    assert_eq!(stored, ["EV_egress", "EV_finished", "EV_joined"]);
+    pool.close().await;
+    database.drop_database().await;
+}

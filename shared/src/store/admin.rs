@@ -70,6 +70,15 @@ pub async fn vacuum_analyze(url: &str) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
+/// Writes every dirty page of the server to disk (`CHECKPOINT`; a superuser's or
+/// `pg_checkpoint`'s right): what a copy of a database or a load left unwritten is then not
+/// written, and paid for, during whatever is measured next.
+pub async fn checkpoint(url: &str) -> Result<(), sqlx::Error> {
+    let mut connection = sqlx::PgConnection::connect(url).await?;
+    sqlx::raw_sql("CHECKPOINT").execute(&mut connection).await?;
+    Ok(())
+}
+
 /// Reads every table and index of the database of `url` into PostgreSQL's buffers
 /// (`pg_prewarm`, from PostgreSQL's contrib): a database just copied from a template starts
 /// with none of its pages there, unlike a running system's. Returns the blocks read.

@@ -1,6 +1,7 @@
-//! The event log (`webhook_events`): every LiveKit event applied, keyed by its id, whatever its
-//! type. It is the source of truth: attendance is the rule applied to it, so a redelivered event
-//! finds its id already there and changes nothing.
+//! The event log (`webhook_events`): every LiveKit event applied, whatever its type, stored once
+//! by its id (within its participant of its meeting: the index entries of a meeting's events lie
+//! together, see migration 0009). It is the source of truth: attendance is the rule applied to
+//! it, so a redelivered event finds its id already there and changes nothing.
 
 use std::collections::BTreeSet;
 
@@ -59,7 +60,7 @@ pub async fn insert_events(
                      $7::text[], $8::text[], $9::int8[], $10::text[])
               AS e (event_id, event_type, created_at, received_at, room_name, room_sid, identity, participant_sid,
                     stream_sequence, payload)
-         ON CONFLICT (event_id) DO NOTHING
+         ON CONFLICT DO NOTHING
          RETURNING event_id",
     )
     .bind(&ids)

@@ -61,8 +61,7 @@ pub async fn purge_meeting(conn: &mut PgConnection, room_sid: &str, batch: i64) 
         .execute(&mut *conn)
         .await?;
     let deleted = sqlx::query(
-        "DELETE FROM webhook_events WHERE event_id IN
-             (SELECT event_id FROM webhook_events WHERE room_sid = $1 LIMIT $2)",
+        "DELETE FROM webhook_events WHERE ctid = ANY(ARRAY(SELECT ctid FROM webhook_events WHERE room_sid = $1 LIMIT $2))",
     )
     .bind(room_sid)
     .bind(batch)
