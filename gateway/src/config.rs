@@ -8,6 +8,9 @@ use shared::nats::{PresenceArgs, WebhookStreamArgs};
 use shared::runtime::config::{LiveKitKeyArgs, NatsArgs, parse_duration};
 use shared::runtime::database::DatabaseArgs;
 
+use crate::limits::RequestArgs;
+use crate::server::ConnectionArgs;
+
 /// LiveKit webhook gateway: verifies, stores in JetStream, then answers.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "gateway", version)]
@@ -18,7 +21,7 @@ pub struct GatewayConfig {
     /// Largest webhook body accepted, in bytes; larger ones get 413.
     #[arg(long, env = "WEBHOOK_BODY_LIMIT", default_value_t = 1024 * 1024)]
     pub body_limit: usize,
-    /// Longest a client may take to send a webhook body (slow senders get 408).
+    /// Longest a client may take to send a webhook body (slow senders get 503: LiveKit retries).
     #[arg(long, env = "WEBHOOK_BODY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub body_timeout: Duration,
     /// How long to wait for JetStream's acknowledgement before answering 503 (LiveKit retries).
@@ -41,6 +44,10 @@ pub struct GatewayConfig {
     /// A last leave earlier than this before the meeting's end is `left_early` (`early_before`).
     #[arg(long, env = "EARLY_BEFORE", default_value = "5m", value_parser = parse_duration)]
     pub early_before: Duration,
+    #[command(flatten)]
+    pub connections: ConnectionArgs,
+    #[command(flatten)]
+    pub requests: RequestArgs,
     #[command(flatten)]
     pub nats: NatsArgs,
     #[command(flatten)]

@@ -6,6 +6,7 @@ use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use shared::domain::event::EventError;
+use shared::domain::identifiers::InvalidIdentifier;
 use shared::livekit::{ParticipantTokenError, TokenError, VerifyError};
 
 #[derive(Debug, thiserror::Error)]
@@ -16,12 +17,22 @@ pub enum ApiError {
     InvalidEvent(EventError),
     #[error("the body is larger than the {limit} bytes accepted")]
     PayloadTooLarge { limit: usize },
+    /// The connection failed while the body was sent (not the event's fault: retryable).
     #[error("the request body could not be read")]
     UnreadableBody,
+    /// The body was sent too slowly (the network's fault as often as the sender's: retryable).
     #[error("the request body did not arrive in time")]
     BodyTimeout,
     #[error("the event could not be stored now; retry later")]
     Unavailable,
+    #[error("the heartbeat could not be stored now; retry later")]
+    HeartbeatUnavailable,
+    /// Too many requests in flight or too many body bytes buffered at once.
+    #[error("the gateway is at capacity; retry later")]
+    Overloaded,
+    /// An event id, room name, room sid, identity or participant sid that cannot enter.
+    #[error(transparent)]
+    InvalidIdentifier(InvalidIdentifier),
     /// A request to the heartbeat or read API without a bearer token.
     #[error("the request has no bearer token")]
     MissingToken,
@@ -52,10 +63,14 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            ApiError::InvalidEvent(_) | ApiError::UnreadableBody => StatusCode::BAD_REQUEST,
+            ApiError::InvalidEvent(_) | ApiError::InvalidIdentifier(_) => StatusCode::BAD_REQUEST,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            ApiError::Unavailable | ApiError::ReadUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::UnreadableBody
+            | ApiError::BodyTimeout
+            | ApiError::Unavailable
+            | ApiError::HeartbeatUnavailable
+            | ApiError::Overloaded
+            | ApiError::ReadUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::MissingToken | ApiError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
@@ -73,7 +88,9 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::UnreadableBody => "unreadable_body",
             ApiError::BodyTimeout => "body_timeout",
-            ApiError::Unavailable | ApiError::ReadUnavailable => "unavailable",
+            ApiError::Unavailable | ApiError::HeartbeatUnavailable | ApiError::ReadUnavailable => "unavailable",
+            ApiError::Overloaded => "overloaded",
+            ApiError::InvalidIdentifier(reason) => reason.code(),
             ApiError::MissingToken => "missing_token",
             ApiError::InvalidToken(reason) => reason.code(),
             ApiError::Forbidden(reason) => reason.code(),
@@ -128,6 +145,12 @@ impl From<ParticipantTokenError> for ApiError {
     }
 }
 
+impl From<InvalidIdentifier> for ApiError {
+    fn from(reason: InvalidIdentifier) -> Self {
+        ApiError::InvalidIdentifier(reason)
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut body = serde_json::json!({"error": self.code(), "message": self.to_string()});
@@ -136,7 +159,10 @@ impl IntoResponse for ApiError {
         }
         let body = Json(body);
         let mut response = (self.status(), body).into_response();
-        if matches!(self, ApiError::Unavailable | ApiError::ReadUnavailable | ApiError::RateLimited) {
+        // Browsers' heartbeats and reads may come back in a second. LiveKit's webhook sender
+        // (go-retryablehttp) takes Retry-After on a 503 as its wait, which would shorten its own
+        // growing backoff (1, 2, 4, 8 s) and the outage it rides out: webhook answers carry none.
+        if matches!(self, ApiError::HeartbeatUnavailable | ApiError::ReadUnavailable | ApiError::RateLimited) {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response

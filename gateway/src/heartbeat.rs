@@ -10,6 +10,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use shared::domain::heartbeat::Heartbeat;
+use shared::domain::identifiers::{self, Field};
 use shared::domain::time::{now_unix_ms, rfc3339_ms};
 use shared::livekit::{KeySet, ParticipantGrant, participant};
 use shared::nats::webhooks::WebhookStream;
@@ -41,6 +42,9 @@ async fn receive_traced(
     let now_ms = now_unix_ms();
     let authorization = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
     let who = participant::verify_header(authorization, &state.keys, now_ms / 1000)?;
+    // The token is authentic, but its room and identity still become a message and rows.
+    identifiers::check(Field::RoomName, &who.room)?;
+    identifiers::check(Field::Identity, &who.identity)?;
     tracing::Span::current().record("room", &who.room).record("identity", &who.identity);
     if !state.limiter.allow(&who, Instant::now()) {
         return Err(ApiError::RateLimited);
@@ -54,7 +58,7 @@ async fn receive_traced(
         }
         Err(error) => {
             tracing::error!(%error, "heartbeat not stored");
-            Err(ApiError::Unavailable)
+            Err(ApiError::HeartbeatUnavailable)
         }
     }
 }

@@ -8,17 +8,21 @@
 //!   [`read_access`] deciding who may read what;
 //! - [`meetings_api`]: a room's meetings, and one meeting with the attendance policy applied, as
 //!   JSON or CSV ([`csv_export`]);
-//! - [`routes`]: every route; [`error`]: every error, mapped to a status and a stable code.
+//! - [`routes`]: every route; [`error`]: every error, mapped to a status and a stable code;
+//! - [`server`]: connections (count, header timeout); [`limits`]: requests in flight and body
+//!   memory.
 
 pub mod config;
 pub mod csv_export;
 pub mod error;
 pub mod heartbeat;
+pub mod limits;
 pub mod meetings_api;
 pub mod metrics;
 pub mod read_access;
 pub mod read_api;
 pub mod routes;
+pub mod server;
 pub mod startup;
 pub mod webhook;
 

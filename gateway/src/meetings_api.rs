@@ -20,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use serde::Serialize;
 use shared::domain::attendance::Attendance;
+use shared::domain::identifiers::{self, Field};
 use shared::domain::policy::{self, Assessment, Policy};
 use shared::domain::time::{millis, now_unix_ms, parse_instant, rfc3339_ms};
 use shared::store::read_model::{self, MeetingSummary, MeetingsAfter, MeetingsQuery};
@@ -146,6 +147,7 @@ pub async fn list(
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<MeetingsPage>, ApiError> {
     let now_ms = now_unix_ms();
+    identifiers::check(Field::RoomName, &room)?;
     read_access::authorize(&headers, &state.keys, &room, now_ms / 1000)?;
     let params = Params::from(query)?;
     let limit = params
@@ -161,11 +163,7 @@ pub async fn list(
         // One more than asked, to know whether there is a next page.
         limit: limit + 1,
     };
-    // PostgreSQL cannot hold a NUL: no meeting can have such a room name (and asking must not
-    // look like an outage).
-    let mut meetings = if room.contains('\0') {
-        Vec::new()
-    } else {
+    let mut meetings = {
         let mut connection = state.pool.acquire().await.map_err(read_failed)?;
         read_model::list_meetings(&mut connection, &room, &query).await.map_err(read_failed)?
     };
@@ -223,6 +221,7 @@ pub async fn one(
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let now_ms = now_unix_ms();
+    identifiers::check(Field::RoomSid, &room_sid)?;
     let claims = read_access::verify(&headers, &state.keys, now_ms / 1000)?;
     let params = Params::from(query)?;
     let policy = params.policy(state.policy)?;
@@ -238,9 +237,6 @@ pub async fn one(
         None => accepts_csv(&headers),
     };
 
-    if room_sid.contains('\0') {
-        return Err(ApiError::NoSuchMeeting);
-    }
     let mut connection = state.pool.acquire().await.map_err(read_failed)?;
     let summary =
         read_model::meeting(&mut connection, &room_sid).await.map_err(read_failed)?.ok_or(ApiError::NoSuchMeeting)?;

@@ -12,6 +12,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::{Stream, StreamExt as _};
 use serde::Serialize;
 use shared::domain::attendance::{Attendance, union_ms};
+use shared::domain::identifiers::{self, Field};
 use shared::domain::policy::Policy;
 use shared::domain::time::{now_unix_ms, rfc3339_ms};
 use shared::livekit::KeySet;
@@ -101,6 +102,7 @@ pub async fn room(
     headers: HeaderMap,
 ) -> Result<Json<RoomView>, ApiError> {
     let now_ms = now_unix_ms();
+    identifiers::check(Field::RoomName, &room)?;
     if authorize(&headers, &state.keys, &room, now_ms / 1000)? != Access::WholeRoom {
         return Err(ApiError::Forbidden(Forbidden::WholeRoom));
     }
@@ -120,6 +122,8 @@ pub async fn participant(
     headers: HeaderMap,
 ) -> Result<Json<ParticipantView>, ApiError> {
     let now_ms = now_unix_ms();
+    identifiers::check(Field::RoomName, &room)?;
+    identifiers::check(Field::Identity, &identity)?;
     if !authorize(&headers, &state.keys, &room, now_ms / 1000)?.covers(&identity) {
         return Err(ApiError::Forbidden(Forbidden::OtherParticipant));
     }
@@ -139,6 +143,7 @@ pub async fn presence(
     Path(room): Path<String>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    identifiers::check(Field::RoomName, &room)?;
     let access = authorize(&headers, &state.keys, &room, now_unix_ms() / 1000)?;
     let subject = presence::subject(&state.presence_subject_prefix, &room);
     let subscription = state.nats.subscribe(subject).await.map_err(|error| {

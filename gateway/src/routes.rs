@@ -3,14 +3,15 @@
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::routing::{get, post};
+use axum::{Router, middleware};
 use prometheus_client::registry::Registry;
 use shared::runtime::ops::{self, ReadinessCheck};
 use tower_http::trace::TraceLayer;
 
 use crate::error::ApiError;
 use crate::heartbeat::{self, HeartbeatState};
+use crate::limits::{self, RequestLimits};
 use crate::meetings_api;
 use crate::read_api::{self, ReadState};
 use crate::webhook::{self, WebhookState};
@@ -24,20 +25,27 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     /// Answers `/readyz`.
     pub readiness: ReadinessCheck,
+    /// Bounds requests in flight.
+    pub limits: Arc<RequestLimits>,
 }
 
 /// The gateway's routes: webhooks, heartbeats, the read API, the live page and the probes.
+/// Requests are bounded in number ([`limits::limit_in_flight`]), but for the presence streams
+/// (long-lived, bounded on their own) and the probes (which must answer under load).
 pub fn router(state: AppState) -> Router {
-    let AppState { webhooks, heartbeats, reads, registry, readiness } = state;
-    Router::new()
+    let AppState { webhooks, heartbeats, reads, registry, readiness, limits } = state;
+    let bounded = Router::new()
         .route("/webhooks/livekit", post(webhook::receive).with_state(webhooks))
         .route("/v1/heartbeats", post(heartbeat::receive).with_state(heartbeats))
         .route("/v1/rooms/{room}/attendance", get(read_api::room).with_state(reads.clone()))
         .route("/v1/rooms/{room}/attendance/{identity}", get(read_api::participant).with_state(reads.clone()))
         .route("/v1/rooms/{room}/meetings", get(meetings_api::list).with_state(reads.clone()))
         .route("/v1/meetings/{room_sid}", get(meetings_api::one).with_state(reads.clone()))
-        .route("/v1/rooms/{room}/presence", get(read_api::presence).with_state(reads))
         .route("/rooms/{room}", get(read_api::live_page))
+        .layer(middleware::from_fn_with_state(limits, limits::limit_in_flight));
+    Router::new()
+        .merge(bounded)
+        .route("/v1/rooms/{room}/presence", get(read_api::presence).with_state(reads))
         .merge(ops::router(registry, readiness))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
@@ -79,6 +87,7 @@ mod tests {
         let stream = WebhookStream::new(nats.clone(), &stream_args);
         let mut registry = Registry::default();
         let metrics = GatewayMetrics::register(&mut registry);
+        let limits = RequestLimits::new(&limits::RequestArgs { max_in_flight: 16, body_memory: 1 << 20 });
         router(AppState {
             webhooks: Arc::new(WebhookState {
                 keys: keys.clone(),
@@ -87,6 +96,7 @@ mod tests {
                 body_timeout: Duration::from_secs(1),
                 publish_timeout: Duration::from_millis(100),
                 metrics,
+                limits: limits.clone(),
             }),
             heartbeats: Arc::new(HeartbeatState {
                 keys: keys.clone(),
@@ -104,6 +114,7 @@ mod tests {
             }),
             registry: Arc::new(registry),
             readiness: Arc::new(|| Box::pin(async { Err("not in this test".to_owned()) })),
+            limits,
         })
     }
 

@@ -16,15 +16,18 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::GatewayConfig;
 use crate::heartbeat::{HeartbeatState, RateLimiter};
+use crate::limits::RequestLimits;
 use crate::metrics::GatewayMetrics;
 use crate::read_api::ReadState;
 use crate::routes::{AppState, router};
+use crate::server::{self, ConnectionArgs};
 use crate::webhook::WebhookState;
 
 /// A gateway bound to its port, ready to run.
 pub struct Application {
     listener: TcpListener,
     router: Router,
+    connections: ConnectionArgs,
     nats: async_nats::Client,
     stream: WebhookStream,
     /// Cancelled with the shutdown signal, to end the live presence streams.
@@ -43,6 +46,7 @@ impl Application {
         let metrics = GatewayMetrics::register(&mut registry);
         let pool = config.database.pool()?;
         let streams_shutdown = CancellationToken::new();
+        let limits = RequestLimits::new(&config.requests);
         let state = AppState {
             heartbeats: Arc::new(HeartbeatState {
                 keys: keys.clone(),
@@ -65,11 +69,14 @@ impl Application {
                 body_timeout: config.body_timeout,
                 publish_timeout: config.publish_timeout,
                 metrics,
+                limits: limits.clone(),
             }),
             registry: Arc::new(registry),
             readiness: readiness_check(nats.clone(), stream.clone()),
+            limits,
         };
-        Ok(Application { listener, router: router(state), nats, stream, streams_shutdown })
+        let connections = config.connections.clone();
+        Ok(Application { listener, router: router(state), connections, nats, stream, streams_shutdown })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -87,8 +94,7 @@ impl Application {
             streams_shutdown.cancel();
         });
         tracing::info!(addr = %self.local_addr(), "gateway listening");
-        let served =
-            axum::serve(self.listener, self.router).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await;
+        let served = server::serve(self.listener, self.router, &self.connections, shutdown.clone()).await;
         shutdown.cancel();
         tasks.close();
         tasks.wait().await;

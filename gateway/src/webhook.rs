@@ -23,6 +23,7 @@ use tracing::field::Empty;
 use tracing::{Instrument as _, Span};
 
 use crate::error::ApiError;
+use crate::limits::RequestLimits;
 use crate::metrics::{GatewayMetrics, ReasonLabel};
 
 /// What the webhook handler needs, shared by all requests.
@@ -33,6 +34,8 @@ pub struct WebhookState {
     pub body_timeout: Duration,
     pub publish_timeout: Duration,
     pub metrics: GatewayMetrics,
+    /// The body bytes all requests may buffer at once.
+    pub limits: Arc<RequestLimits>,
 }
 
 /// The answer to LiveKit once the event is stored.
@@ -78,6 +81,8 @@ async fn receive_traced(state: &WebhookState, headers: &HeaderMap, body: Body) -
 
 async fn receive_inner(state: &WebhookState, headers: &HeaderMap, body: Body) -> Result<Accepted, ApiError> {
     let received_at_ms = now_unix_ms();
+    // Held until the answer: the body (or what was read of it) is in memory until then.
+    let _reserved = state.limits.reserve_body(reserved_length(headers, state.body_limit))?;
     let body = read_body(body, headers, state.body_limit, state.body_timeout).await?;
     let authorization = headers.get(header::AUTHORIZATION).map(|value| value.as_bytes());
     let event =
@@ -108,12 +113,20 @@ async fn receive_inner(state: &WebhookState, headers: &HeaderMap, body: Body) ->
     }
 }
 
+/// The body bytes a request may buffer: its declared length, else the limit (a chunked body
+/// may be that long). A length beyond the limit is refused by [`read_body`] without reading.
+fn reserved_length(headers: &HeaderMap, limit: usize) -> usize {
+    declared_length(headers).map_or(limit, |declared| usize::try_from(declared).unwrap_or(usize::MAX).min(limit))
+}
+
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
+}
+
 /// Reads the whole body as raw bytes (the signature covers them exactly), up to `limit` bytes
 /// and `timeout` long.
 async fn read_body(body: Body, headers: &HeaderMap, limit: usize, timeout: Duration) -> Result<Bytes, ApiError> {
-    let declared =
-        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit as u64) {
+    if declared_length(headers).is_some_and(|len| len > limit as u64) {
         return Err(ApiError::PayloadTooLarge { limit });
     }
     let collected = tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await;

@@ -190,10 +190,14 @@ async fn a_room_name_lists_its_meetings_and_each_meeting_gives_its_attendance_as
     let unknown = system.get("/v1/meetings/RM_nope", Some(&admin)).await;
     assert_eq!(unknown.status(), 404);
     assert_eq!(error_code(unknown).await, "meeting_not_found");
-    // A NUL, which PostgreSQL cannot hold, is a client's mistake, never an outage (503).
-    assert_eq!(system.get("/v1/meetings/RM%00x", Some(&admin)).await.status(), 404);
+    // A NUL, which PostgreSQL cannot hold, is a client's mistake (400 with its code), never an
+    // outage (503).
+    let nul_sid = system.get("/v1/meetings/RM%00x", Some(&admin)).await;
+    assert_eq!(nul_sid.status(), 400);
+    assert_eq!(error_code(nul_sid).await, "invalid_room_sid");
     let nul_room = system.get("/v1/rooms/algebra%00/meetings", Some(&admin_token("algebra\0"))).await;
-    assert_eq!(nul_room.status(), 200);
+    assert_eq!(nul_room.status(), 400);
+    assert_eq!(error_code(nul_room).await, "invalid_room_name");
     let nul_cursor = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, "1:RM\0");
     let response = system.get(&format!("/v1/rooms/algebra/meetings?cursor={nul_cursor}"), Some(&admin)).await;
     assert_eq!(response.status(), 400);

@@ -380,3 +380,61 @@ async fn every_kind_of_event_is_logged_once_however_often_it_is_inserted() {
     pool.close().await;
     database.drop_database().await;
 }
+
+/// What PostgreSQL could not store or index (a NUL, an identity far beyond the btree row limit)
+/// or could not put in a header (CR/LF) is refused alone, in the batch it came in: its 99
+/// neighbours, events and heartbeats, are applied in that same batch, none put off.
+#[tokio::test]
+async fn unstorable_identifiers_are_refused_alone_and_their_neighbours_applied_in_the_same_batch() {
+    use shared::store::{self, read_model};
+    use worker::apply::{Applied, Input, apply_batch};
+
+    let database = TestDatabase::create_shared().await;
+    let pool = database.pool().await;
+    store::MIGRATOR.run(&pool).await.unwrap();
+    let joined = |n: usize, room: &str, identity: &str| {
+        serde_json::json!({
+            "event": "participant_joined", "id": format!("EV_{n}"), "createdAt": "1790000000",
+            "room": {"sid": "RM_bad_neighbours", "name": room},
+            "participant": {"sid": format!("PA_{n}"), "identity": identity, "joinedAtMs": "1790000000000"},
+        })
+        .to_string()
+    };
+    let mut payloads: Vec<String> = (0..96).map(|n| joined(n, "algebra", &format!("student-{n}"))).collect();
+    let unstorable = [
+        joined(96, "algebra", "nul\0identity"),
+        joined(97, "algebra", &"long".repeat(1_000)),
+        joined(98, "algebra\r\nX-Injected: 1", "eve"),
+        serde_json::json!({"event": "client_heartbeat", "id": "HB_bad", "createdAt": "1790000001",
+            "room": {"name": "algebra"}, "participant": {"identity": "nul\0heartbeat"}})
+        .to_string(),
+    ];
+    payloads.splice(10..10, unstorable.iter().cloned());
+    let inputs: Vec<Input> = payloads
+        .iter()
+        .enumerate()
+        .map(|(i, payload)| Input {
+            payload: payload.clone().into_bytes().into(),
+            received_at_ms: Some(1_790_000_000_500),
+            stream_sequence: i as u64 + 1,
+            traceparent: None,
+            wait_for_room: false,
+        })
+        .collect();
+    assert_eq!(inputs.len(), 100);
+
+    let outcomes = apply_batch(&pool, &inputs).await.expect("the batch commits");
+    for (payload, outcome) in payloads.iter().zip(&outcomes) {
+        if unstorable.contains(payload) {
+            assert!(matches!(outcome, Applied::Rejected(r) if r.reason == "invalid_event"), "{outcome:?}");
+        } else {
+            assert!(matches!(outcome, Applied::Stored { .. }), "{payload}: {outcome:?}");
+        }
+    }
+    let mut connection = pool.acquire().await.unwrap();
+    let meeting = read_model::load_meeting(&mut connection, "RM_bad_neighbours").await.unwrap();
+    assert_eq!(meeting.len(), 96, "every good participant stored");
+    drop(connection);
+    pool.close().await;
+    database.drop_database().await;
+}

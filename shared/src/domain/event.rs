@@ -4,6 +4,8 @@
 use serde::Deserialize as _;
 use serde_json::Value;
 
+use super::identifiers::{self, Field, InvalidIdentifier};
+
 /// Why an authentic body is not a usable event; such a request can never succeed (4xx).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EventError {
@@ -15,6 +17,8 @@ pub enum EventError {
     MissingId,
     #[error("the event type may only hold ASCII letters, digits, `_` and `-`")]
     InvalidType,
+    #[error(transparent)]
+    InvalidIdentifier(#[from] InvalidIdentifier),
 }
 
 impl EventError {
@@ -24,6 +28,7 @@ impl EventError {
             EventError::MissingType => "missing_event_type",
             EventError::MissingId => "missing_event_id",
             EventError::InvalidType => "invalid_event_type",
+            EventError::InvalidIdentifier(reason) => reason.code(),
         }
     }
 }
@@ -82,6 +87,22 @@ impl WebhookEvent {
             return Err(EventError::MissingId);
         }
         Ok(event)
+    }
+
+    /// Checks every identifier the event carries ([`identifiers`]): what the edge does before an
+    /// event may be stored. (Not part of [`WebhookEvent::parse`], which also reads back events
+    /// logged before a bound existed.)
+    pub fn check_identifiers(&self) -> Result<(), InvalidIdentifier> {
+        identifiers::check(Field::EventId, &self.id)?;
+        if let Some(room) = &self.room {
+            identifiers::check(Field::RoomName, &room.name)?;
+            identifiers::check(Field::RoomSid, &room.sid)?;
+        }
+        if let Some(participant) = &self.participant {
+            identifiers::check(Field::Identity, &participant.identity)?;
+            identifiers::check(Field::ParticipantSid, &participant.sid)?;
+        }
+        Ok(())
     }
 }
 

@@ -1,10 +1,11 @@
 //! The domain, without I/O: what LiveKit's events say, the attendance rule that turns a set of
-//! them into cycles and totals, client heartbeats, and time. Every other layer calls into this
+//! them into cycles and totals, client heartbeats, the identifiers that may enter, and time. Every other layer calls into this
 //! one; it calls none of them.
 
 pub mod attendance;
 pub mod event;
 pub mod heartbeat;
+pub mod identifiers;
 pub mod meeting;
 pub mod policy;
 pub mod time;

@@ -16,6 +16,7 @@ use subtle::ConstantTimeEq as _;
 use super::keys::KeySet;
 use super::token::{self, TokenError};
 use crate::domain::event::{EventError, is_valid_event_type};
+use crate::domain::identifiers::{self, Field};
 
 /// Why a webhook request is not authentic. `code()` is stable (API errors and metric labels).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -120,8 +121,21 @@ impl VerifiedEvent {
         }
         let event_type = event_type.to_owned();
         let id = non_empty_str(object.get("id")).ok_or(EventError::MissingId)?.to_owned();
+        identifiers::check(Field::EventId, &id)?;
+        let participant = object.get("participant").and_then(Value::as_object);
+        for (field, key) in [(Field::Identity, "identity"), (Field::ParticipantSid, "sid")] {
+            if let Some(value) = non_empty_str(participant.and_then(|p| p.get(key))) {
+                identifiers::check(field, value)?;
+            }
+        }
         let room = object.get_mut("room").and_then(Value::as_object_mut);
+        if let Some(sid) = non_empty_str(room.as_ref().and_then(|r| r.get("sid"))) {
+            identifiers::check(Field::RoomSid, sid)?;
+        }
         let room_name = room.as_ref().and_then(|r| non_empty_str(r.get("name"))).map(str::to_owned);
+        if let Some(name) = &room_name {
+            identifiers::check(Field::RoomName, name)?;
+        }
         let redacted = room.is_some_and(|r| r.remove("turnPassword").is_some());
         // Re-serialize only when something was removed: otherwise keep LiveKit's exact bytes.
         let payload = if redacted {

@@ -59,6 +59,7 @@ impl WebhookMessage {
     pub fn decode(payload: &[u8], received_at_ms: Option<i64>) -> Result<Self, MessageError> {
         let json = std::str::from_utf8(payload).map_err(|_| MessageError::NotUtf8)?;
         let event = WebhookEvent::parse(payload)?;
+        event.check_identifiers().map_err(EventError::from)?;
         if event.event != HEARTBEAT_EVENT_TYPE {
             return Ok(WebhookMessage::LiveKit { event, json: json.to_owned() });
         }

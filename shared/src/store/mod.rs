@@ -36,22 +36,37 @@ pub async fn ping(pool: &PgPool) -> Result<(), String> {
     sqlx::query("SELECT 1").execute(pool).await.map(|_| ()).map_err(|e| format!("PostgreSQL: {e}"))
 }
 
+/// Whether the database takes writes now: it answers, and a transaction would not be read-only
+/// (a standby, or `default_transaction_read_only` set during a failover or maintenance).
+pub async fn ping_writable(pool: &PgPool) -> Result<(), String> {
+    let read_only: String = sqlx::query_scalar("SELECT current_setting('transaction_read_only')")
+        .fetch_one(pool)
+        .await
+        .map_err(|e| format!("PostgreSQL: {e}"))?;
+    if read_only == "off" { Ok(()) } else { Err("PostgreSQL is read-only".to_owned()) }
+}
+
 /// A failure that retrying cannot fix: PostgreSQL refused this message's data (SQLSTATE class
-/// 22, data exception, e.g. a `\u0000` in JSON; class 23, integrity constraint).
+/// 22, data exception, e.g. a `\u0000` in JSON; class 23, integrity constraint; class 54, a
+/// limit such as an index row too large).
 pub fn is_permanent(error: &sqlx::Error) -> bool {
     match error {
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| code.starts_with("22") || code.starts_with("23")),
+        sqlx::Error::Database(db) => {
+            db.code().is_some_and(|code| code.starts_with("22") || code.starts_with("23") || code.starts_with("54"))
+        }
         _ => false,
     }
 }
 
-/// A failure that means PostgreSQL is unreachable or going away: stop pulling until it is back.
+/// A failure that means PostgreSQL is unreachable, going away or cannot take writes now (a
+/// read-only server, 25006, as a failed-over or recovering primary is for a while): stop
+/// pulling until it is back, instead of spending messages' deliveries on it.
 pub fn is_unavailable(error: &sqlx::Error) -> bool {
     match error {
         sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => true,
-        sqlx::Error::Database(db) => {
-            db.code().is_some_and(|code| code.starts_with("08") || code.starts_with("57P") || code.starts_with("53"))
-        }
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08") || code.starts_with("57P") || code.starts_with("53") || code == "25006"
+        }),
         _ => false,
     }
 }
