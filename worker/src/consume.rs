@@ -339,13 +339,14 @@ impl Consumer {
         })
     }
 
-    /// Waits until PostgreSQL answers again, so that the stream is not spun through meanwhile.
+    /// Waits until PostgreSQL takes writes again, so that the stream is not spun through (and
+    /// the messages' deliveries spent) meanwhile.
     async fn wait_for_database(&self, shutdown: &CancellationToken) {
         tracing::warn!("PostgreSQL unavailable: pulling paused");
         let pool = self.pool.clone();
         let back = startup_retry::until_ok(shutdown, "waiting for PostgreSQL", || {
             let pool = pool.clone();
-            async move { store::ping(&pool).await }
+            async move { store::ping_writable(&pool).await }
         })
         .await;
         if back.is_some() {
@@ -359,7 +360,7 @@ impl Consumer {
 pub enum Stop {
     /// The service is shutting down.
     Shutdown,
-    /// PostgreSQL is unreachable: pulling resumes once it answers.
+    /// PostgreSQL is unreachable or read-only: pulling resumes once it takes writes.
     DatabaseUnavailable,
 }
 

@@ -84,3 +84,52 @@ async fn a_worker_killed_mid_batch_loses_nothing() {
     assert!(harness.dead_letters().await.is_empty());
     harness.cleanup().await;
 }
+
+/// A primary that turns read-only for a while (a failover, maintenance): writes fail with 25006
+/// while `SELECT 1` still answers. Workers pause until it takes writes again, instead of
+/// spending every message's deliveries on it and dead-lettering them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_database_pauses_the_workers_and_dead_letters_nothing() {
+    let postgres = PrivatePostgres::start().await;
+    let database = TestDatabase::create(&postgres.url("postgres")).await;
+    let harness = Harness::new(&testkit::nats::shared_url(), database).await;
+    let events = workload::meetings(fastrand::u64(..), 10, 8, 1_790_000_000_000);
+    let (before, during) = events.split_at(events.len() / 2);
+    let worker = harness.spawn_worker().await;
+    harness.publish(&before.iter().collect::<Vec<_>>()).await;
+    harness.wait_drained(Duration::from_secs(60)).await;
+
+    let admin = sqlx::PgPool::connect(&postgres.url("postgres")).await.unwrap();
+    let read_only = |on: bool| {
+        let admin = admin.clone();
+        async move {
+            let value = if on { "on" } else { "off" };
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("ALTER SYSTEM SET default_transaction_read_only = {value}")))
+                .execute(&admin)
+                .await
+                .unwrap();
+            sqlx::query("SELECT pg_reload_conf()").execute(&admin).await.unwrap();
+        }
+    };
+    read_only(true).await;
+    harness.publish(&during.iter().collect::<Vec<_>>()).await;
+    let consumer = format!("worker-{}", harness.suffix);
+    testkit::eventually(Duration::from_secs(30), "a delivery while PostgreSQL is read-only", || async {
+        let stream = harness.jetstream.get_stream(harness.stream_name()).await.ok()?;
+        let info = stream.consumer_info(&consumer).await.ok()?;
+        (info.delivered.stream_sequence > before.len() as u64).then_some(())
+    })
+    .await;
+    // Long enough for MAX_DELIVER (5) deliveries at the test's retry delays (100 ms to 1 s).
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    read_only(false).await;
+    harness.wait_drained(Duration::from_secs(60)).await;
+
+    assert!(harness.dead_letters().await.is_empty(), "a read-only spell must not dead-letter events");
+    let expected = workload::expected(&events);
+    assert_same_attendance(&harness.stored(expected.keys().cloned()).await, &expected);
+    assert_eq!(harness.event_log_count().await, events.len() as i64, "every event exactly once");
+    admin.close().await;
+    worker.stop().await;
+    harness.cleanup().await;
+}
