@@ -21,6 +21,9 @@ enum Command {
         /// Only this room.
         #[arg(long)]
         room: Option<String>,
+        /// Print the counts as a JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// Apply the database migrations, then exit (e.g. from a Kubernetes Job).
     Migrate,
@@ -49,10 +52,16 @@ async fn run(command: Command, config: WorkerConfig) -> anyhow::Result<()> {
             let app = Application::build(config).await.context("worker start-up failed")?;
             app.run(shutdown).await.context("worker failed")
         }
-        Command::Recompute { room } => {
+        Command::Recompute { room, json } => {
             let pool = config.database.pool()?;
             shared::store::MIGRATOR.run(&pool).await.context("migrations")?;
             let done = worker::recompute::recompute(&pool, room.as_deref()).await.context("recompute")?;
+            if json {
+                let counts =
+                    serde_json::json!({"participants": done.participants, "sealed_skipped": done.sealed_skipped});
+                println!("{counts}");
+                return Ok(());
+            }
             println!("recomputed {} participants (per meeting)", done.participants);
             if done.sealed_skipped > 0 {
                 println!("{} sealed meetings skipped: their events are past the retention", done.sealed_skipped);

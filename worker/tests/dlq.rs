@@ -111,28 +111,63 @@ async fn a_replayed_poison_message_comes_back_and_purge_removes_it() {
             .output()
             .expect("run worker dlq")
     };
-    let listed = cli(&["list", "--json"]);
-    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
-    let rows: Vec<serde_json::Value> =
-        String::from_utf8(listed.stdout).unwrap().lines().map(|line| serde_json::from_str(line).unwrap()).collect();
-    assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0]["reason"], "invalid_event");
+    let json = |output: std::process::Output| -> serde_json::Value {
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        serde_json::from_slice(&output.stdout).expect("stdout is JSON and nothing else")
+    };
+    // An identity that would drive a terminal (an escape sequence) is dead-lettered too.
+    harness
+        .publish_raw(
+            "participant_joined",
+            br#"{"event":"participant_joined","id":"EV_esc","room":{"name":"r","sid":"RM_e"},"participant":{"sid":"PA_e","identity":"\u001b[2Jred"}}"#,
+            "poison-b",
+        )
+        .await;
+    let rows = testkit::eventually(Duration::from_secs(30), "two dead letters", || async {
+        let rows = json(cli(&["list", "--json"]));
+        (rows.as_array()?.len() == 2).then_some(rows)
+    })
+    .await;
+    let rows = rows.as_array().unwrap();
+    assert!(rows.iter().all(|row| row["reason"] == "invalid_event"), "{rows:?}");
+    let escape = rows.iter().find(|row| row["event_type"] == "participant_joined").expect("the escape sequence's");
+    assert_eq!(escape["identity"], "\u{1b}[2Jred");
+    let table = String::from_utf8(cli(&["list"]).stdout).unwrap();
+    assert!(table.contains("\\u{1b}[2Jred") && !table.contains('\u{1b}'), "escaped in the table: {table:?}");
+    let sequence = escape["sequence"].as_u64().unwrap().to_string();
+    let shown = json(cli(&["show", &sequence, "--json"]));
+    assert_eq!(shown["payload"]["participant"]["identity"], "\u{1b}[2Jred");
+    let plain = String::from_utf8(cli(&["show", &sequence]).stdout).unwrap();
+    assert!(!plain.contains('\u{1b}'), "{plain:?}");
+    let dry_run = json(cli(&["replay", "--all", "--dry-run", "--json"]));
+    assert_eq!(dry_run["would_replay"].as_array().unwrap().len(), 2);
     let missing = cli(&["show", "999999"]);
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no dead letter with sequence 999999"));
+    for rate in ["inf", "NaN", "0", "-1"] {
+        let refused = cli(&["replay", "--all", "--rate", rate]);
+        assert_eq!(refused.status.code(), Some(2), "--rate {rate}: a usage error, not a panic: {refused:?}");
+    }
+    assert!(!cli(&["replay"]).status.success(), "nothing selected is an error");
+    assert!(!cli(&["purge", "--json"]).status.success(), "--json cannot ask for confirmation");
     let purged = cli(&["purge", "--event-type", "room_started", "--yes"]);
     assert!(purged.status.success());
     assert_eq!(String::from_utf8_lossy(&purged.stdout).trim(), "purged 1 dead letters");
+    let purged = json(cli(&["purge", "--yes", "--json"]));
+    assert_eq!(purged["purged"].as_array().unwrap().len(), 1);
     let empty = cli(&["list"]);
     assert_eq!(String::from_utf8_lossy(&empty.stdout).trim(), "no dead letters");
+    assert_eq!(json(cli(&["list", "--json"])), serde_json::json!([]));
+    assert_eq!(json(cli(&["replay", "--all", "--json"])), serde_json::json!({"replayed": []}));
 
     let unreachable = std::process::Command::new(testkit::binaries::path("worker"))
-        .env("NATS_URL", format!("nats://127.0.0.1:{}", testkit::nats::free_port()))
+        .env("NATS_URL", format!("nats://operator:s3cret@127.0.0.1:{}", testkit::nats::free_port()))
         .args(["dlq", "list"])
         .output()
         .unwrap();
     assert!(!unreachable.status.success());
-    assert!(String::from_utf8_lossy(&unreachable.stderr).contains("cannot reach NATS"), "{unreachable:?}");
+    let said = String::from_utf8_lossy(&unreachable.stderr);
+    assert!(said.contains("cannot reach NATS") && !said.contains("s3cret"), "{said}");
 
     worker.stop().await;
     harness.cleanup().await;

@@ -114,6 +114,19 @@ pub enum DeadLetterError {
     Nats(String),
 }
 
+/// The server URLs (comma-separated) with any user, password or token replaced by `***`: what
+/// may be printed.
+pub fn without_credentials(urls: &str) -> String {
+    urls.split(',')
+        .map(|url| match (url.find("://"), url.rfind('@')) {
+            (Some(scheme_end), Some(at)) if at > scheme_end => format!("{}***{}", &url[..scheme_end + 3], &url[at..]),
+            (None, Some(at)) => format!("***{}", &url[at..]),
+            _ => url.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Which dead letters a command applies to; every given filter must match.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct DeadLetterFilter {
@@ -215,7 +228,7 @@ impl DeadLetters {
             .name("attendance-dlq-cli")
             .connect(nats_url)
             .await
-            .map_err(|e| DeadLetterError::Unreachable { url: nats_url.to_owned(), reason: e.to_string() })?;
+            .map_err(|e| DeadLetterError::Unreachable { url: without_credentials(nats_url), reason: e.to_string() })?;
         Self::open(client, stream_name).await
     }
 
@@ -285,6 +298,15 @@ impl DeadLetters {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn credentials_never_reach_a_message() {
+        assert_eq!(
+            super::without_credentials("nats://ops:s3cret@nats-1:4222,tls://tok@nats-2,nats://nats-3:4222"),
+            "nats://***@nats-1:4222,tls://***@nats-2,nats://nats-3:4222"
+        );
+        assert_eq!(super::without_credentials("user:pw@localhost"), "***@localhost");
+    }
+
     use super::*;
 
     fn summary() -> DeadLetterSummary {
