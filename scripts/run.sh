@@ -34,13 +34,13 @@ stop_all() {
 }
 trap stop_all INT TERM EXIT
 
-"$BIN/gateway" & pids+=($!)
+METRICS_ADDR=${GATEWAY_METRICS_ADDR:-127.0.0.1:9090} "$BIN/gateway" & pids+=($!)
 METRICS_ADDR=${WORKER_METRICS_ADDR:-127.0.0.1:9091} "$BIN/worker" & pids+=($!)
 METRICS_ADDR=${SWEEPER_METRICS_ADDR:-127.0.0.1:9092} "$BIN/sweeper" & pids+=($!)
 
 port=${LISTEN_ADDR##*:}
 log "gateway: http://127.0.0.1:$port  (LiveKit webhook URL: http://<this host>:$port/webhooks/livekit)"
-log "probes: /healthz /readyz /metrics on the gateway, the worker (${WORKER_METRICS_ADDR:-127.0.0.1:9091}) and the sweeper (${SWEEPER_METRICS_ADDR:-127.0.0.1:9092})"
+log "probes: /healthz /readyz /metrics on the gateway's metrics address (${GATEWAY_METRICS_ADDR:-127.0.0.1:9090}; the probes also on its port), the worker (${WORKER_METRICS_ADDR:-127.0.0.1:9091}) and the sweeper (${SWEEPER_METRICS_ADDR:-127.0.0.1:9092})"
 log "live page: http://127.0.0.1:$port/rooms/<room>#<LiveKit token with roomAdmin>"
 log "Ctrl-C stops everything"
 # Stop everything as soon as one service exits.

@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use axum::routing::{get, post};
 use axum::{Router, middleware};
-use prometheus_client::registry::Registry;
 use shared::runtime::ops::{self, ReadinessCheck};
 use tower_http::trace::TraceLayer;
 
@@ -21,19 +20,18 @@ pub struct AppState {
     pub webhooks: Arc<WebhookState>,
     pub heartbeats: Arc<HeartbeatState>,
     pub reads: Arc<ReadState>,
-    /// Served on `/metrics`.
-    pub registry: Arc<Registry>,
     /// Answers `/readyz`.
     pub readiness: ReadinessCheck,
     /// Bounds requests in flight.
     pub limits: Arc<RequestLimits>,
 }
 
-/// The gateway's routes: webhooks, heartbeats, the read API, the live page and the probes.
+/// The gateway's public routes: webhooks, heartbeats, the read API, the live page and the probes
+/// (the metrics are served on their own address, [`crate::startup`]).
 /// Requests are bounded in number ([`limits::limit_in_flight`]), but for the presence streams
 /// (long-lived, bounded on their own) and the probes (which must answer under load).
 pub fn router(state: AppState) -> Router {
-    let AppState { webhooks, heartbeats, reads, registry, readiness, limits } = state;
+    let AppState { webhooks, heartbeats, reads, readiness, limits } = state;
     let bounded = Router::new()
         .route("/webhooks/livekit", post(webhook::receive).with_state(webhooks))
         .route("/v1/heartbeats", post(heartbeat::receive).with_state(heartbeats))
@@ -46,7 +44,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(bounded)
         .route("/v1/rooms/{room}/presence", get(read_api::presence).with_state(reads))
-        .merge(ops::router(registry, readiness))
+        .merge(ops::probes(readiness))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(TraceLayer::new_for_http())
@@ -63,6 +61,8 @@ mod tests {
     use shared::nats::WebhookStreamArgs;
     use shared::nats::webhooks::WebhookStream;
     use tower::ServiceExt as _;
+
+    use prometheus_client::registry::Registry;
 
     use super::*;
     use crate::heartbeat::RateLimiter;
@@ -112,7 +112,6 @@ mod tests {
                 shutdown: tokio_util::sync::CancellationToken::new(),
                 policy: Default::default(),
             }),
-            registry: Arc::new(registry),
             readiness: Arc::new(|| Box::pin(async { Err("not in this test".to_owned()) })),
             limits,
         })
@@ -154,6 +153,7 @@ mod tests {
         assert_eq!(status, StatusCode::OK);
         assert!(page.contains("<html"), "the live page");
         assert_eq!(answer(&router, "GET", "/healthz").await.0, StatusCode::OK);
-        assert_eq!(answer(&router, "GET", "/metrics").await.0, StatusCode::OK);
+        // The metrics are on the metrics address (METRICS_ADDR), not on the public listener.
+        assert_eq!(answer(&router, "GET", "/metrics").await.0, StatusCode::NOT_FOUND);
     }
 }

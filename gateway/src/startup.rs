@@ -8,7 +8,7 @@ use axum::Router;
 use prometheus_client::registry::Registry;
 use shared::nats::webhooks::WebhookStream;
 use shared::runtime::config::StartupError;
-use shared::runtime::ops::{self, ReadinessCheck};
+use shared::runtime::ops::{self, OpsServer, ReadinessCheck};
 use shared::runtime::startup_retry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -28,6 +28,8 @@ pub struct Application {
     listener: TcpListener,
     router: Router,
     connections: ConnectionArgs,
+    /// `/metrics` (and the probes) on the metrics address, up from start-up to the very end.
+    ops: OpsServer,
     nats: async_nats::Client,
     stream: WebhookStream,
     /// Cancelled with the shutdown signal, to end the live presence streams.
@@ -39,6 +41,7 @@ impl Application {
         let keys = config.keys.key_set()?;
         tracing::info!(api_keys = ?keys.key_ids().collect::<Vec<_>>(), "LiveKit keys loaded");
         let listener = shared::runtime::config::bind(config.listen_addr).await?;
+        let metrics_listener = shared::runtime::config::bind(config.metrics_addr).await?;
         let nats = config.nats.connect("attendance-gateway").await?;
         let stream = WebhookStream::new(nats.clone(), &config.stream);
 
@@ -71,16 +74,21 @@ impl Application {
                 metrics,
                 limits: limits.clone(),
             }),
-            registry: Arc::new(registry),
             readiness: readiness_check(nats.clone(), stream.clone()),
             limits,
         };
         let connections = config.connections.clone();
-        Ok(Application { listener, router: router(state), connections, nats, stream, streams_shutdown })
+        let ops = OpsServer::spawn(metrics_listener, Arc::new(registry), readiness_check(nats.clone(), stream.clone()));
+        Ok(Application { listener, router: router(state), connections, ops, nats, stream, streams_shutdown })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    /// Where `/metrics` is served.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.ops.local_addr()
     }
 
     /// Serves until `shutdown` is cancelled, then lets in-flight requests finish (each is bounded
@@ -101,6 +109,7 @@ impl Application {
         if let Err(error) = self.nats.flush().await {
             tracing::warn!(%error, "could not flush NATS on shutdown");
         }
+        self.ops.stop().await?;
         tracing::info!("gateway stopped");
         served
     }

@@ -73,12 +73,13 @@ fn peak_rss_kib(pid: u32) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_large_bodies_at_once_stay_within_the_memory_budget() {
     let stream = testkit::nats::unique_stream();
-    let port = testkit::nats::free_port();
+    let (port, metrics_port) = (testkit::nats::free_port(), testkit::nats::free_port());
     const BUDGET: usize = 8 * 1024 * 1024;
     let mut gateway = testkit::binaries::Service::start(
         "gateway",
         &[
             ("LISTEN_ADDR", format!("127.0.0.1:{port}")),
+            ("METRICS_ADDR", format!("127.0.0.1:{metrics_port}")),
             ("NATS_URL", testkit::nats::shared_url()),
             ("WEBHOOK_STREAM", stream.stream.clone()),
             ("WEBHOOK_SUBJECT_PREFIX", stream.subject_prefix.clone()),
@@ -126,7 +127,8 @@ async fn many_large_bodies_at_once_stay_within_the_memory_budget() {
     let growth_mib = (peak_rss_kib(gateway.pid()).saturating_sub(before)) / 1024;
     // The budget, plus hyper's buffers for 300 connections and the allocator's slack.
     assert!(growth_mib < 64, "peak RSS grew by {growth_mib} MiB for a body budget of 8 MiB");
-    let metrics = http.get(format!("{base_url}/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics_url = format!("http://127.0.0.1:{metrics_port}/metrics");
+    let metrics = http.get(metrics_url).send().await.unwrap().text().await.unwrap();
     let overloaded: u64 = metrics
         .lines()
         .find(|line| line.starts_with("gateway_webhook_requests_total{outcome=\"overloaded\"}"))

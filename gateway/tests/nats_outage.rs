@@ -49,6 +49,7 @@ async fn a_gateway_started_while_nats_is_down_is_not_ready_and_recovers() {
     let config = <gateway::GatewayConfig as clap::Parser>::try_parse_from([
         "gateway".to_owned(),
         "--listen-addr=127.0.0.1:0".into(),
+        "--metrics-addr=127.0.0.1:0".into(),
         format!("--nats-url={}", nats.url()),
         format!("--webhook-stream={}", stream.stream),
         format!("--webhook-subject-prefix={}", stream.subject_prefix),

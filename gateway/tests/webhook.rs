@@ -84,7 +84,8 @@ async fn requests_that_fail_verification_get_401_with_a_reason_and_are_not_store
     }
     assert!(gateway.stored_messages().await.is_empty());
 
-    let metrics = gateway.http.get(format!("{}/metrics", gateway.base_url)).send().await.unwrap().text().await.unwrap();
+    let metrics =
+        gateway.http.get(format!("{}/metrics", gateway.metrics_url)).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains(r#"gateway_webhook_verification_failures_total{reason="token_expired"} 1"#), "{metrics}");
     assert!(metrics.contains(r#"gateway_webhook_requests_total{outcome="body_hash_mismatch"} 1"#), "{metrics}");
     gateway.stop().await;
@@ -139,7 +140,11 @@ async fn unknown_routes_and_methods_get_json_errors_and_probes_answer() {
 
     assert_eq!(gateway.http.get(url("/healthz")).send().await.unwrap().status(), 200);
     assert_eq!(gateway.http.get(url("/readyz")).send().await.unwrap().status(), 200);
-    let metrics = gateway.http.get(url("/metrics")).send().await.unwrap().text().await.unwrap();
+    // The metrics are on the metrics address only; the probes answer on both.
+    assert_eq!(gateway.http.get(url("/metrics")).send().await.unwrap().status(), 404);
+    let metrics_url = |path: &str| format!("{}{path}", gateway.metrics_url);
+    let metrics = gateway.http.get(metrics_url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("gateway_jetstream_publish_duration_seconds"), "{metrics}");
+    assert_eq!(gateway.http.get(metrics_url("/readyz")).send().await.unwrap().status(), 200);
     gateway.stop().await;
 }

@@ -346,6 +346,7 @@ async fn live_phase(run: &Run<'_>, seed: u64) -> anyhow::Result<Live> {
         // The gateway's limit must not refuse the workload's own pace (jitter, reconnects).
         let min_interval = (args.heartbeat_interval / 2).min(Duration::from_secs(5));
         let gateway_env = with_env(env.clone(), "LISTEN_ADDR", format!("127.0.0.1:{port}"));
+        let gateway_env = with_env(gateway_env, "METRICS_ADDR", "127.0.0.1:0".to_owned());
         let gateway_env = with_env(gateway_env, "HEARTBEAT_MIN_INTERVAL", format!("{}ms", min_interval.as_millis()));
         let mut gateway = run.start("gateway", "gateway", &gateway_env)?;
         let mut workers = Vec::new();
@@ -661,6 +662,7 @@ async fn capacity_phase(run: &Run<'_>) -> anyhow::Result<Vec<LevelResult>> {
     let port = system::free_port()?;
     let env = run.env(&args.database_url);
     let env = with_env(env, "LISTEN_ADDR", format!("127.0.0.1:{port}"));
+    let env = with_env(env, "METRICS_ADDR", "127.0.0.1:0".to_owned());
     let env = with_env(env, "WEBHOOK_STREAM", names.capacity_stream());
     let env = with_env(env, "WEBHOOK_SUBJECT_PREFIX", format!("benchcap{}.webhook", names.suffix));
     let mut gateway = run.start("gateway", "gateway-capacity", &env)?;

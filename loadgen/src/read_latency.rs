@@ -45,6 +45,7 @@ pub(crate) async fn read_latency_phase(run: &Run<'_>, seed: u64) -> anyhow::Resu
 
         let port = system::free_port()?;
         let env = with_env(run.env(&database.url), "LISTEN_ADDR", format!("127.0.0.1:{port}"));
+        let env = with_env(env, "METRICS_ADDR", "127.0.0.1:0".to_owned());
         let mut gateway = run.start("gateway", "gateway-read", &env)?;
         let http = reqwest::Client::new();
         let base_url = format!("http://127.0.0.1:{port}");

@@ -75,11 +75,12 @@ async fn worker_and_sweeper_become_ready_and_exit_cleanly_on_sigterm() {
 async fn gateway_answers_its_in_flight_request_before_exiting_on_sigterm() {
     let nats = PrivateNats::start().await;
     let stream = unique_stream();
-    let port = free_port();
+    let (port, metrics_port) = (free_port(), free_port());
     let mut gateway = Service::start(
         "gateway",
         &[
             ("LISTEN_ADDR", format!("127.0.0.1:{port}")),
+            ("METRICS_ADDR", format!("127.0.0.1:{metrics_port}")),
             ("NATS_URL", nats.url()),
             ("WEBHOOK_STREAM", stream.stream.clone()),
             ("WEBHOOK_SUBJECT_PREFIX", stream.subject_prefix.clone()),
@@ -100,9 +101,9 @@ async fn gateway_answers_its_in_flight_request_before_exiting_on_sigterm() {
         async move { http.post(url).header("Authorization", token).body(body).send().await }
     });
     testkit::eventually(Duration::from_secs(10), "the request to be in flight", || {
-        let (http, base_url) = (http.clone(), base_url.clone());
+        let (http, metrics_url) = (http.clone(), format!("http://127.0.0.1:{metrics_port}"));
         async move {
-            let in_flight = metric(&http, &base_url, "gateway_webhook_requests_in_flight").await?;
+            let in_flight = metric(&http, &metrics_url, "gateway_webhook_requests_in_flight").await?;
             (in_flight >= 1.0).then_some(())
         }
     })

@@ -14,6 +14,8 @@ use tokio_util::sync::CancellationToken;
 
 pub struct TestGateway {
     pub base_url: String,
+    /// `http://` and the metrics address.
+    pub metrics_url: String,
     pub stream: WebhookStreamArgs,
     pub jetstream: jetstream::Context,
     pub http: reqwest::Client,
@@ -29,6 +31,7 @@ impl TestGateway {
         let mut args = vec![
             "gateway".to_owned(),
             "--listen-addr=127.0.0.1:0".into(),
+            "--metrics-addr=127.0.0.1:0".into(),
             format!("--nats-url={nats_url}"),
             format!("--webhook-stream={}", stream.stream),
             format!("--webhook-subject-prefix={}", stream.subject_prefix),
@@ -39,11 +42,13 @@ impl TestGateway {
         let config = GatewayConfig::try_parse_from(args).expect("valid test configuration");
         let app = Application::build(config).await.expect("gateway starts");
         let base_url = format!("http://{}", app.local_addr());
+        let metrics_url = format!("http://{}", app.metrics_addr());
         let shutdown = CancellationToken::new();
         let server = tokio::spawn(app.run(shutdown.clone()));
         let client = async_nats::connect(nats_url).await.expect("test NATS connection");
         let gateway = TestGateway {
             base_url,
+            metrics_url,
             stream,
             jetstream: jetstream::new(client),
             http: reqwest::Client::new(),

@@ -15,23 +15,22 @@ use prometheus_client::registry::Registry;
 /// A readiness check: resolves to `Err(reason)` when the service should not receive traffic.
 pub type ReadinessCheck = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
 
-#[derive(Clone)]
-struct OpsState {
-    registry: Arc<Registry>,
-    readiness: ReadinessCheck,
+/// `/healthz`, `/readyz` and `/metrics`, served on a service's own metrics address.
+pub fn router(registry: Arc<Registry>, readiness: ReadinessCheck) -> Router {
+    Router::new().route("/metrics", get(metrics)).with_state(registry).merge(probes(readiness))
 }
 
-/// `/healthz`, `/readyz` and `/metrics`, to merge into a service's router or serve alone.
-pub fn router(registry: Arc<Registry>, readiness: ReadinessCheck) -> Router {
+/// `/healthz` and `/readyz` alone: what a public listener may also answer (load balancers and
+/// kubelets probe it), while the metrics stay on the metrics address.
+pub fn probes(readiness: ReadinessCheck) -> Router {
     Router::new()
         .route("/healthz", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(OpsState { registry, readiness })
+        .with_state(readiness)
 }
 
-async fn readyz(State(state): State<OpsState>) -> Response {
-    match (state.readiness)().await {
+async fn readyz(State(readiness): State<ReadinessCheck>) -> Response {
+    match readiness().await {
         Ok(()) => axum::Json(serde_json::json!({"status": "ready"})).into_response(),
         Err(reason) => {
             (StatusCode::SERVICE_UNAVAILABLE, axum::Json(serde_json::json!({"error": "not_ready", "message": reason})))
@@ -40,9 +39,9 @@ async fn readyz(State(state): State<OpsState>) -> Response {
     }
 }
 
-async fn metrics(State(state): State<OpsState>) -> Response {
+async fn metrics(State(registry): State<Arc<Registry>>) -> Response {
     let mut text = String::new();
-    match prometheus_client::encoding::text::encode(&mut text, &state.registry) {
+    match prometheus_client::encoding::text::encode(&mut text, &registry) {
         Ok(()) => ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
             .into_response(),
         Err(error) => {
@@ -93,13 +92,20 @@ pub fn background_readiness(
 pub struct OpsServer {
     stop: tokio_util::sync::CancellationToken,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
+    addr: std::net::SocketAddr,
 }
 
 impl OpsServer {
-    pub fn spawn(listener: tokio::net::TcpListener, registry: Registry, readiness: ReadinessCheck) -> Self {
+    pub fn spawn(listener: tokio::net::TcpListener, registry: Arc<Registry>, readiness: ReadinessCheck) -> Self {
         let stop = tokio_util::sync::CancellationToken::new();
-        let task = tokio::spawn(serve(listener, Arc::new(registry), readiness, stop.clone()));
-        OpsServer { stop, task }
+        let addr = listener.local_addr().expect("a bound listener has an address");
+        let task = tokio::spawn(serve(listener, registry, readiness, stop.clone()));
+        OpsServer { stop, task, addr }
+    }
+
+    /// Where it listens.
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.addr
     }
 
     /// The ops server of a background service, ready when NATS and PostgreSQL are and the
@@ -112,7 +118,7 @@ impl OpsServer {
         let ServiceConnections { listener, nats, pool } = connections;
         let running = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let readiness = background_readiness(nats, pool, running.clone(), not_running);
-        (Self::spawn(listener, registry, readiness), running)
+        (Self::spawn(listener, Arc::new(registry), readiness), running)
     }
 
     pub async fn stop(self) -> std::io::Result<()> {
