@@ -8,8 +8,7 @@ use axum::Router;
 use prometheus_client::registry::Registry;
 use shared::nats::webhooks::WebhookStream;
 use shared::runtime::config::StartupError;
-use shared::runtime::ops::{self, OpsServer, ReadinessCheck};
-use shared::runtime::startup_retry;
+use shared::runtime::ops::{self, OpsServer, ReadinessCheck, SetupFailure};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -30,6 +29,8 @@ pub struct Application {
     connections: ConnectionArgs,
     /// `/metrics` (and the probes) on the metrics address, up from start-up to the very end.
     ops: OpsServer,
+    /// A permanent failure to set the stream up, which readiness reports.
+    setup: SetupFailure,
     nats: async_nats::Client,
     stream: WebhookStream,
     /// Cancelled with the shutdown signal, to end the live presence streams.
@@ -50,6 +51,8 @@ impl Application {
         let pool = config.database.pool()?;
         let streams_shutdown = CancellationToken::new();
         let limits = RequestLimits::new(&config.requests);
+        let setup = SetupFailure::default();
+        let state_readiness = readiness_check(nats.clone(), stream.clone(), setup.clone());
         let state = AppState {
             heartbeats: Arc::new(HeartbeatState {
                 keys: keys.clone(),
@@ -74,12 +77,12 @@ impl Application {
                 metrics,
                 limits: limits.clone(),
             }),
-            readiness: readiness_check(nats.clone(), stream.clone()),
+            readiness: state_readiness.clone(),
             limits,
         };
         let connections = config.connections.clone();
-        let ops = OpsServer::spawn(metrics_listener, Arc::new(registry), readiness_check(nats.clone(), stream.clone()));
-        Ok(Application { listener, router: router(state), connections, ops, nats, stream, streams_shutdown })
+        let ops = OpsServer::spawn(metrics_listener, Arc::new(registry), state_readiness);
+        Ok(Application { listener, router: router(state), connections, ops, setup, nats, stream, streams_shutdown })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -95,7 +98,7 @@ impl Application {
     /// by the publish timeout) and flushes what is still buffered for NATS.
     pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
         let tasks = TaskTracker::new();
-        tasks.spawn(ensure_stream(self.stream.clone(), shutdown.clone()));
+        tasks.spawn(ensure_stream(self.stream.clone(), self.setup.clone(), shutdown.clone()));
         let (signal, streams_shutdown) = (shutdown.clone(), self.streams_shutdown.clone());
         tasks.spawn(async move {
             signal.cancelled().await;
@@ -115,20 +118,22 @@ impl Application {
     }
 }
 
-fn readiness_check(nats: async_nats::Client, stream: WebhookStream) -> ReadinessCheck {
+fn readiness_check(nats: async_nats::Client, stream: WebhookStream, setup: SetupFailure) -> ReadinessCheck {
     Arc::new(move || {
-        let (nats, stream) = (nats.clone(), stream.clone());
+        let (nats, stream, setup) = (nats.clone(), stream.clone(), setup.clone());
         Box::pin(async move {
+            setup.check()?;
             ops::nats_connected(&nats)?;
             if stream.is_present().await { Ok(()) } else { Err(format!("stream {} is not present", stream.name())) }
         })
     })
 }
 
-/// Creates or updates the stream, retrying while NATS is unreachable, so that the gateway can
-/// start during an outage (and reports not ready until this succeeds).
-async fn ensure_stream(stream: WebhookStream, shutdown: CancellationToken) {
-    if startup_retry::until_ok(&shutdown, "stream set-up", || stream.ensure()).await.is_some() {
+/// Creates the stream if missing (an existing one is checked, not changed), retrying while NATS
+/// is unreachable, so that the gateway can start during an outage (and reports not ready until
+/// this succeeds, or why it cannot).
+async fn ensure_stream(stream: WebhookStream, setup: SetupFailure, shutdown: CancellationToken) {
+    if setup.run(&shutdown, "stream set-up", || stream.ensure()).await.is_some() {
         tracing::info!(stream = stream.name(), "stream ready");
     }
 }

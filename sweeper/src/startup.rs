@@ -40,12 +40,12 @@ impl Application {
         let (nats, pool) = (connections.nats.clone(), connections.pool.clone());
         let mut registry = Registry::default();
         let metrics = SweeperMetrics::register(&mut registry);
-        let (ops_server, running) = OpsServer::spawn_background(connections, registry, "not sweeping yet");
+        let (ops_server, running, setup) = OpsServer::spawn_background(connections, registry, "not sweeping yet");
 
         let presence = PresenceStream::new(nats.clone(), &config.presence);
         let prepared = async {
             startup_retry::until_ok(&shutdown, "database migrations", || MIGRATOR.run(&pool)).await?;
-            startup_retry::until_ok(&shutdown, "presence stream set-up", || presence.ensure()).await
+            setup.run(&shutdown, "presence stream set-up", || presence.ensure()).await
         };
         if prepared.await.is_some() {
             running.store(true, Ordering::Relaxed);

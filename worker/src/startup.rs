@@ -10,7 +10,7 @@ use prometheus_client::registry::Registry;
 use shared::nats::dead_letters::DeadLetterStream;
 use shared::nats::webhooks::WebhookStream;
 use shared::runtime::config::StartupError;
-use shared::runtime::ops::{self, OpsServer, ServiceConnections};
+use shared::runtime::ops::{self, OpsServer, ServiceConnections, SetupFailure};
 use shared::runtime::startup_retry;
 use shared::store::MIGRATOR;
 use tokio_util::sync::CancellationToken;
@@ -48,9 +48,9 @@ impl Application {
         let (nats, pool) = (connections.nats.clone(), connections.pool.clone());
         let mut registry = Registry::default();
         let metrics = WorkerMetrics::register(&mut registry);
-        let (ops_server, consuming) = OpsServer::spawn_background(connections, registry, "not consuming yet");
+        let (ops_server, consuming, setup) = OpsServer::spawn_background(connections, registry, "not consuming yet");
 
-        if let Some(mut consumer) = prepare(&config, &nats, &pool, metrics, &shutdown).await {
+        if let Some(mut consumer) = prepare(&config, &nats, &pool, metrics, &setup, &shutdown).await {
             consuming.store(true, Ordering::Relaxed);
             let depth_watch = consumer.watch_dead_letter_depth(shutdown.clone());
             tracing::info!(consumer = config.consumer_name, "consuming");
@@ -81,6 +81,7 @@ async fn prepare(
     nats: &async_nats::Client,
     pool: &sqlx::PgPool,
     metrics: WorkerMetrics,
+    setup: &SetupFailure,
     shutdown: &CancellationToken,
 ) -> Option<Consumer> {
     startup_retry::until_ok(shutdown, "database migrations", || MIGRATOR.run(pool)).await?;
@@ -88,9 +89,9 @@ async fn prepare(
     // meeting under its lock, and rebuilding one twice changes nothing).
     startup_retry::until_ok(shutdown, "rebuilding meetings", || crate::recompute::rebuild_pending(pool)).await?;
     let dead_letters = DeadLetterStream::new(nats.clone(), &config.dead_letters);
-    startup_retry::until_ok(shutdown, "dead-letter stream set-up", || dead_letters.ensure()).await?;
+    setup.run(shutdown, "dead-letter stream set-up", || dead_letters.ensure()).await?;
     let webhooks = WebhookStream::new(nats.clone(), &config.stream);
-    startup_retry::until_ok(shutdown, "webhook stream set-up", || webhooks.ensure()).await?;
+    setup.run(shutdown, "webhook stream set-up", || webhooks.ensure()).await?;
     let consumer_config = pull::Config {
         durable_name: Some(config.consumer_name.clone()),
         description: Some("Attendance workers: apply webhook events to PostgreSQL".into()),
@@ -102,8 +103,7 @@ async fn prepare(
         ..Default::default()
     };
     let consumer =
-        startup_retry::until_ok(shutdown, "consumer set-up", || webhooks.durable_consumer(consumer_config.clone()))
-            .await?;
+        setup.run(shutdown, "consumer set-up", || webhooks.durable_consumer(consumer_config.clone())).await?;
     let settings = Settings {
         max_deliver: config.max_deliver,
         batch_size: usize::from(config.batch_size),

@@ -69,8 +69,10 @@ impl DeadLetterStream {
         &self.settings.name
     }
 
+    /// Creates the stream if it does not exist; an existing one is left as it is (its
+    /// differences from the configuration are logged).
     pub async fn ensure(&self) -> Result<(), StreamSetupError> {
-        self.settings.create_or_update(&self.jetstream).await
+        self.settings.create_or_check(&self.jetstream).await.map(|_| ())
     }
 
     /// Dead letters waiting in the stream.

@@ -63,8 +63,10 @@ impl PresenceStream {
         PresenceStream { jetstream: jetstream::new(client), settings: args.settings() }
     }
 
+    /// Creates the stream if it does not exist; an existing one is left as it is (its
+    /// differences from the configuration are logged).
     pub async fn ensure(&self) -> Result<(), StreamSetupError> {
-        self.settings.create_or_update(&self.jetstream).await
+        self.settings.create_or_check(&self.jetstream).await.map(|_| ())
     }
 
     /// Publishes changes in order and waits for every acknowledgement (at most `deadline`).

@@ -1,10 +1,14 @@
 //! The streams' settings: one [`StreamSettings`] type for every stream, built from the clap
 //! arguments of each (their environment variable names differ, so each has its own group), and
-//! the one way to create a stream or update it to its settings.
+//! the one way to set a stream up: created with these settings when it does not exist; an
+//! existing stream is left as it is (an operator may have tuned it with `nats stream edit`), and
+//! its differences from the configuration are reported, never overwritten. One that cannot work
+//! (its subjects do not take ours) is a permanent set-up failure, reported by readiness.
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, stream};
+use async_nats::jetstream::context::GetStreamErrorKind;
+use async_nats::jetstream::{self, ErrorCode, stream};
 
 /// What defines one of the project's streams.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,22 +51,85 @@ impl StreamSettings {
         }
     }
 
-    /// Creates the stream, or updates it to these settings if it exists.
-    pub async fn create_or_update(&self, jetstream: &jetstream::Context) -> Result<(), StreamSetupError> {
-        jetstream.create_or_update_stream(self.stream_config()).await.map(|_| ()).map_err(|e| self.setup_error(e))
+    /// Creates the stream if it does not exist; leaves an existing one as it is, logging each
+    /// setting that differs from these (see the module). Returns those differences.
+    pub async fn create_or_check(&self, jetstream: &jetstream::Context) -> Result<Vec<String>, StreamSetupError> {
+        let mut existing = match jetstream.get_stream(&self.name).await {
+            Ok(stream) => stream,
+            Err(error) if matches!(error.kind(), GetStreamErrorKind::JetStream(e) if e.error_code() == ErrorCode::STREAM_NOT_FOUND) =>
+            {
+                jetstream.create_stream(self.stream_config()).await.map_err(|e| self.setup_error(e))?;
+                tracing::info!(stream = self.name, "stream created");
+                return Ok(Vec::new());
+            }
+            Err(error) => return Err(self.setup_error(error)),
+        };
+        let config = existing.info().await.map_err(|e| self.setup_error(e))?.config.clone();
+        if !config.subjects.iter().any(|subject| subject == &self.subjects() || subject == ">") {
+            return Err(StreamSetupError {
+                permanent: true,
+                ..self.setup_error(format!(
+                    "it takes {:?}, not {}: add the subjects (`nats stream edit`) or configure another stream name",
+                    config.subjects,
+                    self.subjects()
+                ))
+            });
+        }
+        let differences = self.differences(&config);
+        for difference in &differences {
+            tracing::warn!(
+                stream = self.name,
+                difference,
+                "stream setting differs from the configuration; left as it is"
+            );
+        }
+        Ok(differences)
     }
 
-    /// Names this stream in a set-up failure.
+    /// The settings of `server` (an existing stream's) that differ from these, as text.
+    pub fn differences(&self, server: &stream::Config) -> Vec<String> {
+        let ours = self.stream_config();
+        let mut differences = Vec::new();
+        let mut compare = |name: &str, theirs: String, mine: String| {
+            if theirs != mine {
+                differences.push(format!("{name}: {theirs} on the server, {mine} configured"));
+            }
+        };
+        compare("retention", format!("{:?}", server.retention), format!("{:?}", ours.retention));
+        compare("storage", format!("{:?}", server.storage), format!("{:?}", ours.storage));
+        compare("replicas", server.num_replicas.to_string(), ours.num_replicas.to_string());
+        compare("max_age", format!("{:?}", server.max_age), format!("{:?}", ours.max_age));
+        compare("discard", format!("{:?}", server.discard), format!("{:?}", ours.discard));
+        // Zero asks for the server's default (2 minutes): compare only a configured window.
+        if !ours.duplicate_window.is_zero() {
+            compare(
+                "duplicate_window",
+                format!("{:?}", server.duplicate_window),
+                format!("{:?}", ours.duplicate_window),
+            );
+        }
+        differences
+    }
+
+    /// Names this stream in a set-up failure (one retrying may fix).
     pub fn setup_error(&self, reason: impl std::fmt::Display) -> StreamSetupError {
-        StreamSetupError { stream: self.name.clone(), reason: reason.to_string() }
+        StreamSetupError { stream: self.name.clone(), reason: reason.to_string(), permanent: false }
     }
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot create, update or read the stream {stream}: {reason}")]
+#[error("cannot set up the stream {stream}: {reason}")]
 pub struct StreamSetupError {
     pub stream: String,
     pub reason: String,
+    /// Retrying cannot fix it: the configuration or the server's stream must change.
+    pub permanent: bool,
+}
+
+impl crate::runtime::startup_retry::Permanent for StreamSetupError {
+    fn is_permanent(&self) -> bool {
+        self.permanent
+    }
 }
 
 /// The stream of verified webhook events (and client heartbeats).

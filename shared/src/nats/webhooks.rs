@@ -14,6 +14,7 @@
 use std::time::Duration;
 
 use async_nats::HeaderMap;
+use async_nats::jetstream::stream::ConsumerErrorKind;
 use async_nats::jetstream::{self, message::PublishMessage};
 use bytes::Bytes;
 
@@ -111,13 +112,15 @@ impl WebhookStream {
         &self.settings
     }
 
-    /// Creates the stream, or updates it to its settings if it exists.
+    /// Creates the stream if it does not exist; an existing one is left as it is (its
+    /// differences from the configuration are logged).
     pub async fn ensure(&self) -> Result<(), StreamSetupError> {
-        self.settings.create_or_update(&self.jetstream).await
+        self.settings.create_or_check(&self.jetstream).await.map(|_| ())
     }
 
-    /// Creates the durable pull consumer the workers share, or binds to it if it exists, reading
-    /// every subject of this stream.
+    /// Creates the durable pull consumer the workers share, or updates it to `config` if it
+    /// exists (a changed ack wait or max deliveries takes effect at the next start), reading
+    /// every subject of this stream. A change the server refuses is a permanent failure.
     pub async fn durable_consumer(
         &self,
         config: jetstream::consumer::pull::Config,
@@ -125,10 +128,12 @@ impl WebhookStream {
         let name = config.durable_name.clone().unwrap_or_default();
         let config = jetstream::consumer::pull::Config { filter_subject: self.settings.subjects(), ..config };
         let stream = self.jetstream.get_stream(self.name()).await.map_err(|e| self.settings.setup_error(e))?;
-        stream
-            .get_or_create_consumer(&name, config)
-            .await
-            .map_err(|e| self.settings.setup_error(format!("consumer {name}: {e}")))
+        stream.create_consumer(config).await.map_err(|error| {
+            // The server answered 400: it refuses this configuration (e.g. a setting it cannot
+            // change on an existing consumer). Anything else (a timeout, 503) may pass later.
+            let refused = matches!(error.kind(), ConsumerErrorKind::JetStream(e) if e.code() == 400);
+            StreamSetupError { permanent: refused, ..self.settings.setup_error(format!("consumer {name}: {error}")) }
+        })
     }
 
     /// Whether the stream exists (asks the server).

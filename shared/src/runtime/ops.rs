@@ -69,17 +69,65 @@ pub async fn serve(
     axum::serve(listener, router(registry, readiness)).with_graceful_shutdown(shutdown.cancelled_owned()).await
 }
 
-/// Readiness of a background service (worker, sweeper): NATS connected, PostgreSQL answering,
-/// and its main loop running (`running`, else `not_running` is the reason).
+/// Why a service cannot become ready until its configuration (or a server's) changes: a
+/// permanent set-up failure, which `/readyz` then shows instead of the service retrying for ever.
+#[derive(Clone, Default)]
+pub struct SetupFailure(Arc<std::sync::Mutex<Option<String>>>);
+
+impl SetupFailure {
+    pub fn set(&self, reason: impl std::fmt::Display) {
+        *self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(reason.to_string());
+    }
+
+    /// `Err(reason)` once a permanent failure was set.
+    pub fn check(&self) -> Result<(), String> {
+        match self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).as_ref() {
+            Some(reason) => Err(reason.clone()),
+            None => Ok(()),
+        }
+    }
+}
+
+impl SetupFailure {
+    /// Runs a set-up step until it succeeds, retrying what may pass later; a permanent failure
+    /// is recorded here (so `/readyz` says why) and the service then waits, up but not ready,
+    /// for its shutdown instead of retrying for ever. `None` unless the step succeeded.
+    pub async fn run<T, E, F, Fut>(
+        &self,
+        shutdown: &tokio_util::sync::CancellationToken,
+        what: &str,
+        attempt: F,
+    ) -> Option<T>
+    where
+        E: std::fmt::Display + super::startup_retry::Permanent,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        match super::startup_retry::until_ok_or_permanent(shutdown, what, attempt).await? {
+            Ok(value) => Some(value),
+            Err(error) => {
+                self.set(format!("{what}: {error}"));
+                shutdown.cancelled().await;
+                None
+            }
+        }
+    }
+}
+
+/// Readiness of a background service (worker, sweeper): no permanent set-up failure, NATS
+/// connected, PostgreSQL answering, and its main loop running (`running`, else `not_running` is
+/// the reason).
 pub fn background_readiness(
     nats: async_nats::Client,
     pool: sqlx::PgPool,
     running: Arc<std::sync::atomic::AtomicBool>,
     not_running: &'static str,
+    failure: SetupFailure,
 ) -> ReadinessCheck {
     Arc::new(move || {
-        let (nats, pool, running) = (nats.clone(), pool.clone(), running.clone());
+        let (nats, pool, running, failure) = (nats.clone(), pool.clone(), running.clone(), failure.clone());
         Box::pin(async move {
+            failure.check()?;
             nats_connected(&nats)?;
             crate::store::ping(&pool).await?;
             if running.load(std::sync::atomic::Ordering::Relaxed) { Ok(()) } else { Err(not_running.into()) }
@@ -109,16 +157,18 @@ impl OpsServer {
     }
 
     /// The ops server of a background service, ready when NATS and PostgreSQL are and the
-    /// returned flag is set (its main loop runs); else `not_running` is the reason.
+    /// returned flag is set (its main loop runs); else `not_running` is the reason, or the
+    /// permanent set-up failure set in the returned [`SetupFailure`].
     pub fn spawn_background(
         connections: ServiceConnections,
         registry: Registry,
         not_running: &'static str,
-    ) -> (Self, Arc<std::sync::atomic::AtomicBool>) {
+    ) -> (Self, Arc<std::sync::atomic::AtomicBool>, SetupFailure) {
         let ServiceConnections { listener, nats, pool } = connections;
         let running = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let readiness = background_readiness(nats, pool, running.clone(), not_running);
-        (Self::spawn(listener, Arc::new(registry), readiness), running)
+        let failure = SetupFailure::default();
+        let readiness = background_readiness(nats, pool, running.clone(), not_running, failure.clone());
+        (Self::spawn(listener, Arc::new(registry), readiness), running, failure)
     }
 
     pub async fn stop(self) -> std::io::Result<()> {

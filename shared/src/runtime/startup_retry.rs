@@ -12,8 +12,41 @@ use tokio_util::sync::CancellationToken;
 const FIRST_DELAY: Duration = Duration::from_millis(250);
 const MAX_DELAY: Duration = Duration::from_secs(30);
 
+/// A failure retrying cannot fix (the server refused the configuration): reported, not retried.
+pub trait Permanent {
+    fn is_permanent(&self) -> bool;
+}
+
 /// Runs `attempt` until it succeeds (`Some`) or `shutdown` is cancelled (`None`).
-pub async fn until_ok<T, E, F, Fut>(shutdown: &CancellationToken, what: &str, mut attempt: F) -> Option<T>
+pub async fn until_ok<T, E, F, Fut>(shutdown: &CancellationToken, what: &str, attempt: F) -> Option<T>
+where
+    E: Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    retry(shutdown, what, attempt, |_| false).await.map(|done| done.unwrap_or_else(|_| unreachable!("never permanent")))
+}
+
+/// Like [`until_ok`], but a permanent failure ends the retries and is returned (`Some(Err)`).
+pub async fn until_ok_or_permanent<T, E, F, Fut>(
+    shutdown: &CancellationToken,
+    what: &str,
+    attempt: F,
+) -> Option<Result<T, E>>
+where
+    E: Display + Permanent,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    retry(shutdown, what, attempt, E::is_permanent).await
+}
+
+async fn retry<T, E, F, Fut>(
+    shutdown: &CancellationToken,
+    what: &str,
+    mut attempt: F,
+    is_permanent: impl Fn(&E) -> bool,
+) -> Option<Result<T, E>>
 where
     E: Display,
     F: FnMut() -> Fut,
@@ -27,7 +60,11 @@ where
         };
         let wait = jittered(delay, fastrand::f64());
         match result {
-            Ok(value) => return Some(value),
+            Ok(value) => return Some(Ok(value)),
+            Err(error) if is_permanent(&error) => {
+                tracing::error!(%error, "{what} failed; not retrying: the configuration or the server must change");
+                return Some(Err(error));
+            }
             Err(error) => tracing::warn!(%error, retry_in = ?wait, "{what} failed"),
         }
         tokio::select! {
