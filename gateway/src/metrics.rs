@@ -17,7 +17,16 @@ pub struct ReasonLabel {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StreamLabel {
+    pub stream: String,
+}
+
 pub struct GatewayMetrics {
+    /// Bytes held by each stream the gateway publishes to, and the limit (-1: none): alert on
+    /// their ratio before a stream refuses publishes (webhooks would then get 503).
+    pub stream_bytes: Family<StreamLabel, Gauge>,
+    pub stream_max_bytes: Family<StreamLabel, Gauge>,
     /// Webhook requests by outcome: stored, duplicate, or the error code.
     pub webhook_requests: Family<OutcomeLabel, Counter>,
     /// Verification failures by reason (`token_expired`, `body_hash_mismatch`, …).
@@ -31,12 +40,24 @@ pub struct GatewayMetrics {
 impl GatewayMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let metrics = GatewayMetrics {
+            stream_bytes: Family::default(),
+            stream_max_bytes: Family::default(),
             webhook_requests: Family::default(),
             verification_failures: Family::default(),
             // 0.25 ms … ~4 s
             publish_duration: Histogram::new(exponential_buckets(0.000_25, 2.0, 15)),
             in_flight: Gauge::default(),
         };
+        registry.register(
+            "gateway_stream_bytes",
+            "Bytes held by the webhook and heartbeat streams (read every 15 s)",
+            metrics.stream_bytes.clone(),
+        );
+        registry.register(
+            "gateway_stream_max_bytes",
+            "The streams' byte limits (-1: none); past a limit, publishes to that stream get 503",
+            metrics.stream_max_bytes.clone(),
+        );
         registry.register(
             "gateway_webhook_requests",
             "LiveKit webhook requests by outcome",

@@ -77,13 +77,12 @@ mod tests {
             .connect("nats://127.0.0.1:1")
             .await
             .expect("connects in the background");
-        let stream_args = WebhookStreamArgs {
-            stream: "ROUTES_TEST".into(),
-            subject_prefix: "routes.test".into(),
-            replicas: 1,
-            duplicate_window: Duration::from_secs(60),
-            max_age: Duration::from_secs(60),
-        };
+        let stream_args = WebhookStreamArgs::new(
+            "ROUTES_TEST".into(),
+            "routes.test".into(),
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+        );
         let stream = WebhookStream::new(nats.clone(), &stream_args);
         let mut registry = Registry::default();
         let metrics = GatewayMetrics::register(&mut registry);

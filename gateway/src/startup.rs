@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use shared::nats::webhooks::WebhookStream;
 use shared::runtime::config::StartupError;
@@ -16,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::GatewayConfig;
 use crate::heartbeat::{HeartbeatState, RateLimiter};
 use crate::limits::RequestLimits;
-use crate::metrics::GatewayMetrics;
+use crate::metrics::{GatewayMetrics, StreamLabel};
 use crate::read_api::ReadState;
 use crate::routes::{AppState, router};
 use crate::server::{self, ConnectionArgs};
@@ -31,6 +33,8 @@ pub struct Application {
     ops: OpsServer,
     /// A permanent failure to set the stream up, which readiness reports.
     setup: SetupFailure,
+    /// `gateway_stream_bytes` and `gateway_stream_max_bytes`.
+    fill_gauges: (Family<StreamLabel, Gauge>, Family<StreamLabel, Gauge>),
     nats: async_nats::Client,
     stream: WebhookStream,
     /// Cancelled with the shutdown signal, to end the live presence streams.
@@ -48,6 +52,7 @@ impl Application {
 
         let mut registry = Registry::default();
         let metrics = GatewayMetrics::register(&mut registry);
+        let fill_gauges = (metrics.stream_bytes.clone(), metrics.stream_max_bytes.clone());
         let pool = config.database.pool()?;
         let streams_shutdown = CancellationToken::new();
         let limits = RequestLimits::new(&config.requests);
@@ -82,7 +87,17 @@ impl Application {
         };
         let connections = config.connections.clone();
         let ops = OpsServer::spawn(metrics_listener, Arc::new(registry), state_readiness);
-        Ok(Application { listener, router: router(state), connections, ops, setup, nats, stream, streams_shutdown })
+        Ok(Application {
+            listener,
+            router: router(state),
+            connections,
+            ops,
+            setup,
+            fill_gauges,
+            nats,
+            stream,
+            streams_shutdown,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -99,6 +114,7 @@ impl Application {
     pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
         let tasks = TaskTracker::new();
         tasks.spawn(ensure_stream(self.stream.clone(), self.setup.clone(), shutdown.clone()));
+        tasks.spawn(watch_stream_fill(self.stream.clone(), self.fill_gauges.clone(), shutdown.clone()));
         let (signal, streams_shutdown) = (shutdown.clone(), self.streams_shutdown.clone());
         tasks.spawn(async move {
             signal.cancelled().await;
@@ -135,5 +151,31 @@ fn readiness_check(nats: async_nats::Client, stream: WebhookStream, setup: Setup
 async fn ensure_stream(stream: WebhookStream, setup: SetupFailure, shutdown: CancellationToken) {
     if setup.run(&shutdown, "stream set-up", || stream.ensure()).await.is_some() {
         tracing::info!(stream = stream.name(), "stream ready");
+    }
+}
+
+/// Reads how full the streams are every 15 s, for the metrics that warn before a stream's byte
+/// limit makes its publishes fail. A failed read is skipped (readiness reports NATS itself).
+async fn watch_stream_fill(
+    stream: WebhookStream,
+    (bytes, max_bytes): (Family<StreamLabel, Gauge>, Family<StreamLabel, Gauge>),
+    shutdown: CancellationToken,
+) {
+    let mut ticks = tokio::time::interval(std::time::Duration::from_secs(15));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        match stream.fill().await {
+            Ok(fills) => {
+                for fill in fills {
+                    let label = StreamLabel { stream: fill.stream };
+                    bytes.get_or_create(&label).set(i64::try_from(fill.bytes).unwrap_or(i64::MAX));
+                    max_bytes.get_or_create(&label).set(fill.max_bytes);
+                }
+            }
+            Err(error) => tracing::debug!(%error, "cannot read the streams' sizes"),
+        }
     }
 }

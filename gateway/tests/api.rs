@@ -17,8 +17,9 @@ async fn heartbeats_are_authenticated_stored_and_rate_limited() {
     let response = system.heartbeat(Some(&ada)).await;
     assert_eq!(response.status(), 202);
     let answer: serde_json::Value = response.json().await.unwrap();
-    let stored = system.gateway.stored_messages().await;
+    let stored = system.gateway.stored_heartbeats().await;
     assert_eq!(stored.len(), 1);
+    assert!(system.gateway.stored_messages().await.is_empty(), "heartbeats have a stream of their own");
     let received_at_ms: i64 =
         stored[0].headers.get(shared::nats::webhooks::RECEIVED_AT_MS_HEADER).unwrap().as_str().parse().unwrap();
     assert_eq!(
@@ -26,7 +27,8 @@ async fn heartbeats_are_authenticated_stored_and_rate_limited() {
         Some(shared::domain::time::rfc3339_ms(received_at_ms).as_str()),
         "{answer}"
     );
-    assert_eq!(stored[0].subject.as_str(), format!("{}.client_heartbeat", system.gateway.stream.subject_prefix));
+    let heartbeat_prefix = system.gateway.stream.heartbeat_settings().subject_prefix;
+    assert_eq!(stored[0].subject.as_str(), format!("{heartbeat_prefix}.client_heartbeat"));
     let payload: serde_json::Value = serde_json::from_slice(&stored[0].payload).unwrap();
     assert_eq!(
         (payload["room"]["name"].as_str(), payload["participant"]["identity"].as_str()),

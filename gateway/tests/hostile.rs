@@ -143,6 +143,7 @@ async fn many_large_bodies_at_once_stay_within_the_memory_budget() {
     let info = jetstream.get_stream(&stream.stream).await.unwrap().info().await.unwrap().clone();
     assert_eq!(info.state.messages, 10, "every good webhook stored once");
     let _ = jetstream.delete_stream(&stream.stream).await;
+    let _ = jetstream.delete_stream(&stream.heartbeat_settings().name).await;
 }
 
 /// A gateway run as a process: posts signed webhooks with LiveKit's retries.
@@ -222,5 +223,38 @@ async fn identifiers_that_cannot_be_stored_or_sent_are_refused_with_their_code()
         assert_eq!(error_code(response).await, code, "{path}");
     }
     assert_eq!(gateway.stored_messages().await.len(), 1, "only the good event");
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn a_full_heartbeat_stream_refuses_heartbeats_and_never_webhooks() {
+    // Room for a few heartbeats only.
+    let gateway = TestGateway::spawn(&testkit::nats::shared_url(), &["--heartbeat-stream-max-bytes=2000"]).await;
+    let mut statuses = Vec::new();
+    for n in 0..20 {
+        let response = gateway
+            .http
+            .post(format!("{}/v1/heartbeats", gateway.base_url))
+            .bearer_auth(participant_token(&format!("student-{n}"), "algebra"))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        if status == 503 {
+            assert_eq!(response.headers().get("retry-after").map(|v| v.to_str().unwrap()), Some("1"));
+            assert_eq!(error_code(response).await, "unavailable");
+        }
+        statuses.push(status);
+    }
+    assert!(statuses.iter().all(|s| *s == 202 || *s == 503), "{statuses:?}");
+    let (accepted, refused) =
+        (statuses.iter().filter(|s| **s == 202).count(), statuses.iter().filter(|s| **s == 503).count());
+    assert!(accepted >= 1 && refused >= 10, "the stream filled up: {statuses:?}");
+    // Webhooks have a stream of their own: still stored.
+    for n in 0..10 {
+        let body = participant_joined(&format!("EV_heartbeats_full_{n}"), "algebra", &format!("student-{n}"));
+        assert_eq!(gateway.post_webhook(body.clone(), Some(&sign_now(&body))).await.status(), 200);
+    }
+    assert_eq!(gateway.stored_messages().await.len(), 10, "only the webhooks are in the webhook stream");
     gateway.stop().await;
 }

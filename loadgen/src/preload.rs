@@ -35,11 +35,14 @@ pub async fn publish(
     let stream = Arc::new(WebhookStream::new(
         client.clone(),
         &WebhookStreamArgs {
-            stream: source.stream.clone(),
-            subject_prefix: source.subject_prefix.clone(),
-            replicas: 1,
-            duplicate_window: Duration::from_secs(6 * 60),
-            max_age: Duration::from_secs(2 * 3600),
+            // The run's heartbeats must outlive it (replays read them again).
+            heartbeat_max_age: Duration::from_secs(2 * 3600),
+            ..WebhookStreamArgs::new(
+                source.stream.clone(),
+                source.subject_prefix.clone(),
+                Duration::from_secs(6 * 60),
+                Duration::from_secs(2 * 3600),
+            )
         },
     ));
     stream.ensure().await?;

@@ -6,6 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use shared::nats::settings::{default_heartbeat_stream, heartbeat_consumer};
 use shared::store::admin;
 
 use crate::procstat;
@@ -247,6 +248,8 @@ impl RunNames {
             ("WEBHOOK_STREAM", self.webhook_stream()),
             ("WEBHOOK_SUBJECT_PREFIX", self.live_source("").subject_prefix),
             ("WEBHOOK_STREAM_MAX_AGE", "2h".into()),
+            // Replays read the live phase's heartbeats again.
+            ("HEARTBEAT_STREAM_MAX_AGE", "2h".into()),
             ("DLQ_STREAM", self.dlq_stream()),
             ("DLQ_SUBJECT_PREFIX", format!("bench{s}.dlq")),
             ("DLQ_MAX_AGE", "2h".into()),
@@ -264,10 +267,12 @@ impl RunNames {
     /// Removes the run's streams.
     pub async fn delete_streams(&self, jetstream: &async_nats::jetstream::Context) {
         let loaded = LoadedStream::ALL.map(|loaded| self.loaded_source(loaded, "").stream);
-        for stream in [self.webhook_stream(), self.capacity_stream(), self.dlq_stream(), self.presence_stream()] {
+        let webhook_streams = [self.webhook_stream(), self.capacity_stream()].into_iter().chain(loaded);
+        for stream in webhook_streams {
+            let _ = jetstream.delete_stream(default_heartbeat_stream(&stream)).await;
             let _ = jetstream.delete_stream(&stream).await;
         }
-        for stream in loaded {
+        for stream in [self.dlq_stream(), self.presence_stream()] {
             let _ = jetstream.delete_stream(&stream).await;
         }
     }
@@ -296,8 +301,9 @@ pub async fn wait_ready(http: &reqwest::Client, base_url: &str, gateway: &mut Se
     }
 }
 
-/// Waits until the consumer has delivered and had acknowledged every message of the stream;
-/// returns the number of messages.
+/// Waits until the consumer has delivered and had acknowledged every message of the stream,
+/// and its heartbeat consumer every message of the heartbeat stream beside it (if there is
+/// one); returns the number of messages of both.
 pub async fn wait_drained(
     jetstream: &async_nats::jetstream::Context,
     stream: &str,
@@ -305,25 +311,35 @@ pub async fn wait_drained(
     services: &mut [&mut Service],
     timeout: Duration,
 ) -> anyhow::Result<u64> {
-    let mut stream = jetstream.get_stream(stream).await?;
+    let mut streams = vec![(jetstream.get_stream(stream).await?, consumer.to_owned())];
+    if let Ok(heartbeats) = jetstream.get_stream(default_heartbeat_stream(stream)).await {
+        streams.push((heartbeats, heartbeat_consumer(consumer)));
+    }
     let deadline = Instant::now() + timeout;
     loop {
         for service in services.iter_mut() {
             service.check_running()?;
         }
-        let last = stream.info().await?.state.last_sequence;
-        if let Ok(info) = stream.consumer_info(consumer).await
-            && info.delivered.stream_sequence >= last
-            && info.num_pending == 0
-            && info.num_ack_pending == 0
-        {
-            return Ok(stream.info().await?.state.messages);
+        let mut messages = 0;
+        let mut drained = true;
+        for (stream, consumer) in &mut streams {
+            let state = stream.info().await?.state.clone();
+            messages += state.messages;
+            drained &= if state.messages == 0 {
+                true
+            } else {
+                stream.consumer_info(consumer.as_str()).await.is_ok_and(|info| {
+                    info.delivered.stream_sequence >= state.last_sequence
+                        && info.num_pending == 0
+                        && info.num_ack_pending == 0
+                })
+            };
+        }
+        if drained {
+            return Ok(messages);
         }
         if Instant::now() > deadline {
-            bail!(
-                "consumer {consumer} did not drain {stream:?} within {timeout:?}",
-                stream = stream.cached_info().config.name
-            );
+            bail!("consumer {consumer} did not drain {stream:?} (and its heartbeats) within {timeout:?}");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

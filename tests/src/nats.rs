@@ -16,14 +16,13 @@ pub fn shared_url() -> String {
 /// A webhook stream definition no other test uses.
 pub fn unique_stream() -> WebhookStreamArgs {
     let suffix = crate::unique_suffix();
-    WebhookStreamArgs {
-        stream: format!("TEST_WEBHOOKS_{suffix}"),
-        subject_prefix: format!("test{suffix}.webhook"),
-        replicas: 1,
-        duplicate_window: Duration::from_secs(120),
-        // Streams left behind by a failed test expire on their own.
-        max_age: Duration::from_secs(3600),
-    }
+    // Messages of streams left behind by a failed test expire on their own.
+    WebhookStreamArgs::new(
+        format!("TEST_WEBHOOKS_{suffix}"),
+        format!("test{suffix}.webhook"),
+        Duration::from_secs(120),
+        Duration::from_secs(3600),
+    )
 }
 
 /// A free TCP port on 127.0.0.1.

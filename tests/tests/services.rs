@@ -66,6 +66,7 @@ async fn worker_and_sweeper_become_ready_and_exit_cleanly_on_sigterm() {
     }
     let js = async_nats::jetstream::new(async_nats::connect(shared_url()).await.unwrap());
     let _ = js.delete_stream(&stream.stream).await;
+    let _ = js.delete_stream(&stream.heartbeat_settings().name).await;
     let _ = js.delete_stream(format!("{}_DLQ", stream.stream)).await;
     let _ = js.delete_stream(format!("{}_PRESENCE", stream.stream)).await;
     database.drop_database().await;

@@ -50,19 +50,11 @@ impl Application {
         let metrics = WorkerMetrics::register(&mut registry);
         let (ops_server, consuming, setup) = OpsServer::spawn_background(connections, registry, "not consuming yet");
 
-        if let Some(mut consumer) = prepare(&config, &nats, &pool, metrics, &setup, &shutdown).await {
+        if let Some([mut webhooks, mut heartbeats]) = prepare(&config, &nats, &pool, metrics, &setup, &shutdown).await {
             consuming.store(true, Ordering::Relaxed);
-            let depth_watch = consumer.watch_dead_letter_depth(shutdown.clone());
+            let depth_watch = webhooks.watch_dead_letter_depth(shutdown.clone());
             tracing::info!(consumer = config.consumer_name, "consuming");
-            while !shutdown.is_cancelled() {
-                if let Err(error) = consumer.run(&shutdown).await {
-                    tracing::warn!(%error, "consumer loop stopped; restarting it");
-                    tokio::select! {
-                        () = shutdown.cancelled() => {}
-                        () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
-                    }
-                }
-            }
+            tokio::join!(consume(&mut webhooks, &shutdown), consume(&mut heartbeats, &shutdown));
             consuming.store(false, Ordering::Relaxed);
             let _ = depth_watch.await;
         }
@@ -74,8 +66,21 @@ impl Application {
     }
 }
 
-/// Migrations, the dead-letter stream, the webhook stream and the shared consumer; `None` if
-/// shutdown came first.
+/// Runs a consumer until shutdown, restarting its loop after a failure.
+async fn consume(consumer: &mut Consumer, shutdown: &CancellationToken) {
+    while !shutdown.is_cancelled() {
+        if let Err(error) = consumer.run(shutdown).await {
+            tracing::warn!(%error, "consumer loop stopped; restarting it");
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            }
+        }
+    }
+}
+
+/// Migrations, the dead-letter stream, the webhook and heartbeat streams and the shared
+/// consumers of both (webhooks, heartbeats); `None` if shutdown came first.
 async fn prepare(
     config: &WorkerConfig,
     nats: &async_nats::Client,
@@ -83,7 +88,7 @@ async fn prepare(
     metrics: WorkerMetrics,
     setup: &SetupFailure,
     shutdown: &CancellationToken,
-) -> Option<Consumer> {
+) -> Option<[Consumer; 2]> {
     startup_retry::until_ok(shutdown, "database migrations", || MIGRATOR.run(pool)).await?;
     // A migration may leave meetings to rebuild from the log (replicas share the work: each
     // meeting under its lock, and rebuilding one twice changes nothing).
@@ -104,11 +109,17 @@ async fn prepare(
     };
     let consumer =
         setup.run(shutdown, "consumer set-up", || webhooks.durable_consumer(consumer_config.clone())).await?;
+    let heartbeat_consumer = setup
+        .run(shutdown, "heartbeat consumer set-up", || webhooks.heartbeat_consumer(consumer_config.clone()))
+        .await?;
     let settings = Settings {
         max_deliver: config.max_deliver,
         batch_size: usize::from(config.batch_size),
         retry_min_delay: config.retry_min_delay,
         retry_max_delay: config.retry_max_delay,
     };
-    Some(Consumer::new(consumer, pool.clone(), dead_letters, metrics, settings))
+    Some([
+        Consumer::new(consumer, pool.clone(), dead_letters.clone(), metrics.clone(), settings.clone()),
+        Consumer::new(heartbeat_consumer, pool.clone(), dead_letters, metrics, settings),
+    ])
 }

@@ -80,9 +80,18 @@ impl TestGateway {
         request.send().await.expect("the gateway answers")
     }
 
-    /// Every message in the stream, oldest first.
+    /// Every message in the webhook stream, oldest first.
     pub async fn stored_messages(&self) -> Vec<async_nats::jetstream::message::StreamMessage> {
-        let mut stream = self.jetstream.get_stream(&self.stream.stream).await.expect("the stream exists");
+        self.messages_of(&self.stream.stream).await
+    }
+
+    /// Every message in the heartbeat stream, oldest first.
+    pub async fn stored_heartbeats(&self) -> Vec<async_nats::jetstream::message::StreamMessage> {
+        self.messages_of(&self.stream.heartbeat_settings().name).await
+    }
+
+    async fn messages_of(&self, stream: &str) -> Vec<async_nats::jetstream::message::StreamMessage> {
+        let mut stream = self.jetstream.get_stream(stream).await.expect("the stream exists");
         let info = stream.info().await.expect("stream info");
         let mut messages = Vec::new();
         for sequence in info.state.first_sequence..=info.state.last_sequence {
@@ -98,6 +107,7 @@ impl TestGateway {
         self.shutdown.cancel();
         self.server.await.expect("the server task").expect("the server stops cleanly");
         let _ = self.jetstream.delete_stream(&self.stream.stream).await;
+        let _ = self.jetstream.delete_stream(&self.stream.heartbeat_settings().name).await;
     }
 }
 

@@ -21,6 +21,9 @@ pub struct StreamSettings {
     pub max_age: Duration,
     /// JetStream's de-duplication window on `Nats-Msg-Id`; zero leaves the server's default.
     pub duplicate_window: Duration,
+    /// The most bytes the stream holds; -1 for no limit. Past it, a publish is refused (never
+    /// an older message dropped): the gateway answers 503 and LiveKit or the client retries.
+    pub max_bytes: i64,
 }
 
 impl StreamSettings {
@@ -46,7 +49,9 @@ impl StreamSettings {
             num_replicas: self.replicas,
             duplicate_window: self.duplicate_window,
             max_age: self.max_age,
-            discard: stream::DiscardPolicy::Old,
+            max_bytes: self.max_bytes,
+            // Limits reached: refuse new messages rather than drop unconsumed ones.
+            discard: stream::DiscardPolicy::New,
             ..Default::default()
         }
     }
@@ -100,6 +105,7 @@ impl StreamSettings {
         compare("replicas", server.num_replicas.to_string(), ours.num_replicas.to_string());
         compare("max_age", format!("{:?}", server.max_age), format!("{:?}", ours.max_age));
         compare("discard", format!("{:?}", server.discard), format!("{:?}", ours.discard));
+        compare("max_bytes", server.max_bytes.to_string(), ours.max_bytes.to_string());
         // Zero asks for the server's default (2 minutes): compare only a configured window.
         if !ours.duplicate_window.is_zero() {
             compare(
@@ -132,7 +138,11 @@ impl crate::runtime::startup_retry::Permanent for StreamSetupError {
     }
 }
 
-/// The stream of verified webhook events (and client heartbeats).
+/// The stream of verified webhook events, and the stream of client heartbeats beside it.
+/// Heartbeats have a stream of their own: they are many (one per participant every few
+/// seconds) and worth little once old, so a short retention and a byte limit keep them from
+/// filling the disk the webhooks need. Its name and subjects follow the webhook stream's unless
+/// set.
 #[derive(Debug, Clone, clap::Args)]
 pub struct WebhookStreamArgs {
     /// Name of the stream of verified webhook events.
@@ -161,9 +171,43 @@ pub struct WebhookStreamArgs {
     /// How long events stay in the stream after they were published.
     #[arg(id = "webhook-stream-max-age", long = "webhook-stream-max-age", env = "WEBHOOK_STREAM_MAX_AGE", default_value = "7d", value_parser = humantime::parse_duration)]
     pub max_age: Duration,
+    /// Most bytes the webhook stream holds (-1: no limit); past it webhooks get 503.
+    #[arg(id = "webhook-stream-max-bytes", long = "webhook-stream-max-bytes", env = "WEBHOOK_STREAM_MAX_BYTES", default_value_t = -1, allow_negative_numbers = true)]
+    pub max_bytes: i64,
+    /// Name of the heartbeat stream [default: the webhook stream's, then `_HEARTBEATS`].
+    #[arg(id = "heartbeat-stream", long = "heartbeat-stream", env = "HEARTBEAT_STREAM")]
+    pub heartbeat_stream: Option<String>,
+    /// Heartbeats are published on `<prefix>.client_heartbeat` [default: the webhook prefix,
+    /// then `-heartbeats`].
+    #[arg(id = "heartbeat-subject-prefix", long = "heartbeat-subject-prefix", env = "HEARTBEAT_SUBJECT_PREFIX")]
+    pub heartbeat_subject_prefix: Option<String>,
+    /// How long heartbeats stay in their stream (older ones are worth nothing to attendance
+    /// once the sweeper's timeout has passed).
+    #[arg(id = "heartbeat-stream-max-age", long = "heartbeat-stream-max-age", env = "HEARTBEAT_STREAM_MAX_AGE", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub heartbeat_max_age: Duration,
+    /// Most bytes the heartbeat stream holds; past it heartbeats get 503 (webhooks do not).
+    #[arg(id = "heartbeat-stream-max-bytes", long = "heartbeat-stream-max-bytes", env = "HEARTBEAT_STREAM_MAX_BYTES", default_value_t = 1 << 30)]
+    pub heartbeat_max_bytes: i64,
 }
 
 impl WebhookStreamArgs {
+    /// Settings of the stream and the heartbeat stream beside it, with defaults for tests and
+    /// tools: no byte limits, an hour of heartbeats.
+    pub fn new(stream: String, subject_prefix: String, duplicate_window: Duration, max_age: Duration) -> Self {
+        WebhookStreamArgs {
+            stream,
+            subject_prefix,
+            replicas: 1,
+            duplicate_window,
+            max_age,
+            max_bytes: -1,
+            heartbeat_stream: None,
+            heartbeat_subject_prefix: None,
+            heartbeat_max_age: Duration::from_secs(3600),
+            heartbeat_max_bytes: -1,
+        }
+    }
+
     pub fn settings(&self) -> StreamSettings {
         StreamSettings {
             name: self.stream.clone(),
@@ -172,8 +216,36 @@ impl WebhookStreamArgs {
             replicas: self.replicas,
             max_age: self.max_age,
             duplicate_window: self.duplicate_window,
+            max_bytes: self.max_bytes,
         }
     }
+
+    /// The heartbeat stream's settings.
+    pub fn heartbeat_settings(&self) -> StreamSettings {
+        StreamSettings {
+            name: self.heartbeat_stream.clone().unwrap_or_else(|| default_heartbeat_stream(&self.stream)),
+            description: "Client heartbeats, verified by the gateway",
+            subject_prefix: self
+                .heartbeat_subject_prefix
+                .clone()
+                .unwrap_or_else(|| format!("{}-heartbeats", self.subject_prefix)),
+            replicas: self.replicas,
+            max_age: self.heartbeat_max_age,
+            // A heartbeat is never resent with the same id: no de-duplication to keep.
+            duplicate_window: Duration::ZERO,
+            max_bytes: self.heartbeat_max_bytes,
+        }
+    }
+}
+
+/// The heartbeat stream beside the webhook stream `webhook_stream` unless one is named.
+pub fn default_heartbeat_stream(webhook_stream: &str) -> String {
+    format!("{webhook_stream}_HEARTBEATS")
+}
+
+/// The durable consumer of the heartbeat stream that goes with the webhook stream's `consumer`.
+pub fn heartbeat_consumer(consumer: &str) -> String {
+    format!("{consumer}-heartbeats")
 }
 
 /// The dead-letter stream.
@@ -207,6 +279,7 @@ impl DeadLetterArgs {
             max_age: self.max_age,
             // A dead letter's id is derived from the original's position (see dead_letters).
             duplicate_window: Duration::ZERO,
+            max_bytes: -1,
         }
     }
 }
@@ -258,6 +331,7 @@ impl PresenceArgs {
             max_age: self.max_age,
             // Covers the outbox publisher's retries of a batch.
             duplicate_window: Duration::from_secs(120),
+            max_bytes: -1,
         }
     }
 }

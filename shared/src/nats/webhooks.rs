@@ -6,10 +6,12 @@
 //! event is stored. Events are de-duplicated by LiveKit's event id through `Nats-Msg-Id`.
 //!
 //! Format: a LiveKit event is the body LiveKit sent (secrets removed), on
-//! `<prefix>.<event type>`. A heartbeat travels on the same stream, so that it reaches the workers
-//! with the same guarantees, as `{"event": "client_heartbeat", "id", "createdAt", "room":
-//! {"name"}, "participant": {"identity"}}` on `<prefix>.client_heartbeat`: the shape of a LiveKit
-//! event, so that operators' tools show its room and identity like any other message.
+//! `<prefix>.<event type>`. A heartbeat travels on the heartbeat stream beside it (its own
+//! retention and byte limit, so that heartbeats can never fill the disk the webhooks need), with
+//! the same guarantees, as `{"event": "client_heartbeat", "id", "createdAt", "room": {"name"},
+//! "participant": {"identity"}}` on `<heartbeat prefix>.client_heartbeat`: the shape of a
+//! LiveKit event, so that operators' tools show its room and identity like any other message.
+//! Workers read both streams and accept either kind of message on either.
 
 use std::time::Duration;
 
@@ -92,16 +94,36 @@ fn heartbeat_payload(heartbeat: &Heartbeat) -> Bytes {
     Bytes::from(serde_json::to_vec(&body).expect("JSON serializes"))
 }
 
-/// Handle on the webhook stream.
+/// Handle on the webhook stream and the heartbeat stream beside it (one message format, two
+/// retentions: see [`WebhookStreamArgs`]).
 #[derive(Clone)]
 pub struct WebhookStream {
     jetstream: jetstream::Context,
     settings: StreamSettings,
+    heartbeats: StreamSettings,
+}
+
+/// How full a stream is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamFill {
+    pub stream: String,
+    pub bytes: u64,
+    /// -1: no limit.
+    pub max_bytes: i64,
 }
 
 impl WebhookStream {
     pub fn new(client: async_nats::Client, args: &WebhookStreamArgs) -> Self {
-        WebhookStream { jetstream: jetstream::new(client), settings: args.settings() }
+        WebhookStream {
+            jetstream: jetstream::new(client),
+            settings: args.settings(),
+            heartbeats: args.heartbeat_settings(),
+        }
+    }
+
+    /// The heartbeat stream's settings.
+    pub fn heartbeat_settings(&self) -> &StreamSettings {
+        &self.heartbeats
     }
 
     pub fn name(&self) -> &str {
@@ -112,10 +134,11 @@ impl WebhookStream {
         &self.settings
     }
 
-    /// Creates the stream if it does not exist; an existing one is left as it is (its
+    /// Creates both streams if they do not exist; an existing one is left as it is (its
     /// differences from the configuration are logged).
     pub async fn ensure(&self) -> Result<(), StreamSetupError> {
-        self.settings.create_or_check(&self.jetstream).await.map(|_| ())
+        self.settings.create_or_check(&self.jetstream).await?;
+        self.heartbeats.create_or_check(&self.jetstream).await.map(|_| ())
     }
 
     /// Creates the durable pull consumer the workers share, or updates it to `config` if it
@@ -125,20 +148,39 @@ impl WebhookStream {
         &self,
         config: jetstream::consumer::pull::Config,
     ) -> Result<jetstream::consumer::PullConsumer, StreamSetupError> {
-        let name = config.durable_name.clone().unwrap_or_default();
-        let config = jetstream::consumer::pull::Config { filter_subject: self.settings.subjects(), ..config };
-        let stream = self.jetstream.get_stream(self.name()).await.map_err(|e| self.settings.setup_error(e))?;
-        stream.create_consumer(config).await.map_err(|error| {
-            // The server answered 400: it refuses this configuration (e.g. a setting it cannot
-            // change on an existing consumer). Anything else (a timeout, 503) may pass later.
-            let refused = matches!(error.kind(), ConsumerErrorKind::JetStream(e) if e.code() == 400);
-            StreamSetupError { permanent: refused, ..self.settings.setup_error(format!("consumer {name}: {error}")) }
-        })
+        consumer_on(&self.jetstream, &self.settings, config).await
     }
 
-    /// Whether the stream exists (asks the server).
+    /// The same for the heartbeat stream: the durable consumer named as `config`'s, then
+    /// `-heartbeats`.
+    pub async fn heartbeat_consumer(
+        &self,
+        config: jetstream::consumer::pull::Config,
+    ) -> Result<jetstream::consumer::PullConsumer, StreamSetupError> {
+        let durable_name = config.durable_name.as_deref().map(super::settings::heartbeat_consumer);
+        consumer_on(&self.jetstream, &self.heartbeats, jetstream::consumer::pull::Config { durable_name, ..config })
+            .await
+    }
+
+    /// Whether both streams exist (asks the server).
     pub async fn is_present(&self) -> bool {
         self.jetstream.get_stream(self.name()).await.is_ok()
+            && self.jetstream.get_stream(&self.heartbeats.name).await.is_ok()
+    }
+
+    /// How full each stream is, for the metrics that warn before a limit is reached.
+    pub async fn fill(&self) -> Result<Vec<StreamFill>, StreamSetupError> {
+        let mut fills = Vec::new();
+        for settings in [&self.settings, &self.heartbeats] {
+            let mut stream = self.jetstream.get_stream(&settings.name).await.map_err(|e| settings.setup_error(e))?;
+            let info = stream.info().await.map_err(|e| settings.setup_error(e))?;
+            fills.push(StreamFill {
+                stream: settings.name.clone(),
+                bytes: info.state.bytes,
+                max_bytes: info.config.max_bytes,
+            });
+        }
+        Ok(fills)
     }
 
     /// Publishes a verified event, with the current span's trace context, and waits, at most
@@ -156,7 +198,7 @@ impl WebhookStream {
     ) -> Result<PublishAck, PublishError> {
         let payload = heartbeat_payload(heartbeat);
         let message = self.message(&heartbeat.id, HEARTBEAT_EVENT_TYPE, heartbeat.received_at_ms, payload);
-        publish_acknowledged(&self.jetstream, self.settings.subject(HEARTBEAT_EVENT_TYPE), message, deadline).await
+        publish_acknowledged(&self.jetstream, self.heartbeats.subject(HEARTBEAT_EVENT_TYPE), message, deadline).await
     }
 
     fn message(&self, id: &str, event_type: &str, received_at_ms: i64, payload: Bytes) -> PublishMessage {
@@ -167,6 +209,24 @@ impl WebhookStream {
         // `headers` replaces the map, so the message id goes after it.
         PublishMessage::build().payload(payload).headers(headers).message_id(id)
     }
+}
+
+/// Creates a durable pull consumer on the stream of `settings`, reading every subject of it, or
+/// updates it to `config` if it exists. A change the server refuses is a permanent failure.
+async fn consumer_on(
+    jetstream: &jetstream::Context,
+    settings: &StreamSettings,
+    config: jetstream::consumer::pull::Config,
+) -> Result<jetstream::consumer::PullConsumer, StreamSetupError> {
+    let name = config.durable_name.clone().unwrap_or_default();
+    let config = jetstream::consumer::pull::Config { filter_subject: settings.subjects(), ..config };
+    let stream = jetstream.get_stream(&settings.name).await.map_err(|e| settings.setup_error(e))?;
+    stream.create_consumer(config).await.map_err(|error| {
+        // The server answered 400: it refuses this configuration (e.g. a setting it cannot
+        // change on an existing consumer). Anything else (a timeout, 503) may pass later.
+        let refused = matches!(error.kind(), ConsumerErrorKind::JetStream(e) if e.code() == 400);
+        StreamSetupError { permanent: refused, ..settings.setup_error(format!("consumer {name}: {error}")) }
+    })
 }
 
 #[cfg(test)]

@@ -66,13 +66,12 @@ impl Harness {
     }
 
     fn stream_args(&self) -> shared::nats::WebhookStreamArgs {
-        shared::nats::WebhookStreamArgs {
-            stream: self.stream_name(),
-            subject_prefix: self.subject_prefix(),
-            replicas: 1,
-            duplicate_window: Duration::from_secs(120),
-            max_age: Duration::from_secs(3600),
-        }
+        shared::nats::WebhookStreamArgs::new(
+            self.stream_name(),
+            self.subject_prefix(),
+            Duration::from_secs(120),
+            Duration::from_secs(3600),
+        )
     }
 
     /// The arguments a worker of this harness runs with (for in-process workers and binaries).
@@ -209,6 +208,7 @@ impl Harness {
 
     pub async fn cleanup(self) {
         let _ = self.jetstream.delete_stream(self.stream_name()).await;
+        let _ = self.jetstream.delete_stream(self.stream_args().heartbeat_settings().name).await;
         let _ = self.jetstream.delete_stream(self.dlq_name()).await;
         self.database.drop_database().await;
     }
