@@ -9,6 +9,7 @@ use shared::runtime::config::{LiveKitKeyArgs, NatsArgs, parse_duration};
 use shared::runtime::database::DatabaseArgs;
 
 use crate::limits::RequestArgs;
+use crate::presence_stream::PresenceStreamArgs;
 use crate::server::ConnectionArgs;
 
 /// LiveKit webhook gateway: verifies, stores in JetStream, then answers.
@@ -63,6 +64,8 @@ pub struct GatewayConfig {
     /// Where presence changes are published, for the live stream.
     #[command(flatten)]
     pub presence: PresenceArgs,
+    #[command(flatten)]
+    pub presence_streams: PresenceStreamArgs,
 }
 
 impl GatewayConfig {

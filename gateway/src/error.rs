@@ -44,6 +44,8 @@ pub enum ApiError {
     Forbidden(Forbidden),
     #[error("too many heartbeats; slow down")]
     RateLimited,
+    #[error("too many presence streams open, overall or for this identity")]
+    TooManyStreams,
     #[error("attendance cannot be read now; retry later")]
     ReadUnavailable,
     #[error("no such participant in this room")]
@@ -73,7 +75,7 @@ impl ApiError {
             | ApiError::ReadUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::MissingToken | ApiError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RateLimited | ApiError::TooManyStreams => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotFound | ApiError::NoSuchParticipant | ApiError::NoSuchMeeting => StatusCode::NOT_FOUND,
             ApiError::InvalidParameter { .. } => StatusCode::BAD_REQUEST,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -95,6 +97,7 @@ impl ApiError {
             ApiError::InvalidToken(reason) => reason.code(),
             ApiError::Forbidden(reason) => reason.code(),
             ApiError::RateLimited => "rate_limited",
+            ApiError::TooManyStreams => "too_many_streams",
             ApiError::NoSuchParticipant => "participant_not_found",
             ApiError::NoSuchMeeting => "meeting_not_found",
             ApiError::InvalidParameter { .. } => "invalid_parameter",

@@ -4,8 +4,8 @@
 //!
 //! - [`webhook`]: `POST /webhooks/livekit` (verification is `shared::livekit::webhook`);
 //! - [`heartbeat`]: `POST /v1/heartbeats`;
-//! - [`read_api`]: attendance reads, the presence stream and the live page, with
-//!   [`read_access`] deciding who may read what;
+//! - [`read_api`]: attendance reads, the presence stream ([`presence_stream`]) and the live
+//!   page, with [`read_access`] deciding who may read what;
 //! - [`meetings_api`]: a room's meetings, and one meeting with the attendance policy applied, as
 //!   JSON or CSV ([`csv_export`]);
 //! - [`routes`]: every route; [`error`]: every error, mapped to a status and a stable code;
@@ -19,6 +19,7 @@ pub mod heartbeat;
 pub mod limits;
 pub mod meetings_api;
 pub mod metrics;
+pub mod presence_stream;
 pub mod read_access;
 pub mod read_api;
 pub mod routes;

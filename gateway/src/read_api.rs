@@ -8,15 +8,14 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
-use axum::response::sse::{Event, KeepAlive, Sse};
-use futures::{Stream, StreamExt as _};
+use axum::response::sse::{Event, Sse};
+use futures::Stream;
 use serde::Serialize;
 use shared::domain::attendance::{Attendance, union_ms};
 use shared::domain::identifiers::{self, Field};
 use shared::domain::policy::Policy;
 use shared::domain::time::{now_unix_ms, rfc3339_ms};
 use shared::livekit::KeySet;
-use shared::nats::presence::{self, PresenceMessage};
 use shared::store::read_model;
 use tokio_util::sync::CancellationToken;
 
@@ -27,7 +26,8 @@ pub struct ReadState {
     pub keys: KeySet,
     pub pool: sqlx::PgPool,
     pub nats: async_nats::Client,
-    pub presence_subject_prefix: String,
+    /// The live presence streams: their bounds, and where they read.
+    pub presence: Arc<crate::presence_stream::PresenceStreams>,
     /// Ends the live streams when the gateway shuts down.
     pub shutdown: CancellationToken,
     /// The attendance policy requests get unless they override it.
@@ -137,30 +137,13 @@ pub async fn participant(
 }
 
 /// Server-Sent Events of the room's presence changes (only the caller's own for a participant
-/// token), as they are published; ends when the gateway shuts down.
+/// token): [`crate::presence_stream`].
 pub async fn presence(
     State(state): State<Arc<ReadState>>,
     Path(room): Path<String>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    identifiers::check(Field::RoomName, &room)?;
-    let access = authorize(&headers, &state.keys, &room, now_unix_ms() / 1000)?;
-    let subject = presence::subject(&state.presence_subject_prefix, &room);
-    let subscription = state.nats.subscribe(subject).await.map_err(|error| {
-        tracing::warn!(%error, "cannot subscribe to presence changes");
-        ApiError::ReadUnavailable
-    })?;
-    let events =
-        subscription
-            .filter_map(move |message| {
-                let change = PresenceMessage::decode(&message.payload);
-                let visible = change.filter(|c| access.covers(&c.identity));
-                std::future::ready(visible.map(|change| {
-                    Ok(Event::default().event("presence").id(change.id.to_string()).data(change.to_json()))
-                }))
-            })
-            .take_until(state.shutdown.clone().cancelled_owned());
-    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+    crate::presence_stream::open(&state, room, &headers).await
 }
 
 pub fn read_failed(error: sqlx::Error) -> ApiError {

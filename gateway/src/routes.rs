@@ -107,7 +107,15 @@ mod tests {
                 keys,
                 pool: sqlx::PgPool::connect_lazy("postgres://nobody@127.0.0.1:1/none").unwrap(),
                 nats,
-                presence_subject_prefix: "routes.presence".into(),
+                presence: crate::presence_stream::PresenceStreams::new(
+                    &crate::presence_stream::PresenceStreamArgs { max: 4, per_identity: 2 },
+                    &shared::nats::PresenceArgs {
+                        stream: "ROUTES_PRESENCE".into(),
+                        subject_prefix: "routes.presence".into(),
+                        replicas: 1,
+                        max_age: Duration::from_secs(60),
+                    },
+                ),
                 shutdown: tokio_util::sync::CancellationToken::new(),
                 policy: Default::default(),
             }),

@@ -19,6 +19,7 @@ use crate::config::GatewayConfig;
 use crate::heartbeat::{HeartbeatState, RateLimiter};
 use crate::limits::RequestLimits;
 use crate::metrics::{GatewayMetrics, StreamLabel};
+use crate::presence_stream::PresenceStreams;
 use crate::read_api::ReadState;
 use crate::routes::{AppState, router};
 use crate::server::{self, ConnectionArgs};
@@ -69,7 +70,7 @@ impl Application {
                 keys: keys.clone(),
                 pool,
                 nats: nats.clone(),
-                presence_subject_prefix: config.presence.subject_prefix.clone(),
+                presence: PresenceStreams::new(&config.presence_streams, &config.presence),
                 shutdown: streams_shutdown.clone(),
                 policy: config.policy(),
             }),

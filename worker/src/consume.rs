@@ -11,6 +11,8 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering as AtomicOrdering};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::PullConsumer;
@@ -56,8 +58,83 @@ pub enum ConsumeError {
     Ended,
 }
 
+/// Where a consumer stands with respect to the webhooks: heartbeats are read from a stream of
+/// their own, and a heartbeat applied before the join it follows would find no meeting (after a
+/// backlog, the heartbeat consumer would race far ahead of the webhook consumer). So the
+/// webhook consumer records how far it got, and the heartbeat consumer applies a heartbeat only
+/// once the webhooks received before it are applied (or every webhook is).
+pub enum Order {
+    /// This consumer reads the webhooks and records its progress.
+    Webhooks(Arc<WebhookProgress>),
+    /// This consumer reads heartbeats and waits for the webhooks' progress.
+    AfterWebhooks(Arc<WebhookProgress>),
+}
+
+/// How far the webhooks are applied: the gateway's receipt time (unix ms) up to which this
+/// process's webhook consumer has applied them, or up to which it has seen them all.
+pub struct WebhookProgress {
+    frontier_ms: AtomicI64,
+    /// The webhook consumer, asked when the frontier stalls whether anything is left at all.
+    consumer: tokio::sync::Mutex<PullConsumer>,
+}
+
+/// The longest a batch of heartbeats waits for the webhooks; past it, it is applied (what
+/// finds no meeting yet is put off as before).
+const MAX_WAIT_FOR_WEBHOOKS: Duration = Duration::from_secs(60);
+
+impl WebhookProgress {
+    pub fn new(webhook_consumer: PullConsumer) -> Arc<Self> {
+        Arc::new(WebhookProgress {
+            frontier_ms: AtomicI64::new(0),
+            consumer: tokio::sync::Mutex::new(webhook_consumer),
+        })
+    }
+
+    fn advance(&self, received_at_ms: i64) {
+        self.frontier_ms.fetch_max(received_at_ms, AtomicOrdering::Relaxed);
+    }
+
+    /// Waits until the webhooks received up to `received_at_ms` are applied, keeping `held`
+    /// messages from being redelivered meanwhile.
+    async fn wait_for(&self, received_at_ms: i64, held: &[Delivery], shutdown: &CancellationToken) {
+        let started = Instant::now();
+        let mut last_check = None::<Instant>;
+        let mut last_progress_ack = Instant::now();
+        while self.frontier_ms.load(AtomicOrdering::Relaxed) < received_at_ms {
+            if shutdown.is_cancelled() || started.elapsed() > MAX_WAIT_FOR_WEBHOOKS {
+                return;
+            }
+            // Stalled: is there any webhook left to apply? None delivered or unacknowledged
+            // means every webhook received before this check is applied.
+            if last_check.is_none_or(|at| at.elapsed() > Duration::from_millis(250)) {
+                last_check = Some(Instant::now());
+                let checked_at_ms = now_unix_ms();
+                let mut consumer = self.consumer.lock().await;
+                if let Ok(info) = consumer.info().await
+                    && info.num_pending == 0
+                    && info.num_ack_pending == 0
+                {
+                    self.advance(checked_at_ms);
+                    continue;
+                }
+            }
+            if last_progress_ack.elapsed() > Duration::from_secs(5) {
+                last_progress_ack = Instant::now();
+                for delivery in held {
+                    let _ = delivery.message.ack_with(AckKind::Progress).await;
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+        }
+    }
+}
+
 pub struct Consumer {
     consumer: PullConsumer,
+    order: Order,
     pool: PgPool,
     dead_letters: DeadLetterStream,
     metrics: WorkerMetrics,
@@ -70,6 +147,7 @@ pub struct Consumer {
 impl Consumer {
     pub fn new(
         consumer: PullConsumer,
+        order: Order,
         pool: PgPool,
         dead_letters: DeadLetterStream,
         metrics: WorkerMetrics,
@@ -77,6 +155,7 @@ impl Consumer {
     ) -> Self {
         Consumer {
             consumer,
+            order,
             pool,
             dead_letters,
             metrics,
@@ -159,7 +238,7 @@ impl Consumer {
                     _ => break,
                 }
             }
-            if let ControlFlow::Break(stop) = self.process(batch).await {
+            if let ControlFlow::Break(stop) = self.process(batch, shutdown).await {
                 return Ok(stop);
             }
         }
@@ -167,7 +246,7 @@ impl Consumer {
 
     /// Applies one batch and acknowledges each message as its outcome says. Breaks when pulling
     /// must stop (PostgreSQL is unreachable).
-    pub async fn process(&mut self, batch: Vec<Pulled>) -> ControlFlow<Stop> {
+    pub async fn process(&mut self, batch: Vec<Pulled>, shutdown: &CancellationToken) -> ControlFlow<Stop> {
         let mut deliveries = Vec::with_capacity(batch.len());
         for Pulled { message, times_deferred } in batch {
             let Ok(info) = message.info() else {
@@ -199,6 +278,10 @@ impl Consumer {
             return ControlFlow::Continue(());
         }
 
+        if let Order::AfterWebhooks(progress) = &self.order {
+            let newest = deliveries.iter().filter_map(|d| d.input.received_at_ms).max().unwrap_or(0);
+            progress.wait_for(newest, &deliveries, shutdown).await;
+        }
         let inputs: Vec<Input> = deliveries.iter().map(|delivery| delivery.input.clone()).collect();
         let span = info_span!("apply_batch", messages = inputs.len(), first_sequence = inputs[0].stream_sequence);
         // The transaction serves every message of the batch: linked to each message's span.
@@ -212,6 +295,13 @@ impl Consumer {
 
         match result {
             Ok(outcomes) => {
+                if let Order::Webhooks(progress) = &self.order {
+                    let applied =
+                        deliveries.iter().zip(&outcomes).filter(|(_, outcome)| **outcome != Applied::Deferred);
+                    if let Some(newest) = applied.filter_map(|(d, _)| d.input.received_at_ms).max() {
+                        progress.advance(newest);
+                    }
+                }
                 for (delivery, outcome) in deliveries.into_iter().zip(outcomes) {
                     let span = delivery.span.clone();
                     self.settle(delivery, outcome).instrument(span).await;

@@ -16,7 +16,7 @@ use shared::store::MIGRATOR;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::WorkerConfig;
-use crate::consume::{CRASH_MARGIN, Consumer, Settings};
+use crate::consume::{CRASH_MARGIN, Consumer, Order, Settings, WebhookProgress};
 use crate::metrics::WorkerMetrics;
 
 pub struct Application {
@@ -118,8 +118,23 @@ async fn prepare(
         retry_min_delay: config.retry_min_delay,
         retry_max_delay: config.retry_max_delay,
     };
+    let progress = WebhookProgress::new(consumer.clone());
     Some([
-        Consumer::new(consumer, pool.clone(), dead_letters.clone(), metrics.clone(), settings.clone()),
-        Consumer::new(heartbeat_consumer, pool.clone(), dead_letters, metrics, settings),
+        Consumer::new(
+            consumer,
+            Order::Webhooks(progress.clone()),
+            pool.clone(),
+            dead_letters.clone(),
+            metrics.clone(),
+            settings.clone(),
+        ),
+        Consumer::new(
+            heartbeat_consumer,
+            Order::AfterWebhooks(progress),
+            pool.clone(),
+            dead_letters,
+            metrics,
+            settings,
+        ),
     ])
 }

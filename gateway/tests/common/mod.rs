@@ -143,6 +143,7 @@ impl System {
             &testkit::nats::shared_url(),
             &[
                 &format!("--database-url={}", database.url),
+                &format!("--presence-stream={presence_stream}"),
                 &format!("--presence-subject-prefix={presence_prefix}"),
                 "--heartbeat-burst=2",
                 "--heartbeat-min-interval=1h",
