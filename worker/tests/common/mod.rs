@@ -65,7 +65,7 @@ impl Harness {
         format!("TEST_DLQ_{}", self.suffix)
     }
 
-    fn stream_args(&self) -> shared::nats::WebhookStreamArgs {
+    pub fn stream_args(&self) -> shared::nats::WebhookStreamArgs {
         shared::nats::WebhookStreamArgs::new(
             self.stream_name(),
             self.subject_prefix(),
