@@ -10,6 +10,8 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::io::AsyncWriteExt as _;
+
 use testkit::binaries::Service;
 use testkit::livekit::{TEST_KEYS, sign_now};
 use testkit::nats::{PrivateNats, free_port};
@@ -24,6 +26,8 @@ enum Fault {
     RestartNats,
     RestartPostgres,
     PausePostgres,
+    /// Hundreds of connections that send half a request head and wait (a slowloris attack).
+    SlowConnections,
 }
 
 /// The servers the services run against (private: the faults stop them).
@@ -54,6 +58,10 @@ impl Infrastructure {
             // The workload happened in the past: no 12 h cap on its open cycles here.
             ("MAX_CYCLE_DURATION", "87600h".into()),
             ("RUST_LOG", "warn".into()),
+            // Few connection slots and a short header timeout, so that the slow-connection
+            // attack fills them and is cut off within the round.
+            ("HTTP_MAX_CONNECTIONS", "128".into()),
+            ("HTTP_HEADER_TIMEOUT", "2s".into()),
         ]
     }
 
@@ -128,6 +136,7 @@ async fn every_acknowledged_event_survives_each_fault_exactly_once() {
         Fault::RestartNats,
         Fault::RestartPostgres,
         Fault::PausePostgres,
+        Fault::SlowConnections,
     ];
     let mut sent: Vec<Event> = Vec::new();
     let accepted = Arc::new(Mutex::new(BTreeSet::new()));
@@ -179,6 +188,18 @@ async fn every_acknowledged_event_survives_each_fault_exactly_once() {
                 fleet.postgres.signal_all("STOP");
                 tokio::time::sleep(Duration::from_secs(4)).await; // past the pool's 1 s timeout
                 fleet.postgres.signal_all("CONT");
+            }
+            Fault::SlowConnections => {
+                let mut attackers = Vec::new();
+                for _ in 0..400 {
+                    if let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", gateway_port)).await {
+                        let _ = stream.write_all(b"POST /webhooks/livekit HTTP/1.1\r\nHost: x\r\n").await;
+                        attackers.push(stream);
+                    }
+                }
+                // Held past two header timeouts: the gateway closes them while the load goes on.
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                drop(attackers);
             }
         }
         load.await.unwrap();
