@@ -20,7 +20,7 @@ use async_nats::jetstream::{AckKind, Message};
 use futures::{FutureExt as _, StreamExt as _};
 use shared::domain::time::now_unix_ms;
 use shared::nats::dead_letters::{DeadLetter, DeadLetterStream};
-use shared::nats::webhooks::received_at_ms;
+use shared::nats::webhooks::{WebhookStream, received_at_ms};
 use shared::runtime::shutdown::Ticks;
 use shared::runtime::{startup_retry, trace};
 use shared::store;
@@ -71,11 +71,13 @@ pub enum Order {
 }
 
 /// How far the webhooks are applied: the gateway's receipt time (unix ms) up to which this
-/// process's webhook consumer has applied them, or up to which it has seen them all.
+/// process's webhook consumer has applied them, or up to which the shared consumer has had
+/// every webhook acknowledged (whichever replica applied them).
 pub struct WebhookProgress {
     frontier_ms: AtomicI64,
-    /// The webhook consumer, asked when the frontier stalls whether anything is left at all.
+    /// The webhook consumer, asked when the frontier stalls how far all replicas got.
     consumer: tokio::sync::Mutex<PullConsumer>,
+    stream: WebhookStream,
 }
 
 /// The longest a batch of heartbeats waits for the webhooks; past it, it is applied (what
@@ -83,10 +85,11 @@ pub struct WebhookProgress {
 const MAX_WAIT_FOR_WEBHOOKS: Duration = Duration::from_secs(60);
 
 impl WebhookProgress {
-    pub fn new(webhook_consumer: PullConsumer) -> Arc<Self> {
+    pub fn new(webhook_consumer: PullConsumer, stream: WebhookStream) -> Arc<Self> {
         Arc::new(WebhookProgress {
             frontier_ms: AtomicI64::new(0),
             consumer: tokio::sync::Mutex::new(webhook_consumer),
+            stream,
         })
     }
 
@@ -104,18 +107,24 @@ impl WebhookProgress {
             if shutdown.is_cancelled() || started.elapsed() > MAX_WAIT_FOR_WEBHOOKS {
                 return;
             }
-            // Stalled: is there any webhook left to apply? None delivered or unacknowledged
-            // means every webhook received before this check is applied.
+            // Stalled: how far did all replicas get? Nothing left undelivered or unacknowledged
+            // means every webhook received before this check is applied; else every webhook up
+            // to the consumer's acknowledgement floor is.
             if last_check.is_none_or(|at| at.elapsed() > Duration::from_millis(250)) {
                 last_check = Some(Instant::now());
                 let checked_at_ms = now_unix_ms();
-                let mut consumer = self.consumer.lock().await;
-                if let Ok(info) = consumer.info().await
-                    && info.num_pending == 0
-                    && info.num_ack_pending == 0
-                {
-                    self.advance(checked_at_ms);
-                    continue;
+                let info = self.consumer.lock().await.info().await.cloned();
+                if let Ok(info) = info {
+                    if info.num_pending == 0 && info.num_ack_pending == 0 {
+                        self.advance(checked_at_ms);
+                        continue;
+                    }
+                    if let Some(floor_ms) = self.stream.received_at_ms_of(info.ack_floor.stream_sequence).await
+                        && floor_ms > self.frontier_ms.load(AtomicOrdering::Relaxed)
+                    {
+                        self.advance(floor_ms);
+                        continue;
+                    }
                 }
             }
             if last_progress_ack.elapsed() > Duration::from_secs(5) {

@@ -118,7 +118,7 @@ async fn prepare(
         retry_min_delay: config.retry_min_delay,
         retry_max_delay: config.retry_max_delay,
     };
-    let progress = WebhookProgress::new(consumer.clone());
+    let progress = WebhookProgress::new(consumer.clone(), webhooks.clone());
     Some([
         Consumer::new(
             consumer,

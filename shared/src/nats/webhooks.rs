@@ -162,6 +162,13 @@ impl WebhookStream {
             .await
     }
 
+    /// The gateway's receipt time of the webhook at `sequence` of the webhook stream.
+    pub async fn received_at_ms_of(&self, sequence: u64) -> Option<i64> {
+        let stream = self.jetstream.get_stream(self.name()).await.ok()?;
+        let message = stream.get_raw_message(sequence).await.ok()?;
+        received_at_ms(Some(&message.headers))
+    }
+
     /// Whether both streams exist (asks the server).
     pub async fn is_present(&self) -> bool {
         self.jetstream.get_stream(self.name()).await.is_ok()
