@@ -19,6 +19,11 @@ pub struct GatewayConfig {
     /// Address the HTTP server listens on.
     #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8080")]
     pub listen_addr: SocketAddr,
+    /// Browser origins allowed to call the heartbeat and read API from another origin (CORS),
+    /// comma-separated, exact (`https://app.example.org`), or `*` for any; none by default (the
+    /// webhook route never answers CORS).
+    #[arg(long, env = "CORS_ALLOWED_ORIGINS", value_delimiter = ',', value_parser = parse_origin)]
+    pub cors_allowed_origins: Vec<String>,
     /// Address of `/metrics` (and the probes), apart from the public listener.
     #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9090")]
     pub metrics_addr: SocketAddr,
@@ -72,6 +77,19 @@ impl GatewayConfig {
     /// The attendance policy requests get unless they override it.
     pub fn policy(&self) -> Policy {
         Policy { min_ratio: self.attendance_min_ratio, late_after: self.late_after, early_before: self.early_before }
+    }
+}
+
+/// An origin as browsers send it: `scheme://host[:port]`, nothing after; or `*`.
+pub fn parse_origin(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    if text == "*" {
+        return Ok(text.to_owned());
+    }
+    let after_scheme = text.strip_prefix("https://").or_else(|| text.strip_prefix("http://"));
+    match after_scheme {
+        Some(host) if !host.is_empty() && !host.contains(['/', '?', '#', ' ', '*']) => Ok(text.to_owned()),
+        _ => Err(format!("{text:?} is not an origin like https://app.example.org (scheme and host, no path)")),
     }
 }
 

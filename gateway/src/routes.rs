@@ -2,10 +2,13 @@
 //! else, so routing (statuses, error bodies, fallbacks) is testable without NATS or PostgreSQL.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::routing::{get, post};
 use axum::{Router, middleware};
 use shared::runtime::ops::{self, ReadinessCheck};
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 
 use crate::error::ApiError;
@@ -24,30 +27,70 @@ pub struct AppState {
     pub readiness: ReadinessCheck,
     /// Bounds requests in flight.
     pub limits: Arc<RequestLimits>,
+    /// Origins whose pages may call the browser-facing routes (`*`: any); empty: none.
+    pub cors_allowed_origins: Vec<String>,
 }
 
 /// The gateway's public routes: webhooks, heartbeats, the read API, the live page and the probes
 /// (the metrics are served on their own address, [`crate::startup`]).
 /// Requests are bounded in number ([`limits::limit_in_flight`]), but for the presence streams
-/// (long-lived, bounded on their own) and the probes (which must answer under load).
+/// (long-lived, bounded on their own) and the probes (which must answer under load). The routes
+/// browsers call (`/v1/…`) answer CORS for the allowed origins; the webhook route never does.
 pub fn router(state: AppState) -> Router {
-    let AppState { webhooks, heartbeats, reads, readiness, limits } = state;
-    let bounded = Router::new()
+    let AppState { webhooks, heartbeats, reads, readiness, limits, cors_allowed_origins } = state;
+    let in_flight = middleware::from_fn_with_state(limits, limits::limit_in_flight);
+    let server_side = Router::new()
         .route("/webhooks/livekit", post(webhook::receive).with_state(webhooks))
+        .route("/rooms/{room}", get(read_api::live_page))
+        .layer(in_flight.clone());
+    let browser = Router::new()
         .route("/v1/heartbeats", post(heartbeat::receive).with_state(heartbeats))
         .route("/v1/rooms/{room}/attendance", get(read_api::room).with_state(reads.clone()))
         .route("/v1/rooms/{room}/attendance/{identity}", get(read_api::participant).with_state(reads.clone()))
         .route("/v1/rooms/{room}/meetings", get(meetings_api::list).with_state(reads.clone()))
         .route("/v1/meetings/{room_sid}", get(meetings_api::one).with_state(reads.clone()))
-        .route("/rooms/{room}", get(read_api::live_page))
-        .layer(middleware::from_fn_with_state(limits, limits::limit_in_flight));
-    Router::new()
-        .merge(bounded)
-        .route("/v1/rooms/{room}/presence", get(read_api::presence).with_state(reads))
+        .layer(in_flight)
+        .route("/v1/rooms/{room}/presence", get(read_api::presence).with_state(reads));
+    let routes = Router::new()
+        .merge(server_side)
+        .merge(browser)
         .merge(ops::probes(readiness))
         .fallback(|| async { ApiError::NotFound })
-        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(TraceLayer::new_for_http())
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed });
+    // Outside the routing, so that a preflight (OPTIONS) is answered before a route's methods
+    // are looked at.
+    let routes = match cors(cors_allowed_origins) {
+        Some(cors) => routes.layer(cors),
+        None => routes,
+    };
+    routes.layer(TraceLayer::new_for_http())
+}
+
+/// CORS for the allowed origins, on the browser-facing routes (`/v1/…`) only: a page on one of
+/// them may send a heartbeat or read with an `Authorization` header (no cookies: credentials are
+/// never allowed, so `*` is safe), and read `Retry-After` and the CSV's `Content-Disposition`.
+/// `None` without origins.
+fn cors(origins: Vec<String>) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let any = origins.iter().any(|origin| origin == "*");
+    let allow_origin = AllowOrigin::predicate(move |origin: &HeaderValue, request: &axum::http::request::Parts| {
+        request.uri.path().starts_with("/v1/") && (any || origins.iter().any(|allowed| origin == allowed.as_str()))
+    });
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow_origin)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                header::ACCEPT,
+                HeaderName::from_static("last-event-id"),
+            ])
+            .expose_headers([header::RETRY_AFTER, header::CONTENT_DISPOSITION])
+            .max_age(Duration::from_secs(600)),
+    )
 }
 
 #[cfg(test)]
@@ -121,6 +164,7 @@ mod tests {
             }),
             readiness: Arc::new(|| Box::pin(async { Err("not in this test".to_owned()) })),
             limits,
+            cors_allowed_origins: vec!["https://app.example".into()],
         })
     }
 
@@ -162,5 +206,55 @@ mod tests {
         assert_eq!(answer(&router, "GET", "/healthz").await.0, StatusCode::OK);
         // The metrics are on the metrics address (METRICS_ADDR), not on the public listener.
         assert_eq!(answer(&router, "GET", "/metrics").await.0, StatusCode::NOT_FOUND);
+    }
+
+    /// A request with `Origin` (and, for a preflight, what it asks for); the CORS headers of the
+    /// answer.
+    async fn cors_answer(router: &Router, method: &str, uri: &str, origin: &str) -> (StatusCode, Option<String>) {
+        let mut request = Request::builder().method(method).uri(uri).header("origin", origin);
+        if method == "OPTIONS" {
+            request = request
+                .header("access-control-request-method", "POST")
+                .header("access-control-request-headers", "authorization");
+        }
+        let response = router.clone().oneshot(request.body(Body::empty()).unwrap()).await.unwrap();
+        let allowed = response.headers().get("access-control-allow-origin").map(|v| v.to_str().unwrap().to_owned());
+        (response.status(), allowed)
+    }
+
+    #[tokio::test]
+    async fn browser_routes_answer_cors_for_allowed_origins_only_and_webhooks_never() {
+        let router = router_without_servers().await;
+        let app = "https://app.example";
+        for uri in ["/v1/heartbeats", "/v1/rooms/algebra/presence", "/v1/meetings/RM_1"] {
+            let (status, allowed) = cors_answer(&router, "OPTIONS", uri, app).await;
+            assert!(status.is_success(), "{uri}: preflight {status}");
+            assert_eq!(allowed.as_deref(), Some(app), "{uri}");
+            assert_eq!(cors_answer(&router, "OPTIONS", uri, "https://evil.example").await.1, None, "{uri}");
+        }
+        // The answer itself (here a 401) carries the header, so the page can read the error.
+        assert_eq!(
+            cors_answer(&router, "GET", "/v1/rooms/algebra/attendance", app).await,
+            (StatusCode::UNAUTHORIZED, Some(app.into()))
+        );
+        // LiveKit's route is server to server: no CORS, ever.
+        assert_eq!(cors_answer(&router, "OPTIONS", "/webhooks/livekit", app).await.1, None);
+        assert_eq!(cors_answer(&router, "POST", "/webhooks/livekit", app).await.1, None);
+    }
+
+    #[test]
+    fn origins_are_scheme_and_host_only() {
+        for good in ["https://app.example.org", "http://localhost:3000", "*"] {
+            assert!(crate::config::parse_origin(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "app.example.org",
+            "https://app.example.org/",
+            "https://a.example/path",
+            "https://*.example.org",
+            "ftp://x",
+        ] {
+            assert!(crate::config::parse_origin(bad).is_err(), "{bad}");
+        }
     }
 }

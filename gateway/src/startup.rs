@@ -85,6 +85,7 @@ impl Application {
             }),
             readiness: state_readiness.clone(),
             limits,
+            cors_allowed_origins: config.cors_allowed_origins.clone(),
         };
         let connections = config.connections.clone();
         let ops = OpsServer::spawn(metrics_listener, Arc::new(registry), state_readiness);
