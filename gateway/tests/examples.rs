@@ -1,0 +1,51 @@
+//! The integration examples users copy are run here, so that they cannot rot:
+//! `examples/livekit/livekit.yaml` (livekit-server's keys and webhook settings) must describe a
+//! setup in which the gateway, given the same keys, stores the webhooks LiveKit signs with
+//! `webhook.api_key` and sends to `webhook.urls`, and refuses the example's placeholder secret.
+
+mod common;
+
+use common::TestGateway;
+use yaml_rust2::{Yaml, YamlLoader};
+
+const LIVEKIT_YAML: &str = include_str!("../../examples/livekit/livekit.yaml");
+
+#[tokio::test]
+async fn the_livekit_yaml_example_gives_a_gateway_that_stores_its_webhooks() {
+    let config = YamlLoader::load_from_str(LIVEKIT_YAML).expect("valid YAML").remove(0);
+    let api_key = config["webhook"]["api_key"].as_str().expect("webhook.api_key");
+    let Yaml::Hash(keys) = &config["keys"] else { panic!("keys is a mapping") };
+    let placeholder =
+        keys.get(&Yaml::String(api_key.into())).and_then(Yaml::as_str).expect("webhook.api_key is in keys");
+    let urls: Vec<&str> =
+        config["webhook"]["urls"].as_vec().expect("webhook.urls").iter().filter_map(Yaml::as_str).collect();
+    assert!(!urls.is_empty() && urls.iter().all(|url| url.ends_with("/webhooks/livekit")), "{urls:?}");
+
+    // As written, the placeholder is refused; with a generated secret, the same keys work.
+    let keys_as_written = format!("{api_key}: {placeholder}");
+    assert!(matches!(
+        shared::livekit::KeySet::parse(&keys_as_written),
+        Err(shared::livekit::KeyError::Placeholder { .. })
+    ));
+    let secret = format!("{}{}{}", testkit::unique_suffix(), testkit::unique_suffix(), testkit::unique_suffix());
+    let gateway = TestGateway::spawn(
+        &testkit::nats::shared_url(),
+        &[&format!("--livekit-api-key={api_key}"), &format!("--livekit-api-secret={secret}")],
+    )
+    .await;
+    let keys = shared::livekit::KeySet::parse(&format!("{api_key}: {secret}")).unwrap();
+    let body = testkit::livekit::participant_joined("EV_example", "algebra", "ada");
+    let now = shared::domain::time::now_unix_ms() / 1000;
+    let token = testkit::livekit::webhook_token(&keys, api_key, &body, now);
+    let path = urls[0].split_once("://").and_then(|(_, rest)| rest.find('/').map(|i| &rest[i..])).unwrap();
+    let response = gateway
+        .http
+        .post(format!("{}{path}", gateway.base_url))
+        .header("Authorization", token)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "a webhook signed with webhook.api_key is stored");
+    gateway.stop().await;
+}
