@@ -11,6 +11,7 @@ use shared::runtime::database::DatabaseArgs;
 use crate::limits::RequestArgs;
 use crate::presence_stream::PresenceStreamArgs;
 use crate::server::ConnectionArgs;
+use crate::view_links::ViewLinkArgs;
 
 /// LiveKit webhook gateway: verifies, stores in JetStream, then answers.
 #[derive(Debug, Clone, clap::Parser)]
@@ -71,6 +72,8 @@ pub struct GatewayConfig {
     pub presence: PresenceArgs,
     #[command(flatten)]
     pub presence_streams: PresenceStreamArgs,
+    #[command(flatten)]
+    pub view_links: ViewLinkArgs,
 }
 
 impl GatewayConfig {

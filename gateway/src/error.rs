@@ -125,6 +125,9 @@ pub enum Forbidden {
     /// A participant's own token, used to read another participant.
     #[error("a participant token reads only its own attendance")]
     OtherParticipant,
+    /// A token without `roomAdmin` for the room, asking for a view link.
+    #[error("a view link needs a token with roomAdmin for the room")]
+    NotRoomAdmin,
 }
 
 impl Forbidden {
@@ -132,7 +135,9 @@ impl Forbidden {
         match self {
             Forbidden::NoRoomGrant => "no_room_grant",
             Forbidden::NoIdentity => "no_identity",
-            Forbidden::NotThisRoom | Forbidden::WholeRoom | Forbidden::OtherParticipant => "forbidden",
+            Forbidden::NotThisRoom | Forbidden::WholeRoom | Forbidden::OtherParticipant | Forbidden::NotRoomAdmin => {
+                "forbidden"
+            }
         }
     }
 }

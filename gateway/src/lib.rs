@@ -9,6 +9,7 @@
 //! - [`meetings_api`]: a room's meetings, and one meeting with the attendance policy applied, as
 //!   JSON or CSV ([`csv_export`]);
 //! - [`routes`]: every route; [`error`]: every error, mapped to a status and a stable code;
+//! - [`view_links`]: read-only links to the live page, for a room's admin to hand out;
 //! - [`server`]: connections (count, header timeout); [`limits`]: requests in flight and body
 //!   memory.
 
@@ -25,6 +26,7 @@ pub mod read_api;
 pub mod routes;
 pub mod server;
 pub mod startup;
+pub mod view_links;
 pub mod webhook;
 
 pub use config::GatewayConfig;

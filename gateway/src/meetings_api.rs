@@ -34,10 +34,10 @@ const DEFAULT_PAGE: i64 = 50;
 const MAX_PAGE: i64 = 500;
 
 /// Query parameters as given; unknown ones are ignored.
-struct Params(BTreeMap<String, String>);
+pub(crate) struct Params(BTreeMap<String, String>);
 
 impl Params {
-    fn from(query: Result<Query<Vec<(String, String)>>, QueryRejection>) -> Result<Self, ApiError> {
+    pub(crate) fn from(query: Result<Query<Vec<(String, String)>>, QueryRejection>) -> Result<Self, ApiError> {
         let Query(pairs) = query.map_err(|e| ApiError::InvalidParameter { field: "query", reason: e.body_text() })?;
         Ok(Params(pairs.into_iter().collect()))
     }
@@ -46,7 +46,7 @@ impl Params {
         self.0.get(field).map(String::as_str).filter(|value| !value.is_empty())
     }
 
-    fn parse<T>(
+    pub(crate) fn parse<T>(
         &self,
         field: &'static str,
         parse: impl FnOnce(&str) -> Result<T, String>,

@@ -1,7 +1,8 @@
 //! Who may read what: the read API and the live presence stream take a LiveKit access token
 //! signed with one of our keys. `roomAdmin` for the room (or for every room) or `roomList`
 //! reads the whole room; a participant's own token (`roomJoin` for the room) reads only its own
-//! row and its own presence changes.
+//! row and its own presence changes; a view link's token (this project's `attendance.view`
+//! grant, no LiveKit grant) reads its room, and cannot heartbeat, make links or moderate.
 
 use axum::http::{HeaderMap, header};
 use shared::livekit::{Claims, KeySet, token};
@@ -43,6 +44,9 @@ pub fn access(claims: &Claims, room: &str) -> Result<Access, ApiError> {
     let grant = claims.video.clone().unwrap_or_default();
     let granted_room = grant.room.as_deref().unwrap_or_default();
     if grant.room_list || (grant.room_admin && (granted_room.is_empty() || granted_room == room)) {
+        return Ok(Access::WholeRoom);
+    }
+    if claims.attendance.as_ref().is_some_and(|view| view.view == room) {
         return Ok(Access::WholeRoom);
     }
     if grant.room_join

@@ -16,6 +16,7 @@ use crate::heartbeat::{self, HeartbeatState};
 use crate::limits::{self, RequestLimits};
 use crate::meetings_api;
 use crate::read_api::{self, ReadState};
+use crate::view_links::{self, ViewLinkState};
 use crate::webhook::{self, WebhookState};
 
 /// What the handlers share.
@@ -23,6 +24,7 @@ pub struct AppState {
     pub webhooks: Arc<WebhookState>,
     pub heartbeats: Arc<HeartbeatState>,
     pub reads: Arc<ReadState>,
+    pub view_links: Arc<ViewLinkState>,
     /// Answers `/readyz`.
     pub readiness: ReadinessCheck,
     /// Bounds requests in flight.
@@ -37,7 +39,7 @@ pub struct AppState {
 /// (long-lived, bounded on their own) and the probes (which must answer under load). The routes
 /// browsers call (`/v1/…`) answer CORS for the allowed origins; the webhook route never does.
 pub fn router(state: AppState) -> Router {
-    let AppState { webhooks, heartbeats, reads, readiness, limits, cors_allowed_origins } = state;
+    let AppState { webhooks, heartbeats, reads, view_links, readiness, limits, cors_allowed_origins } = state;
     let in_flight = middleware::from_fn_with_state(limits, limits::limit_in_flight);
     let server_side = Router::new()
         .route("/webhooks/livekit", post(webhook::receive).with_state(webhooks))
@@ -49,6 +51,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/rooms/{room}/attendance/{identity}", get(read_api::participant).with_state(reads.clone()))
         .route("/v1/rooms/{room}/meetings", get(meetings_api::list).with_state(reads.clone()))
         .route("/v1/meetings/{room_sid}", get(meetings_api::one).with_state(reads.clone()))
+        .route("/v1/rooms/{room}/view-links", post(view_links::create).with_state(view_links))
         .layer(in_flight)
         .route("/v1/rooms/{room}/presence", get(read_api::presence).with_state(reads));
     let routes = Router::new()
@@ -161,6 +164,10 @@ mod tests {
                 ),
                 shutdown: tokio_util::sync::CancellationToken::new(),
                 policy: Default::default(),
+            }),
+            view_links: Arc::new(ViewLinkState {
+                keys: KeySet::parse("alpha: 0123456789abcdef0123456789abcdef").unwrap(),
+                args: crate::view_links::ViewLinkArgs { max_ttl: Duration::from_secs(86_400), public_url: None },
             }),
             readiness: Arc::new(|| Box::pin(async { Err("not in this test".to_owned()) })),
             limits,

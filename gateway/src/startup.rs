@@ -23,6 +23,7 @@ use crate::presence_stream::PresenceStreams;
 use crate::read_api::ReadState;
 use crate::routes::{AppState, router};
 use crate::server::{self, ConnectionArgs};
+use crate::view_links::ViewLinkState;
 use crate::webhook::WebhookState;
 
 /// A gateway bound to its port, ready to run.
@@ -75,7 +76,7 @@ impl Application {
                 policy: config.policy(),
             }),
             webhooks: Arc::new(WebhookState {
-                keys,
+                keys: keys.clone(),
                 stream: stream.clone(),
                 body_limit: config.body_limit,
                 body_timeout: config.body_timeout,
@@ -83,6 +84,7 @@ impl Application {
                 metrics,
                 limits: limits.clone(),
             }),
+            view_links: Arc::new(ViewLinkState { keys, args: config.view_links.clone() }),
             readiness: state_readiness.clone(),
             limits,
             cors_allowed_origins: config.cors_allowed_origins.clone(),

@@ -9,5 +9,5 @@ pub mod webhook;
 
 pub use keys::{KeyError, KeySet};
 pub use participant::{ParticipantGrant, ParticipantTokenError};
-pub use token::{Claims, TokenError, VideoGrant};
+pub use token::{AttendanceGrant, Claims, TokenError, VideoGrant};
 pub use webhook::{ReceiveError, VerifiedEvent, VerifyError};

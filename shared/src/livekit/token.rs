@@ -90,6 +90,18 @@ pub struct Claims {
     pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub video: Option<VideoGrant>,
+    /// This project's own grant (view links); LiveKit ignores it, and a token carrying it and no
+    /// `video` grant is worthless to livekit-server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attendance: Option<AttendanceGrant>,
+}
+
+/// A view link's grant: read one room's attendance and presence, nothing else.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AttendanceGrant {
+    /// The room name whose attendance it reads.
+    pub view: String,
 }
 
 #[derive(Deserialize)]
