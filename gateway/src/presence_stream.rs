@@ -130,6 +130,11 @@ pub async fn open(
     identifiers::check(Field::RoomName, &room)?;
     let now_s = now_unix_ms() / 1000;
     let claims = read_access::verify(headers, &state.keys, now_s)?;
+    // Within the clock-skew leeway a token still verifies, but a stream that ends at its expiry
+    // would end at once: say it expired, so that the client stops and gets a new one.
+    if claims.exp.is_some_and(|exp| exp <= now_s) {
+        return Err(ApiError::InvalidToken(shared::livekit::TokenError::Expired));
+    }
     let access = read_access::access(&claims, &room)?;
     let resume_after = last_event_id(headers)?;
     let streams = &state.presence;

@@ -82,3 +82,41 @@ async fn a_participant_sees_only_its_own_row_and_a_bad_token_is_reported() {
     wait_for(&browser, "return document.getElementById('status').dataset.state", "error").await;
     system.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_view_link_opens_the_page_survives_a_reload_and_says_when_it_expired() {
+    let system = System::start().await;
+    testkit::eventually(Duration::from_secs(30), "the database to be migrated", || async {
+        (system.get("/v1/rooms/algebra/meetings", Some(&admin_token("algebra"))).await.status() == 200).then_some(())
+    })
+    .await;
+    // A link that lives a few seconds: made by the room's admin, as a platform's backend would.
+    let link: Value = system
+        .gateway
+        .http
+        .post(system.url("/v1/rooms/algebra/view-links?ttl=4s"))
+        .bearer_auth(admin_token("algebra"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let browser = Browser::start().await;
+    browser.goto(&system.url(link["url"].as_str().unwrap())).await;
+    wait_for(&browser, "return document.getElementById('status').dataset.state", "live").await;
+    assert_eq!(browser.eval("return location.hash").await, "", "the token leaves the address bar");
+    // A reload (the address bar holds no token any more) keeps working.
+    browser.eval("location.reload(); return true").await;
+    wait_for(&browser, "return document.getElementById('status').dataset.state", "live").await;
+    // Past its expiry the stream ends and the page says so, instead of reconnecting for ever.
+    testkit::eventually(Duration::from_secs(20), "the page to say the link expired", || async {
+        (browser.eval("return document.getElementById('status').dataset.state").await
+            == Value::String("expired".into()))
+        .then_some(())
+    })
+    .await;
+    let text = browser.eval("return document.getElementById('status').textContent").await;
+    assert!(text.as_str().is_some_and(|t| t.contains("expired")), "{text}");
+    system.stop().await;
+}
