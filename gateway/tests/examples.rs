@@ -50,12 +50,9 @@ async fn the_livekit_yaml_example_gives_a_gateway_that_stores_its_webhooks() {
     gateway.stop().await;
 }
 
-/// The Python backend example, run with LiveKit's official server SDK (installed by `make test`
-/// in the project's venv): its read token reads the room, and its view link's token too.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_python_backend_example_mints_a_read_token_and_a_view_link() {
-    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.local/py/bin/python");
-    assert!(python.exists(), "{} is missing: `make test` installs it (with livekit-api)", python.display());
+/// Runs a backend example (`program` and its file) against a running system and checks what it
+/// prints: its read token reads the room, its view link's token reads the room and no other.
+async fn backend_example_works(program: &std::path::Path, example: &str) {
     let system = common::System::start().await;
     testkit::eventually(std::time::Duration::from_secs(30), "the database to be migrated", || async {
         let token = testkit::livekit::admin_token("algebra 7b");
@@ -63,23 +60,37 @@ async fn the_python_backend_example_mints_a_read_token_and_a_view_link() {
     })
     .await;
     let (api_key, secret) = testkit::livekit::TEST_KEYS.lines().next().and_then(|line| line.split_once(": ")).unwrap();
-    let output = tokio::process::Command::new(&python)
-        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/backend/view_link.py"))
+    let output = tokio::process::Command::new(program)
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/backend").join(example))
         .env("LIVEKIT_API_KEY", api_key)
         .env("LIVEKIT_API_SECRET", secret)
         .env("GATEWAY_URL", &system.gateway.base_url)
         .env("ROOM", "algebra 7b")
         .output()
         .await
-        .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        .unwrap_or_else(|e| panic!("run {}: {e} (`make test` installs it)", program.display()));
+    assert!(output.status.success(), "{example}: {}", String::from_utf8_lossy(&output.stderr));
     let printed: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON on stdout");
     let read_token = printed["read_token"].as_str().unwrap();
-    assert_eq!(system.get("/v1/rooms/algebra%207b/attendance", Some(read_token)).await.status(), 200);
+    assert_eq!(system.get("/v1/rooms/algebra%207b/attendance", Some(read_token)).await.status(), 200, "{example}");
     let link = &printed["view_link"];
     let view_token = link["token"].as_str().unwrap();
     assert!(link["url"].as_str().unwrap().ends_with(&format!("#{view_token}")), "{link}");
     assert_eq!(system.get("/v1/rooms/algebra%207b/meetings", Some(view_token)).await.status(), 200);
     assert_eq!(system.get("/v1/rooms/geometry/meetings", Some(view_token)).await.status(), 403);
     system.stop().await;
+}
+
+/// With LiveKit's official Python server SDK (installed by `make test` in the project's venv).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_python_backend_example_mints_a_read_token_and_a_view_link() {
+    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.local/py/bin/python");
+    assert!(python.exists(), "{} is missing: `make test` installs it (with livekit-api)", python.display());
+    backend_example_works(&python, "view_link.py").await;
+}
+
+/// With PHP's standard library only (Debian's php-cli, installed by `make test`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_php_backend_example_mints_a_read_token_and_a_view_link() {
+    backend_example_works(std::path::Path::new("php"), "view_link.php").await;
 }
