@@ -90,8 +90,17 @@ fn decode_cursor(cursor: &str) -> Result<MeetingsAfter, String> {
     Ok(MeetingsAfter { started_at_ms, room_sid: room_sid.to_owned() })
 }
 
+/// A meeting in the room's list: its span and its participant counts.
 #[derive(Debug, Serialize)]
 pub struct MeetingView {
+    #[serde(flatten)]
+    pub meeting: MeetingFields,
+    pub participants: ParticipantCounts,
+}
+
+/// What identifies a meeting and its span.
+#[derive(Debug, Serialize)]
+pub struct MeetingFields {
     pub room: String,
     pub room_sid: String,
     pub started_at: Option<String>,
@@ -101,7 +110,6 @@ pub struct MeetingView {
     /// To the end, or to the time of the read while the meeting runs.
     pub duration_ms: Option<i64>,
     pub in_progress: bool,
-    pub participants: ParticipantCounts,
 }
 
 #[derive(Debug, Serialize)]
@@ -114,7 +122,7 @@ pub struct ParticipantCounts {
 
 impl MeetingView {
     fn new(summary: &MeetingSummary, now_ms: i64) -> Self {
-        MeetingView {
+        let meeting = MeetingFields {
             room: summary.room_name.clone(),
             room_sid: summary.room_sid.clone(),
             started_at: summary.span.started_at_ms.map(rfc3339_ms),
@@ -122,12 +130,9 @@ impl MeetingView {
             ended_by: summary.span.ended_by.map(|by| by.as_str()),
             duration_ms: policy::duration_ms(&summary.span, now_ms),
             in_progress: summary.span.ended_at_ms.is_none(),
-            participants: ParticipantCounts {
-                people: summary.people,
-                bots: summary.bots,
-                present_now: summary.present_now,
-            },
-        }
+        };
+        let counts = ParticipantCounts { people: summary.people, bots: summary.bots, present_now: summary.present_now };
+        MeetingView { meeting, participants: counts }
     }
 }
 
@@ -205,7 +210,9 @@ pub struct PolicyView {
 #[derive(Debug, Serialize)]
 pub struct MeetingAttendanceView {
     #[serde(flatten)]
-    pub meeting: MeetingView,
+    pub meeting: MeetingFields,
+    /// The counts the room's list shows (`participants` there), here beside the lists.
+    pub counts: ParticipantCounts,
     pub policy: PolicyView,
     /// People (SIP callers included), by identity.
     pub participants: Vec<AssessedView>,
@@ -275,8 +282,10 @@ pub async fn one(
             })
             .collect()
     };
+    let MeetingView { meeting, participants: counts } = MeetingView::new(&summary, now_ms);
     let body = MeetingAttendanceView {
-        meeting: MeetingView::new(&summary, now_ms),
+        meeting,
+        counts,
         policy: PolicyView {
             min_ratio: policy.min_ratio,
             late_after_ms: millis(policy.late_after),
