@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make test`: what the examples' tests run that nobody here wrote, installed when missing:
 # LiveKit's official server SDK (`livekit-api`, PyPI) in the project-local Python (`.local/py`),
-# for examples/backend/view_link.py; openapi-spec-validator (PyPI), for gateway/openapi.yaml;
+# for examples/backend/view_link.py; openapi-spec-validator and schemathesis (PyPI), for
+# gateway/openapi.yaml;
 # and Debian's `php-cli`, for examples/backend/view_link.php.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -9,8 +10,9 @@ VENV="$ROOT/.local/py"
 [ -x "$VENV/bin/pip" ] || python3 -m venv "$VENV"
 "$VENV/bin/python" -c "import livekit.api" 2>/dev/null \
   || { echo "[example-tools] installing livekit-api into .local/py" >&2; "$VENV/bin/pip" install -q livekit-api; }
-[ -x "$VENV/bin/openapi-spec-validator" ] \
-  || { echo "[example-tools] installing openapi-spec-validator into .local/py" >&2; "$VENV/bin/pip" install -q openapi-spec-validator; }
+[ -x "$VENV/bin/openapi-spec-validator" ] && [ -x "$VENV/bin/schemathesis" ] \
+  || { echo "[example-tools] installing openapi-spec-validator and schemathesis into .local/py" >&2;
+       "$VENV/bin/pip" install -q openapi-spec-validator schemathesis; }
 if ! command -v php >/dev/null; then
   echo "[example-tools] installing Debian packages: php-cli" >&2
   as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }

@@ -90,11 +90,13 @@ async fn a_view_link_opens_the_page_survives_a_reload_and_says_when_it_expired()
         (system.get("/v1/rooms/algebra/meetings", Some(&admin_token("algebra"))).await.status() == 200).then_some(())
     })
     .await;
+    // The browser first: the link's few seconds are for the page, not for starting Chromium.
+    let browser = Browser::start().await;
     // A link that lives a few seconds: made by the room's admin, as a platform's backend would.
     let link: Value = system
         .gateway
         .http
-        .post(system.url("/v1/rooms/algebra/view-links?ttl=4s"))
+        .post(system.url("/v1/rooms/algebra/view-links?ttl=15s"))
         .bearer_auth(admin_token("algebra"))
         .send()
         .await
@@ -102,7 +104,6 @@ async fn a_view_link_opens_the_page_survives_a_reload_and_says_when_it_expired()
         .json()
         .await
         .unwrap();
-    let browser = Browser::start().await;
     browser.goto(&system.url(link["url"].as_str().unwrap())).await;
     wait_for(&browser, "return document.getElementById('status').dataset.state", "live").await;
     assert_eq!(browser.eval("return location.hash").await, "", "the token leaves the address bar");
@@ -110,7 +111,7 @@ async fn a_view_link_opens_the_page_survives_a_reload_and_says_when_it_expired()
     browser.eval("location.reload(); return true").await;
     wait_for(&browser, "return document.getElementById('status').dataset.state", "live").await;
     // Past its expiry the stream ends and the page says so, instead of reconnecting for ever.
-    testkit::eventually(Duration::from_secs(20), "the page to say the link expired", || async {
+    testkit::eventually(Duration::from_secs(60), "the page to say the link expired", || async {
         (browser.eval("return document.getElementById('status').dataset.state").await
             == Value::String("expired".into()))
         .then_some(())

@@ -1,6 +1,8 @@
 //! `gateway/openapi.yaml` describes every HTTP route: validated by a real OpenAPI 3.1 validator
-//! (PyPI's openapi-spec-validator, installed by `make test`), and its paths are exactly the
-//! router's.
+//! (PyPI's openapi-spec-validator, installed by `make test`), its paths exactly the router's, and
+//! the running gateway's answers checked against it by schemathesis.
+
+mod common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -45,4 +47,41 @@ fn it_describes_every_route_and_nothing_else() {
         .map(|line| line.trim().trim_end_matches(':').to_owned())
         .collect();
     assert_eq!(paths, routes);
+}
+
+/// PyPI's schemathesis against a running system, from the description: generated requests to
+/// every operation (the presence stream apart: it never ends), with a token that may read every
+/// room. No answer is a 5xx, and every answer conforms to the description (status, content
+/// type, body schema).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn schemathesis_finds_no_server_error_and_no_answer_outside_the_description() {
+    let schemathesis = root().join("../.local/py/bin/schemathesis");
+    assert!(schemathesis.exists(), "{} is missing: `make test` installs it", schemathesis.display());
+    let system = common::System::start().await;
+    let reader = testkit::livekit::access_token(
+        None,
+        shared::livekit::VideoGrant { room_list: true, room_admin: true, ..Default::default() },
+        600,
+    );
+    testkit::eventually(std::time::Duration::from_secs(30), "the database to be migrated", || async {
+        (system.get("/v1/rooms/algebra/meetings", Some(&reader)).await.status() == 200).then_some(())
+    })
+    .await;
+    let output = tokio::process::Command::new(&schemathesis)
+        .arg("run")
+        .arg(root().join("openapi.yaml"))
+        .args(["--url", &system.gateway.base_url])
+        .args(["-H", &format!("Authorization: Bearer {reader}")])
+        .args(["-c", "not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance"])
+        .args(["--exclude-path", "/v1/rooms/{room}/presence"])
+        .args(["--phases", "examples,fuzzing", "-n", "30", "--seed", "42"])
+        .env("NO_COLOR", "1")
+        .output()
+        .await
+        .unwrap();
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{report}{}", String::from_utf8_lossy(&output.stderr));
+    // Warnings (operations that only answered 401 or 404 to random input) are not failures.
+    assert!(report.contains(" passed") && !report.contains("FAILURES"), "{report}");
+    system.stop().await;
 }
