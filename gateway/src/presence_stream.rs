@@ -46,11 +46,8 @@ pub struct PresenceStreams {
     total: Arc<Semaphore>,
     per_identity: Mutex<HashMap<String, usize>>,
     max_per_identity: usize,
-    /// The presence stream in JetStream, its subjects' prefix and its retention.
-    stream: String,
-    subject_prefix: String,
-    max_age: Duration,
-    /// Its settings, to create it when a stream is opened before any sweeper created it.
+    /// The presence stream in JetStream (name, subjects, retention), created here too when a
+    /// stream is opened before any sweeper created it.
     args: shared::nats::PresenceArgs,
 }
 
@@ -79,9 +76,6 @@ impl PresenceStreams {
             total: Arc::new(Semaphore::new(args.max)),
             per_identity: Mutex::new(HashMap::new()),
             max_per_identity: args.per_identity,
-            stream: presence.stream.clone(),
-            subject_prefix: presence.subject_prefix.clone(),
-            max_age: presence.max_age,
             args: presence.clone(),
         })
     }
@@ -145,12 +139,12 @@ pub async fn open(
         ApiError::ReadUnavailable
     };
     let jetstream = jetstream::new(state.nats.clone());
-    let mut stream = match jetstream.get_stream(&streams.stream).await {
+    let mut stream = match jetstream.get_stream(&streams.args.stream).await {
         Ok(stream) => stream,
         // The sweepers create it; a gateway asked first creates it the same way.
         Err(_) => {
             PresenceStream::new(state.nats.clone(), &streams.args).ensure().await.map_err(|e| unavailable(&e))?;
-            jetstream.get_stream(&streams.stream).await.map_err(|e| unavailable(&e))?
+            jetstream.get_stream(&streams.args.stream).await.map_err(|e| unavailable(&e))?
         }
     };
     let first = stream.info().await.map_err(|e| unavailable(&e))?.state.first_sequence;
@@ -163,7 +157,7 @@ pub async fn open(
     };
     let consumer = stream
         .create_consumer(jetstream::consumer::pull::OrderedConfig {
-            filter_subject: presence::subject(&streams.subject_prefix, &room),
+            filter_subject: presence::subject(&streams.args.subject_prefix, &room),
             deliver_policy,
             ..Default::default()
         })
@@ -171,7 +165,7 @@ pub async fn open(
         .map_err(|e| unavailable(&e))?;
     let messages = consumer.messages().await.map_err(|e| unavailable(&e))?;
 
-    let too_late_ms = i64::try_from(streams.max_age.as_millis() / 2).unwrap_or(i64::MAX);
+    let too_late_ms = i64::try_from(streams.args.max_age.as_millis() / 2).unwrap_or(i64::MAX);
     let changes = messages.filter_map(move |message| {
         let out = match message {
             Ok(message) => message.info().ok().and_then(|info| {

@@ -82,8 +82,9 @@ async fn receive_traced(state: &WebhookState, headers: &HeaderMap, body: Body) -
 async fn receive_inner(state: &WebhookState, headers: &HeaderMap, body: Body) -> Result<Accepted, ApiError> {
     let received_at_ms = now_unix_ms();
     // Held until the answer: the body (or what was read of it) is in memory until then.
-    let _reserved = state.limits.reserve_body(reserved_length(headers, state.body_limit))?;
-    let body = read_body(body, headers, state.body_limit, state.body_timeout).await?;
+    let declared = declared_length(headers);
+    let _reserved = state.limits.reserve_body(reserved_length(declared, state.body_limit))?;
+    let body = read_body(body, declared, state.body_limit, state.body_timeout).await?;
     let authorization = headers.get(header::AUTHORIZATION).map(|value| value.as_bytes());
     let event =
         webhook::receive(authorization, body, &state.keys, received_at_ms / 1000, received_at_ms).map_err(|error| {
@@ -115,8 +116,8 @@ async fn receive_inner(state: &WebhookState, headers: &HeaderMap, body: Body) ->
 
 /// The body bytes a request may buffer: its declared length, else the limit (a chunked body
 /// may be that long). A length beyond the limit is refused by [`read_body`] without reading.
-fn reserved_length(headers: &HeaderMap, limit: usize) -> usize {
-    declared_length(headers).map_or(limit, |declared| usize::try_from(declared).unwrap_or(usize::MAX).min(limit))
+fn reserved_length(declared: Option<u64>, limit: usize) -> usize {
+    declared.map_or(limit, |declared| usize::try_from(declared).unwrap_or(usize::MAX).min(limit))
 }
 
 fn declared_length(headers: &HeaderMap) -> Option<u64> {
@@ -124,9 +125,9 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
 }
 
 /// Reads the whole body as raw bytes (the signature covers them exactly), up to `limit` bytes
-/// and `timeout` long.
-async fn read_body(body: Body, headers: &HeaderMap, limit: usize, timeout: Duration) -> Result<Bytes, ApiError> {
-    if declared_length(headers).is_some_and(|len| len > limit as u64) {
+/// and `timeout` long; a `declared` length (Content-Length) beyond the limit is refused unread.
+async fn read_body(body: Body, declared: Option<u64>, limit: usize, timeout: Duration) -> Result<Bytes, ApiError> {
+    if declared.is_some_and(|len| len > limit as u64) {
         return Err(ApiError::PayloadTooLarge { limit });
     }
     let collected = tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await;
