@@ -4,8 +4,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use shared::domain::policy::Policy;
+use shared::nats::NatsArgs;
 use shared::nats::{PresenceArgs, WebhookStreamArgs};
-use shared::runtime::config::{LiveKitKeyArgs, NatsArgs, parse_duration};
+use shared::runtime::config::{LiveKitKeyArgs, parse_duration};
 use shared::runtime::database::DatabaseArgs;
 
 use crate::limits::RequestArgs;

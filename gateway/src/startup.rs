@@ -8,9 +8,10 @@ use axum::Router;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use shared::nats::NatsHealth;
 use shared::nats::webhooks::WebhookStream;
 use shared::runtime::config::StartupError;
-use shared::runtime::ops::{self, OpsServer, ReadinessCheck, SetupFailure};
+use shared::runtime::ops::{OpsServer, ReadinessCheck, SetupFailure};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -49,7 +50,7 @@ impl Application {
         tracing::info!(api_keys = ?keys.key_ids().collect::<Vec<_>>(), "LiveKit keys loaded");
         let listener = shared::runtime::config::bind(config.listen_addr).await?;
         let metrics_listener = shared::runtime::config::bind(config.metrics_addr).await?;
-        let nats = config.nats.connect("attendance-gateway").await?;
+        let (nats, nats_health) = config.nats.connect("attendance-gateway").await?;
         let stream = WebhookStream::new(nats.clone(), &config.stream);
 
         let mut registry = Registry::default();
@@ -59,7 +60,7 @@ impl Application {
         let streams_shutdown = CancellationToken::new();
         let limits = RequestLimits::new(&config.requests);
         let setup = SetupFailure::default();
-        let state_readiness = readiness_check(nats.clone(), stream.clone(), setup.clone());
+        let state_readiness = readiness_check((nats.clone(), nats_health), stream.clone(), setup.clone());
         let state = AppState {
             heartbeats: Arc::new(HeartbeatState {
                 keys: keys.clone(),
@@ -129,21 +130,23 @@ impl Application {
         shutdown.cancel();
         tasks.close();
         tasks.wait().await;
-        if let Err(error) = self.nats.flush().await {
-            tracing::warn!(%error, "could not flush NATS on shutdown");
-        }
+        shared::nats::connection::flush_before_exit(&self.nats).await;
         self.ops.stop().await?;
         tracing::info!("gateway stopped");
         served
     }
 }
 
-fn readiness_check(nats: async_nats::Client, stream: WebhookStream, setup: SetupFailure) -> ReadinessCheck {
+fn readiness_check(
+    (nats, nats_health): (async_nats::Client, NatsHealth),
+    stream: WebhookStream,
+    setup: SetupFailure,
+) -> ReadinessCheck {
     Arc::new(move || {
-        let (nats, stream, setup) = (nats.clone(), stream.clone(), setup.clone());
+        let (nats, nats_health, stream, setup) = (nats.clone(), nats_health.clone(), stream.clone(), setup.clone());
         Box::pin(async move {
             setup.check()?;
-            ops::nats_connected(&nats)?;
+            nats_health.check(&nats)?;
             if stream.is_present().await { Ok(()) } else { Err(format!("stream {} is not present", stream.name())) }
         })
     })

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use shared::domain::time::millis;
 use shared::livekit::KeySet;
-use shared::runtime::config::NatsArgs;
+use shared::nats::NatsArgs;
 use sqlx::PgPool;
 use tokio::sync::Semaphore;
 
@@ -266,7 +266,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
         let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&keys_file)?;
         file.write_all(keys_yaml.as_bytes())?;
     }
-    let client = args.nats.connect("loadgen-bench").await?;
+    let (client, _) = args.nats.connect("loadgen-bench").await?;
     let run = Run {
         args: &args,
         names,

@@ -8,7 +8,9 @@ pub mod binaries;
 pub mod browser;
 pub mod livekit;
 pub mod nats;
+pub mod nats_auth;
 pub mod postgres;
+pub mod tls;
 pub mod workload;
 
 /// A short random lowercase hex string for unique names.

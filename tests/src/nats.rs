@@ -35,15 +35,36 @@ pub fn free_port() -> u16 {
 pub struct PrivateNats {
     pub port: u16,
     store: tempfile::TempDir,
+    /// A configuration file (`-c`), for accounts, permissions or TLS.
+    config: Option<PathBuf>,
+    /// Environment of the server process (a configuration can refer to `$VARIABLES`).
+    env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
 impl PrivateNats {
     pub async fn start() -> Self {
+        Self::start_with_config("", &[]).await
+    }
+
+    /// A server with `config` (nats-server's configuration format; empty for none) and `env` in
+    /// its environment. Port, store directory and JetStream come from the command line.
+    pub async fn start_with_config(config: &str, env: &[(&str, &str)]) -> Self {
         let store = tempfile::tempdir().expect("temporary directory");
-        let mut nats = PrivateNats { port: free_port(), store, child: None };
+        let config = (!config.is_empty()).then(|| {
+            let path = store.path().join("nats.conf");
+            std::fs::write(&path, config).expect("write the server configuration");
+            path
+        });
+        let env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        let mut nats = PrivateNats { port: free_port(), store, config, env, child: None };
         nats.restart().await;
         nats
+    }
+
+    /// The store directory (JetStream's data lives in a subdirectory).
+    pub fn dir(&self) -> &std::path::Path {
+        self.store.path()
     }
 
     pub fn url(&self) -> String {
@@ -53,11 +74,17 @@ impl PrivateNats {
     /// Starts the server again (same port, same store) after [`PrivateNats::kill`].
     pub async fn restart(&mut self) {
         assert!(self.child.is_none(), "the server is already running");
-        let child = Command::new(nats_server_binary())
+        let mut command = Command::new(nats_server_binary());
+        if let Some(config) = &self.config {
+            command.arg("-c").arg(config);
+        }
+        let log = std::fs::File::create(self.store.path().join("server.log")).expect("server log file");
+        let child = command
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
-            .arg(self.store.path())
+            .arg(self.store.path().join("jetstream"))
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("start nats-server (is it installed? `make test` installs it)");
         self.child = Some(child);
@@ -66,6 +93,11 @@ impl PrivateNats {
             tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok().map(|_| ())
         })
         .await;
+    }
+
+    /// What the server logged so far (its standard error), to explain a failed test.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.store.path().join("server.log")).unwrap_or_default()
     }
 
     /// Pauses (`STOP`) or resumes (`CONT`) the server.
@@ -89,7 +121,7 @@ impl Drop for PrivateNats {
 }
 
 /// `NATS_SERVER_BIN` if set (to test another server version), else Debian's nats-server.
-fn nats_server_binary() -> PathBuf {
+pub fn nats_server_binary() -> PathBuf {
     if let Some(path) = std::env::var_os("NATS_SERVER_BIN") {
         return PathBuf::from(path);
     }

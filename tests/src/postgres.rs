@@ -1,11 +1,13 @@
 //! PostgreSQL for tests: a fresh database per test on the shared server, and private servers
-//! (initdb + pg_ctl on a free port) for tests that stop one.
+//! (initdb + pg_ctl on a free port) for tests that stop one or need TLS.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use shared::store::admin;
+
+use crate::tls::CertFiles;
 
 /// The shared server's URL for database `attendance` (`DATABASE_URL`).
 pub fn shared_url() -> String {
@@ -42,14 +44,38 @@ impl TestDatabase {
 }
 
 /// A private PostgreSQL server on a free port, its data in a temporary directory; stopped on drop.
+/// It listens on 127.0.0.1 only; its superuser is `postgres`.
 pub struct PrivatePostgres {
     pub port: u16,
     data: tempfile::TempDir,
     running: bool,
 }
 
+/// Who a private server with TLS lets in over TCP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// Any user, with TLS or without (`host … trust`, initdb's default).
+    Trust,
+    /// Only over TLS, with a client certificate issued by the server's CA whose common name is
+    /// the user name (`hostssl … cert`); a plaintext connection finds no `pg_hba.conf` entry.
+    Certificate,
+}
+
 impl PrivatePostgres {
+    /// A server without TLS (`ssl = off`, initdb's default), letting anyone in (`trust`).
     pub async fn start() -> Self {
+        Self::start_configured(None).await
+    }
+
+    /// A server with `ssl = on`, presenting `server.cert` (with `server.key`) and verifying
+    /// client certificates against `server.ca`; who may connect is `clients`. The files are
+    /// copied into the data directory, the key with mode 0600 (PostgreSQL refuses to start with
+    /// a key others can read).
+    pub async fn start_with_tls(server: &CertFiles, clients: ClientAuth) -> Self {
+        Self::start_configured(Some((server, clients))).await
+    }
+
+    async fn start_configured(tls: Option<(&CertFiles, ClientAuth)>) -> Self {
         let data = tempfile::tempdir().expect("temporary directory");
         as_postgres_owner(data.path());
         let status = postgres_command("initdb")
@@ -61,6 +87,10 @@ impl PrivatePostgres {
             .status()
             .expect("run initdb (is postgresql installed? `make test` installs it)");
         assert!(status.success(), "initdb failed");
+        if let Some((server, clients)) = tls {
+            configure_tls(data.path(), server, clients);
+            as_postgres_owner(data.path());
+        }
         let mut server = PrivatePostgres { port: crate::nats::free_port(), data, running: false };
         server.restart().await;
         server
@@ -68,6 +98,11 @@ impl PrivatePostgres {
 
     pub fn url(&self, database: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// The server's log so far (why it refused a connection, say).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data.path().join("server.log")).unwrap_or_default()
     }
 
     /// Starts the server again after [`PrivatePostgres::stop`].
@@ -119,6 +154,31 @@ impl Drop for PrivatePostgres {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Copies the server's certificate, key and CA into `data` and turns TLS on; with
+/// [`ClientAuth::Certificate`], replaces `pg_hba.conf` so that TCP clients need a certificate.
+fn configure_tls(data: &Path, server: &CertFiles, clients: ClientAuth) {
+    use std::os::unix::fs::PermissionsExt as _;
+    for (from, to) in [(&server.cert, "server.crt"), (&server.key, "server.key"), (&server.ca, "root.crt")] {
+        std::fs::copy(from, data.join(to))
+            .unwrap_or_else(|e| panic!("copy {} into the data directory: {e}", from.display()));
+    }
+    std::fs::set_permissions(data.join("server.key"), std::fs::Permissions::from_mode(0o600))
+        .expect("chmod server.key");
+    // Relative paths are relative to the data directory.
+    let settings = "\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\nssl_ca_file = 'root.crt'\n";
+    append(&data.join("postgresql.conf"), settings);
+    if clients == ClientAuth::Certificate {
+        let hba = "local all all trust\nhostssl all all 127.0.0.1/32 cert\nhostssl all all ::1/128 cert\n";
+        std::fs::write(data.join("pg_hba.conf"), hba).expect("write pg_hba.conf");
+    }
+}
+
+fn append(path: &Path, text: &str) {
+    use std::io::Write as _;
+    let mut file = std::fs::OpenOptions::new().append(true).open(path).expect("open for appending");
+    file.write_all(text.as_bytes()).expect("append");
 }
 
 fn bin_dir() -> PathBuf {

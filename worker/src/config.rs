@@ -3,8 +3,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use shared::nats::NatsArgs;
 use shared::nats::{DeadLetterArgs, WebhookStreamArgs};
-use shared::runtime::config::{NatsArgs, parse_duration};
+use shared::runtime::config::parse_duration;
 use shared::runtime::database::DatabaseArgs;
 
 #[derive(Debug, Clone, clap::Args)]

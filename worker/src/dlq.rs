@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use serde_json::json;
+use shared::nats::NatsArgs;
 use shared::nats::dead_letters::{DeadLetterError, DeadLetterFilter, DeadLetterSummary, DeadLetters};
 
 /// Why a `worker dlq` command failed.
@@ -81,8 +82,8 @@ fn parse_rate(text: &str) -> Result<f64, String> {
 
 /// Runs a `worker dlq` command against the dead-letter stream. Results go to stdout (with
 /// `--json`, JSON and nothing else); logs, progress and questions go to stderr.
-pub async fn run(command: DlqCommand, nats_url: &str, stream: &str) -> Result<(), DlqError> {
-    let mut letters = DeadLetters::connect(nats_url, stream).await?;
+pub async fn run(command: DlqCommand, nats: &NatsArgs, stream: &str) -> Result<(), DlqError> {
+    let mut letters = DeadLetters::connect(nats, stream).await?;
     match command {
         DlqCommand::List { filter, json } => {
             let rows: Vec<DeadLetterSummary> = letters.list(&filter).await?.into_iter().map(|(row, _)| row).collect();

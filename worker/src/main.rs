@@ -69,7 +69,7 @@ async fn run(command: Command, config: WorkerConfig) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Dlq { command } => {
-            worker::dlq::run(command, &config.nats.url, &config.dead_letters.stream).await.map_err(anyhow::Error::from)
+            worker::dlq::run(command, &config.nats, &config.dead_letters.stream).await.map_err(anyhow::Error::from)
         }
         Command::Erase(args) => {
             let pool = config.database.pool()?;

@@ -57,7 +57,8 @@ async fn replaying_an_event_already_applied_changes_nothing_and_removes_the_dead
         .await
         .unwrap();
 
-    let mut letters = DeadLetters::connect(&harness.nats_url, &harness.dlq_name()).await.unwrap();
+    let mut letters =
+        DeadLetters::connect(&shared::nats::NatsArgs::for_url(&harness.nats_url), &harness.dlq_name()).await.unwrap();
     let listed = letters.list(&Filter::default()).await.unwrap();
     assert_eq!(listed.len(), 1);
     let (row, message) = &listed[0];
@@ -88,13 +89,17 @@ async fn a_replayed_poison_message_comes_back_and_purge_removes_it() {
     harness.publish_raw("room_started", b"{not json", "poison-a").await;
     harness.wait_drained(Duration::from_secs(30)).await;
 
-    let mut letters = DeadLetters::connect(&harness.nats_url, &harness.dlq_name()).await.unwrap();
+    let mut letters =
+        DeadLetters::connect(&shared::nats::NatsArgs::for_url(&harness.nats_url), &harness.dlq_name()).await.unwrap();
     let first = letters.list(&Filter { event_type: Some("room_started".into()), ..Default::default() }).await.unwrap();
     assert_eq!(first.len(), 1);
     letters.replay(&first[0].1).await.unwrap();
     harness.wait_drained(Duration::from_secs(30)).await;
     let again = testkit::eventually(Duration::from_secs(10), "the poison to be dead-lettered again", || async {
-        let mut letters = DeadLetters::connect(&harness.nats_url, &harness.dlq_name()).await.ok()?;
+        let mut letters =
+            DeadLetters::connect(&shared::nats::NatsArgs::for_url(&harness.nats_url), &harness.dlq_name())
+                .await
+                .ok()?;
         let rows = letters.list(&Filter::default()).await.ok()?;
         (rows.len() == 1 && rows[0].0.sequence != first[0].0.sequence).then_some(rows)
     })

@@ -69,9 +69,14 @@ async fn consumer_settings_follow_the_configuration_and_a_tuned_stream_is_left_a
     moved.subjects = vec![format!("elsewhere{}.>", harness.suffix)];
     harness.jetstream.update_stream(&moved).await.unwrap();
     let (third, metrics) = start(&harness, &[]);
-    let body = readiness(&http, &metrics, 503).await;
-    let message = body["message"].as_str().unwrap_or_default().to_owned();
-    assert!(message.contains("stream set-up") && message.contains(&harness.subject_prefix()), "{message}");
+    // Not ready while it starts ("not consuming yet"), then for the reason that stays.
+    let message = testkit::eventually(Duration::from_secs(30), "readiness to name the stream set-up", || async {
+        let body = readiness(&http, &metrics, 503).await;
+        let message = body["message"].as_str().unwrap_or_default().to_owned();
+        message.contains("stream set-up").then_some(message)
+    })
+    .await;
+    assert!(message.contains(&harness.subject_prefix()), "{message}");
     // It stays not ready (no retry loop turns it green by accident), and still stops cleanly.
     tokio::time::sleep(Duration::from_secs(2)).await;
     readiness(&http, &metrics, 503).await;

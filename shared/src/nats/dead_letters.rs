@@ -116,19 +116,6 @@ pub enum DeadLetterError {
     Nats(String),
 }
 
-/// The server URLs (comma-separated) with any user, password or token replaced by `***`: what
-/// may be printed.
-pub fn without_credentials(urls: &str) -> String {
-    urls.split(',')
-        .map(|url| match (url.find("://"), url.rfind('@')) {
-            (Some(scheme_end), Some(at)) if at > scheme_end => format!("{}***{}", &url[..scheme_end + 3], &url[at..]),
-            (None, Some(at)) => format!("***{}", &url[at..]),
-            _ => url.to_owned(),
-        })
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
 /// Which dead letters a command applies to; every given filter must match.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct DeadLetterFilter {
@@ -222,15 +209,13 @@ pub struct DeadLetters {
 }
 
 impl DeadLetters {
-    /// Connects to `nats_url` without retrying (an operator wants an answer, not a hang) and
-    /// opens the existing stream `stream_name`.
-    pub async fn connect(nats_url: &str, stream_name: &str) -> Result<Self, DeadLetterError> {
-        let client = async_nats::ConnectOptions::new()
-            .connection_timeout(Duration::from_secs(5))
-            .name("attendance-dlq-cli")
-            .connect(nats_url)
+    /// Connects once with `nats` (an operator wants an answer, not a hang) and opens the
+    /// existing stream `stream_name`.
+    pub async fn connect(nats: &super::NatsArgs, stream_name: &str) -> Result<Self, DeadLetterError> {
+        let client = nats
+            .connect_once("attendance-dlq-cli")
             .await
-            .map_err(|e| DeadLetterError::Unreachable { url: without_credentials(nats_url), reason: e.to_string() })?;
+            .map_err(|reason| DeadLetterError::Unreachable { url: nats.servers_for_display(), reason })?;
         Self::open(client, stream_name).await
     }
 
@@ -300,15 +285,6 @@ impl DeadLetters {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn credentials_never_reach_a_message() {
-        assert_eq!(
-            super::without_credentials("nats://ops:s3cret@nats-1:4222,tls://tok@nats-2,nats://nats-3:4222"),
-            "nats://***@nats-1:4222,tls://***@nats-2,nats://nats-3:4222"
-        );
-        assert_eq!(super::without_credentials("user:pw@localhost"), "***@localhost");
-    }
-
     use super::*;
 
     fn summary() -> DeadLetterSummary {

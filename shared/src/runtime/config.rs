@@ -1,48 +1,15 @@
 //! Configuration pieces every service flattens into its own typed config (the streams' own are
-//! in [`crate::nats::settings`], the database's in [`super::database`]), and start-up errors.
+//! in [`crate::nats::settings`], NATS's connection in [`crate::nats::connection`], the database's in [`super::database`]), and start-up errors.
 //!
 //! Everything comes from environment variables (flags work too, `--help` lists them all), using
 //! LiveKit's and NATS's own names where they exist. Secrets are never printed, not even by
 //! `--help`.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 pub use humantime::parse_duration;
 
 use crate::livekit::keys::{KeyError, KeySet, KeySources};
-
-/// How to reach NATS.
-#[derive(Debug, Clone, clap::Args)]
-pub struct NatsArgs {
-    /// NATS server URL(s), comma-separated; credentials may be given in the URL.
-    #[arg(
-        id = "nats_url",
-        long = "nats-url",
-        env = "NATS_URL",
-        default_value = "nats://127.0.0.1:4222",
-        hide_env_values = true
-    )]
-    pub url: String,
-    /// Name this client reports to the NATS server (shows in its monitoring).
-    #[arg(id = "nats-client-name", long = "nats-client-name", env = "NATS_CLIENT_NAME")]
-    pub client_name: Option<String>,
-}
-
-impl NatsArgs {
-    /// Connects, retrying in the background when NATS is not up yet, so that a service can start
-    /// (and report itself not ready) during a NATS outage instead of crash-looping.
-    pub async fn connect(&self, default_name: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
-        async_nats::ConnectOptions::new()
-            .name(self.client_name.as_deref().unwrap_or(default_name))
-            .retry_on_initial_connect()
-            .connection_timeout(Duration::from_secs(5))
-            // Keep reconnecting forever: a service without NATS is useless, and readiness shows it.
-            .max_reconnects(None)
-            .connect(self.url.as_str())
-            .await
-    }
-}
 
 /// Where the LiveKit API keys come from; at least one source must give a key.
 #[derive(Clone, clap::Args)]
@@ -88,8 +55,8 @@ pub enum StartupError {
     Keys(#[from] KeyError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: std::net::SocketAddr, source: std::io::Error },
-    #[error("cannot connect to NATS: {0}")]
-    Nats(#[from] async_nats::ConnectError),
+    #[error(transparent)]
+    Nats(#[from] crate::nats::NatsConfigError),
     #[error("invalid configuration: {0}")]
     Invalid(String),
     #[error("invalid DATABASE_URL: {0}")]

@@ -51,14 +51,6 @@ async fn metrics(State(registry): State<Arc<Registry>>) -> Response {
     }
 }
 
-/// Readiness of a NATS connection, for services' checks.
-pub fn nats_connected(client: &async_nats::Client) -> Result<(), String> {
-    match client.connection_state() {
-        async_nats::connection::State::Connected => Ok(()),
-        state => Err(format!("NATS is {state}")),
-    }
-}
-
 /// Serves the ops router alone on `listener` until `shutdown` is cancelled (worker, sweeper).
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -118,17 +110,18 @@ impl SetupFailure {
 /// connected, PostgreSQL answering, and its main loop running (`running`, else `not_running` is
 /// the reason).
 pub fn background_readiness(
-    nats: async_nats::Client,
+    (nats, nats_health): (async_nats::Client, crate::nats::NatsHealth),
     pool: sqlx::PgPool,
     running: Arc<std::sync::atomic::AtomicBool>,
     not_running: &'static str,
     failure: SetupFailure,
 ) -> ReadinessCheck {
     Arc::new(move || {
-        let (nats, pool, running, failure) = (nats.clone(), pool.clone(), running.clone(), failure.clone());
+        let (nats, nats_health, pool, running, failure) =
+            (nats.clone(), nats_health.clone(), pool.clone(), running.clone(), failure.clone());
         Box::pin(async move {
             failure.check()?;
-            nats_connected(&nats)?;
+            nats_health.check(&nats)?;
             crate::store::ping(&pool).await?;
             if running.load(std::sync::atomic::Ordering::Relaxed) { Ok(()) } else { Err(not_running.into()) }
         })
@@ -164,10 +157,10 @@ impl OpsServer {
         registry: Registry,
         not_running: &'static str,
     ) -> (Self, Arc<std::sync::atomic::AtomicBool>, SetupFailure) {
-        let ServiceConnections { listener, nats, pool } = connections;
+        let ServiceConnections { listener, nats, nats_health, pool } = connections;
         let running = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let failure = SetupFailure::default();
-        let readiness = background_readiness(nats, pool, running.clone(), not_running, failure.clone());
+        let readiness = background_readiness((nats, nats_health), pool, running.clone(), not_running, failure.clone());
         (Self::spawn(listener, Arc::new(registry), readiness), running, failure)
     }
 
@@ -180,9 +173,7 @@ impl OpsServer {
 /// Closes a background service's connections on shutdown: the pool, then what NATS still buffers.
 pub async fn close_connections(pool: &sqlx::PgPool, nats: &async_nats::Client) {
     pool.close().await;
-    if let Err(error) = nats.flush().await {
-        tracing::warn!(%error, "could not flush NATS on shutdown");
-    }
+    crate::nats::connection::flush_before_exit(nats).await;
 }
 
 /// What a background service (worker, sweeper) opens in `build`, before it runs: its probes
@@ -191,20 +182,22 @@ pub async fn close_connections(pool: &sqlx::PgPool, nats: &async_nats::Client) {
 pub struct ServiceConnections {
     pub listener: tokio::net::TcpListener,
     pub nats: async_nats::Client,
+    /// Why NATS is not usable, for readiness.
+    pub nats_health: crate::nats::NatsHealth,
     pub pool: sqlx::PgPool,
 }
 
 impl ServiceConnections {
     pub async fn open(
         probes_addr: std::net::SocketAddr,
-        nats: &crate::runtime::config::NatsArgs,
+        nats: &crate::nats::NatsArgs,
         database: &crate::runtime::database::DatabaseArgs,
         client_name: &str,
     ) -> Result<Self, crate::runtime::config::StartupError> {
         let listener = crate::runtime::config::bind(probes_addr).await?;
-        let nats = nats.connect(client_name).await?;
+        let (nats, nats_health) = nats.connect(client_name).await?;
         let pool = database.background_pool()?;
-        Ok(ServiceConnections { listener, nats, pool })
+        Ok(ServiceConnections { listener, nats, nats_health, pool })
     }
 
     pub fn local_addr(&self) -> std::net::SocketAddr {
