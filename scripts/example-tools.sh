@@ -2,7 +2,8 @@
 # `make test`: what the examples' tests run that nobody here wrote, installed when missing:
 # LiveKit's official server SDK (`livekit-api`, PyPI) in the project-local Python (`.local/py`),
 # for examples/backend/view_link.py; openapi-spec-validator and schemathesis (PyPI), for
-# gateway/openapi.yaml;
+# gateway/openapi.yaml; the Standard Webhooks reference library (`standardwebhooks`, PyPI), for
+# examples/receiver/standard_webhooks_receiver.py (worker deliver's tests);
 # and Debian's `php-cli`, for examples/backend/view_link.php.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -10,6 +11,8 @@ VENV="$ROOT/.local/py"
 [ -x "$VENV/bin/pip" ] || python3 -m venv "$VENV"
 "$VENV/bin/python" -c "import livekit.api" 2>/dev/null \
   || { echo "[example-tools] installing livekit-api into .local/py" >&2; "$VENV/bin/pip" install -q livekit-api; }
+"$VENV/bin/python" -c "import standardwebhooks" 2>/dev/null \
+  || { echo "[example-tools] installing standardwebhooks into .local/py" >&2; "$VENV/bin/pip" install -q standardwebhooks; }
 [ -x "$VENV/bin/openapi-spec-validator" ] && [ -x "$VENV/bin/schemathesis" ] \
   || { echo "[example-tools] installing openapi-spec-validator and schemathesis into .local/py" >&2;
        "$VENV/bin/pip" install -q openapi-spec-validator schemathesis; }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make run`: the whole system on this machine. Starts NATS and PostgreSQL when needed, then the
 # gateway, a worker and the sweeper; Ctrl-C stops all of it (and the servers it started).
+# `scripts/run.sh --cluster` (`make run NATS_CLUSTER=3`): NATS as a local 3-node cluster.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -11,6 +12,19 @@ export DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/attendanc
 export LISTEN_ADDR=${LISTEN_ADDR:-0.0.0.0:8080}
 
 log() { printf '[run] %s\n' "$*" >&2; }
+
+# `--cluster` or NATS_CLUSTER=<nodes> (`make run NATS_CLUSTER=3`): a local JetStream cluster
+# (scripts/nats-cluster.sh) instead of one server; every stream with 3 replicas, and the services
+# given every node's URL. A cluster that was running already is left running.
+[ "${1:-}" != --cluster ] || export NATS_CLUSTER=${NATS_CLUSTER:-3}
+cluster_started=
+if [ -n "${NATS_CLUSTER:-}" ]; then
+  "$ROOT/scripts/nats-cluster.sh" status || cluster_started=1
+  NATS_URL=$("$ROOT/scripts/nats-cluster.sh" start)
+  export WEBHOOK_STREAM_REPLICAS=${WEBHOOK_STREAM_REPLICAS:-3} DLQ_STREAM_REPLICAS=${DLQ_STREAM_REPLICAS:-3} \
+    PRESENCE_STREAM_REPLICAS=${PRESENCE_STREAM_REPLICAS:-3} REPORT_STREAM_REPLICAS=${REPORT_STREAM_REPLICAS:-3}
+  log "NATS: a local cluster of $NATS_CLUSTER nodes ($NATS_URL), streams with $WEBHOOK_STREAM_REPLICAS replicas"
+fi
 
 "$ROOT/scripts/services.sh" start
 
@@ -31,6 +45,7 @@ stop_all() {
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   wait "${pids[@]}" 2>/dev/null || true
   "$ROOT/scripts/services.sh" stop
+  [ -z "$cluster_started" ] || "$ROOT/scripts/nats-cluster.sh" stop
 }
 trap stop_all INT TERM EXIT
 

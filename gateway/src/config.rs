@@ -3,10 +3,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use shared::domain::policy::Policy;
 use shared::nats::NatsArgs;
 use shared::nats::{PresenceArgs, WebhookStreamArgs};
-use shared::runtime::config::{LiveKitKeyArgs, parse_duration};
+use shared::runtime::config::{LiveKitKeyArgs, PolicyArgs, parse_duration};
 use shared::runtime::database::DatabaseArgs;
 
 use crate::limits::RequestArgs;
@@ -45,16 +44,8 @@ pub struct GatewayConfig {
     /// After the burst, one heartbeat per this interval per participant; more get 429.
     #[arg(long, env = "HEARTBEAT_MIN_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub heartbeat_min_interval: Duration,
-    /// Attended ratio (attended time over the meeting's duration) from which a participant's
-    /// status is `attended` (else `partial`); a request may override it (`min_ratio`).
-    #[arg(long, env = "ATTENDANCE_MIN_RATIO", default_value_t = 0.75, value_parser = parse_ratio)]
-    pub attendance_min_ratio: f64,
-    /// A first join later than this after the meeting's start is `joined_late` (`late_after`).
-    #[arg(long, env = "LATE_AFTER", default_value = "5m", value_parser = parse_duration)]
-    pub late_after: Duration,
-    /// A last leave earlier than this before the meeting's end is `left_early` (`early_before`).
-    #[arg(long, env = "EARLY_BEFORE", default_value = "5m", value_parser = parse_duration)]
-    pub early_before: Duration,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
     #[command(flatten)]
     pub connections: ConnectionArgs,
     #[command(flatten)]
@@ -77,13 +68,6 @@ pub struct GatewayConfig {
     pub view_links: ViewLinkArgs,
 }
 
-impl GatewayConfig {
-    /// The attendance policy requests get unless they override it.
-    pub fn policy(&self) -> Policy {
-        Policy { min_ratio: self.attendance_min_ratio, late_after: self.late_after, early_before: self.early_before }
-    }
-}
-
 /// An origin as browsers send it: `scheme://host[:port]`, nothing after; or `*`.
 pub fn parse_origin(text: &str) -> Result<String, String> {
     let text = text.trim();
@@ -94,13 +78,5 @@ pub fn parse_origin(text: &str) -> Result<String, String> {
     match after_scheme {
         Some(host) if !host.is_empty() && !host.contains(['/', '?', '#', ' ', '*']) => Ok(text.to_owned()),
         _ => Err(format!("{text:?} is not an origin like https://app.example.org (scheme and host, no path)")),
-    }
-}
-
-/// A ratio from 0 to 1.
-pub fn parse_ratio(text: &str) -> Result<f64, String> {
-    match text.trim().parse::<f64>() {
-        Ok(ratio) if (0.0..=1.0).contains(&ratio) => Ok(ratio),
-        _ => Err(format!("{text:?} is not a number from 0 to 1")),
     }
 }

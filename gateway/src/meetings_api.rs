@@ -20,15 +20,16 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use serde::Serialize;
 use shared::domain::attendance::Attendance;
+use shared::domain::document::{MeetingAttendanceView, MeetingFields, ParticipantCounts};
 use shared::domain::identifiers::{self, Field};
 use shared::domain::policy::{self, Assessment, Policy};
-use shared::domain::time::{millis, now_unix_ms, parse_instant, rfc3339_ms};
+use shared::domain::time::{now_unix_ms, parse_instant, rfc3339_ms};
 use shared::store::read_model::{self, MeetingSummary, MeetingsAfter, MeetingsQuery};
 
 use crate::csv_export;
 use crate::error::ApiError;
 use crate::read_access::{self, Access};
-use crate::read_api::{ParticipantView, ReadState, read_failed};
+use crate::read_api::{ReadState, read_failed};
 
 const DEFAULT_PAGE: i64 = 50;
 const MAX_PAGE: i64 = 500;
@@ -65,7 +66,7 @@ impl Params {
     /// The gateway's policy with the request's overrides.
     fn policy(&self, defaults: Policy) -> Result<Policy, ApiError> {
         Ok(Policy {
-            min_ratio: self.parse("min_ratio", crate::config::parse_ratio)?.unwrap_or(defaults.min_ratio),
+            min_ratio: self.parse("min_ratio", shared::runtime::config::parse_ratio)?.unwrap_or(defaults.min_ratio),
             late_after: self.duration("late_after")?.unwrap_or(defaults.late_after),
             early_before: self.duration("early_before")?.unwrap_or(defaults.early_before),
         })
@@ -98,42 +99,15 @@ pub struct MeetingView {
     pub participants: ParticipantCounts,
 }
 
-/// What identifies a meeting and its span.
-#[derive(Debug, Serialize)]
-pub struct MeetingFields {
-    pub room: String,
-    pub room_sid: String,
-    pub started_at: Option<String>,
-    pub ended_at: Option<String>,
-    /// `room_finished`, `inferred`, or `null` while the meeting runs.
-    pub ended_by: Option<&'static str>,
-    /// To the end, or to the time of the read while the meeting runs.
-    pub duration_ms: Option<i64>,
-    pub in_progress: bool,
-}
-
-#[derive(Debug, Serialize)]
-pub struct ParticipantCounts {
-    pub people: i64,
-    pub bots: i64,
-    /// People present now.
-    pub present_now: i64,
-}
-
 impl MeetingView {
     fn new(summary: &MeetingSummary, now_ms: i64) -> Self {
-        let meeting = MeetingFields {
-            room: summary.room_name.clone(),
-            room_sid: summary.room_sid.clone(),
-            started_at: summary.span.started_at_ms.map(rfc3339_ms),
-            ended_at: summary.span.ended_at_ms.map(rfc3339_ms),
-            ended_by: summary.span.ended_by.map(|by| by.as_str()),
-            duration_ms: policy::duration_ms(&summary.span, now_ms),
-            in_progress: summary.span.ended_at_ms.is_none(),
-        };
-        let counts = ParticipantCounts { people: summary.people, bots: summary.bots, present_now: summary.present_now };
-        MeetingView { meeting, participants: counts }
+        let meeting = MeetingFields::new(&summary.room_name, &summary.room_sid, &summary.span, now_ms);
+        MeetingView { meeting, participants: counts(summary) }
     }
+}
+
+fn counts(summary: &MeetingSummary) -> ParticipantCounts {
+    ParticipantCounts { people: summary.people, bots: summary.bots, present_now: summary.present_now }
 }
 
 #[derive(Debug, Serialize)]
@@ -187,39 +161,6 @@ pub async fn list(
     Ok(Json(MeetingsPage { room, meetings, next_cursor }))
 }
 
-/// A participant of a meeting with the policy applied.
-#[derive(Debug, Serialize)]
-pub struct AssessedView {
-    #[serde(flatten)]
-    pub participant: ParticipantView,
-    /// Attended time over the meeting's duration; `null` before the meeting has a duration.
-    pub attended_ratio: Option<f64>,
-    pub joined_late: bool,
-    pub left_early: bool,
-    /// `attended`, `partial`, `in_progress`; `null` for bots.
-    pub status: Option<&'static str>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct PolicyView {
-    pub min_ratio: f64,
-    pub late_after_ms: i64,
-    pub early_before_ms: i64,
-}
-
-#[derive(Debug, Serialize)]
-pub struct MeetingAttendanceView {
-    #[serde(flatten)]
-    pub meeting: MeetingFields,
-    /// The counts the room's list shows (`participants` there), here beside the lists.
-    pub counts: ParticipantCounts,
-    pub policy: PolicyView,
-    /// People (SIP callers included), by identity.
-    pub participants: Vec<AssessedView>,
-    /// Agents, egress and ingress: listed apart, never given a status.
-    pub bots: Vec<AssessedView>,
-}
-
 /// `GET /v1/meetings/{room_sid}`: the meeting and its participants with the policy applied.
 pub async fn one(
     State(state): State<Arc<ReadState>>,
@@ -265,35 +206,8 @@ pub async fn one(
     if csv {
         return Ok(csv_response(&summary, assessed));
     }
-    let (bots, people): (Vec<_>, Vec<_>) = assessed.into_iter().partition(|(a, _)| a.is_bot());
-    let view = |list: Vec<(Attendance, Assessment)>| -> Vec<AssessedView> {
-        list.into_iter()
-            .map(|(attendance, assessment)| {
-                let last_heartbeat = heartbeats.get(&attendance.identity).copied();
-                let mut participant = ParticipantView::new(attendance, last_heartbeat, now_ms);
-                participant.attended_ms = assessment.attended_ms;
-                AssessedView {
-                    participant,
-                    attended_ratio: assessment.attended_ratio,
-                    joined_late: assessment.joined_late,
-                    left_early: assessment.left_early,
-                    status: assessment.status.map(|s| s.as_str()),
-                }
-            })
-            .collect()
-    };
-    let MeetingView { meeting, participants: counts } = MeetingView::new(&summary, now_ms);
-    let body = MeetingAttendanceView {
-        meeting,
-        counts,
-        policy: PolicyView {
-            min_ratio: policy.min_ratio,
-            late_after_ms: millis(policy.late_after),
-            early_before_ms: millis(policy.early_before),
-        },
-        participants: view(people),
-        bots: view(bots),
-    };
+    let meeting = MeetingFields::new(&summary.room_name, &summary.room_sid, &summary.span, now_ms);
+    let body = MeetingAttendanceView::new(meeting, counts(&summary), &policy, assessed, &heartbeats, now_ms);
     Ok(Json(body).into_response())
 }
 

@@ -11,10 +11,10 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event, Sse};
 use futures::Stream;
 use serde::Serialize;
-use shared::domain::attendance::{Attendance, union_ms};
+use shared::domain::document::ParticipantView;
 use shared::domain::identifiers::{self, Field};
 use shared::domain::policy::Policy;
-use shared::domain::time::{now_unix_ms, rfc3339_ms};
+use shared::domain::time::now_unix_ms;
 use shared::livekit::KeySet;
 use shared::store::read_model;
 use tokio_util::sync::CancellationToken;
@@ -38,62 +38,6 @@ pub struct ReadState {
 pub struct RoomView {
     pub room: String,
     pub participants: Vec<ParticipantView>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct ParticipantView {
-    pub identity: String,
-    pub name: String,
-    pub kind: String,
-    pub present: bool,
-    /// Union of the cycles; open cycles count up to the time of the read.
-    pub attended_ms: i64,
-    pub join_count: i64,
-    pub leave_count: i64,
-    pub first_joined_at: Option<String>,
-    pub last_left_at: Option<String>,
-    pub last_heartbeat_at: Option<String>,
-    pub cycles: Vec<CycleView>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct CycleView {
-    pub participant_sid: String,
-    pub room_sid: String,
-    pub joined_at: String,
-    pub left_at: Option<String>,
-    pub closed_by: Option<&'static str>,
-    pub duration_ms: Option<i64>,
-}
-
-impl ParticipantView {
-    pub fn new(attendance: Attendance, last_heartbeat_ms: Option<i64>, now_ms: i64) -> Self {
-        let attended_ms = union_ms(attendance.cycles.iter().map(|c| (c.joined_at_ms, c.left_at_ms.unwrap_or(now_ms))));
-        ParticipantView {
-            identity: attendance.identity,
-            name: attendance.name,
-            kind: attendance.kind,
-            present: attendance.present,
-            attended_ms,
-            join_count: attendance.join_count,
-            leave_count: attendance.leave_count,
-            first_joined_at: attendance.first_joined_at_ms.map(rfc3339_ms),
-            last_left_at: attendance.last_left_at_ms.map(rfc3339_ms),
-            last_heartbeat_at: last_heartbeat_ms.map(rfc3339_ms),
-            cycles: attendance
-                .cycles
-                .into_iter()
-                .map(|c| CycleView {
-                    joined_at: rfc3339_ms(c.joined_at_ms),
-                    left_at: c.left_at_ms.map(rfc3339_ms),
-                    closed_by: c.closed_by.map(|by| by.as_str()),
-                    duration_ms: c.duration_ms(),
-                    participant_sid: c.participant_sid,
-                    room_sid: c.room_sid,
-                })
-                .collect(),
-        }
-    }
 }
 
 pub async fn room(

@@ -74,7 +74,7 @@ impl Application {
                 nats: nats.clone(),
                 presence: PresenceStreams::new(&config.presence_streams, &config.presence),
                 shutdown: streams_shutdown.clone(),
-                policy: config.policy(),
+                policy: config.policy.policy(),
             }),
             webhooks: Arc::new(WebhookState {
                 keys: keys.clone(),

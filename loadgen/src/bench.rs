@@ -125,6 +125,10 @@ pub struct BenchArgs {
     pub bin_dir: Option<PathBuf>,
     #[command(flatten)]
     pub nats: NatsArgs,
+    /// Replicas of every stream the run creates: 3 on a JetStream cluster of 3 nodes (what
+    /// `scripts/bench.sh --cluster` runs against); the report names the setup.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub stream_replicas: u8,
     /// The PostgreSQL server; the run creates and drops databases of its own on it.
     #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/attendance")]
     pub database_url: String,
@@ -141,6 +145,8 @@ impl BenchArgs {
             heartbeat_interval: self.heartbeat_interval,
             heartbeat_timeout: self.heartbeat_timeout(),
             reorder_delay: self.reorder_delay,
+            nats_servers: self.nats.url.split(',').filter(|url| !url.trim().is_empty()).count(),
+            stream_replicas: usize::from(self.stream_replicas),
         }
     }
 
@@ -245,7 +251,7 @@ const LIVE_CONSUMER: &str = "bench-live";
 /// Runs the three phases and writes the report; returns whether the attendance was exact.
 pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
     let started_at = time::OffsetDateTime::now_utc();
-    let names = RunNames::unique();
+    let names = RunNames::unique(usize::from(args.stream_replicas));
     let run_dir = args.out.join(format!(
         "bench-{:04}{:02}{:02}-{:02}{:02}{:02}",
         started_at.year(),

@@ -13,6 +13,7 @@ use shared::domain::heartbeat::Heartbeat;
 use shared::livekit::{KeySet, webhook};
 use shared::nats::settings::WebhookStreamArgs;
 use shared::nats::webhooks::WebhookStream;
+use shared::nats::{PublishAck, PublishError};
 use tokio::sync::Semaphore;
 
 use crate::scenario::{Meeting, Plan, Request};
@@ -22,6 +23,11 @@ use crate::system::StreamSource;
 /// Publishes in flight at once: enough to keep NATS busy, few enough to keep the plan's order.
 const PUBLISHES_IN_FLIGHT: usize = 32;
 const PUBLISH_DEADLINE: Duration = Duration::from_secs(10);
+/// Publishes JetStream refused, retried as the gateway's clients retry its 503: a replicated
+/// stream refuses a message whose id is still being stored (a planned duplicate published
+/// beside its original) until the original is; the retry is then acknowledged as a duplicate.
+const REFUSED_RETRIES: usize = 50;
+const REFUSED_PAUSE: Duration = Duration::from_millis(20);
 
 /// Stores every request of `plan` whose meeting `include` accepts into `source`'s stream
 /// (created if missing, with the settings the run's workers expect); returns how many.
@@ -37,6 +43,7 @@ pub async fn publish(
         &WebhookStreamArgs {
             // The run's heartbeats must outlive it (replays read them again).
             heartbeat_max_age: Duration::from_secs(2 * 3600),
+            replicas: source.replicas,
             ..WebhookStreamArgs::new(
                 source.stream.clone(),
                 source.subject_prefix.clone(),
@@ -60,7 +67,7 @@ pub async fn publish(
                 let event = webhook::receive(Some(authorization.as_bytes()), body, keys, now, send.at_ms)
                     .context("verify a planned webhook")?;
                 publishes.spawn(async move {
-                    let stored = stream.publish(&event, PUBLISH_DEADLINE).await;
+                    let stored = retrying(|| stream.publish(&event, PUBLISH_DEADLINE)).await;
                     drop(permit);
                     stored.map(|_| ())
                 });
@@ -69,7 +76,7 @@ pub async fn publish(
                 let identity = plan.participants[index].identity.clone();
                 let heartbeat = Heartbeat::new(plan.room_name_of(index).to_owned(), identity, send.at_ms);
                 publishes.spawn(async move {
-                    let stored = stream.publish_heartbeat(&heartbeat, PUBLISH_DEADLINE).await;
+                    let stored = retrying(|| stream.publish_heartbeat(&heartbeat, PUBLISH_DEADLINE)).await;
                     drop(permit);
                     stored.map(|_| ())
                 });
@@ -85,4 +92,23 @@ pub async fn publish(
         done?.context("store a planned message")?;
     }
     Ok(published)
+}
+
+/// Runs `publish` until JetStream takes it, at most [`REFUSED_RETRIES`] more times after a
+/// refusal (a timeout is not retried: the deadline is long).
+async fn retrying<F, Fut>(mut publish: F) -> Result<PublishAck, PublishError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<PublishAck, PublishError>>,
+{
+    let mut refusals = 0;
+    loop {
+        match publish().await {
+            Err(PublishError::Unavailable(_)) if refusals < REFUSED_RETRIES => {
+                refusals += 1;
+                tokio::time::sleep(REFUSED_PAUSE).await;
+            }
+            outcome => return outcome,
+        }
+    }
 }

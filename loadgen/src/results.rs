@@ -51,6 +51,10 @@ pub struct Settings {
     pub heartbeat_interval: Duration,
     pub heartbeat_timeout: Duration,
     pub reorder_delay: Duration,
+    /// NATS servers the services were given (more than one: a cluster).
+    pub nats_servers: usize,
+    /// Replicas of the run's streams.
+    pub stream_replicas: usize,
 }
 
 /// One answer the gateway gave (or a transport failure: status 0).

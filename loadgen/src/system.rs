@@ -152,6 +152,8 @@ pub struct StreamSource {
     pub stream: String,
     pub subject_prefix: String,
     pub consumer: String,
+    /// Replicas the stream is created with (the run's `--stream-replicas`).
+    pub replicas: usize,
 }
 
 impl StreamSource {
@@ -191,16 +193,18 @@ impl LoadedStream {
     }
 }
 
-/// Names of the run's streams and subjects, unique per run.
+/// Names of the run's streams and subjects, unique per run, and the replicas of those streams.
 #[derive(Debug, Clone)]
 pub struct RunNames {
     pub suffix: String,
+    /// Replicas of every stream of the run: 1 on one server, 3 on a cluster.
+    pub replicas: usize,
 }
 
 impl RunNames {
     /// Fresh names, unlike any other run's.
-    pub fn unique() -> Self {
-        RunNames { suffix: format!("{:010x}", fastrand::u64(..) & 0xff_ffff_ffff) }
+    pub fn unique(replicas: usize) -> Self {
+        RunNames { suffix: format!("{:010x}", fastrand::u64(..) & 0xff_ffff_ffff), replicas }
     }
 
     pub fn webhook_stream(&self) -> String {
@@ -225,6 +229,7 @@ impl RunNames {
             stream: self.webhook_stream(),
             subject_prefix: format!("bench{}.webhook", self.suffix),
             consumer: consumer.to_owned(),
+            replicas: self.replicas,
         }
     }
 
@@ -235,6 +240,7 @@ impl RunNames {
             stream: format!("BENCH_{}_{}", purpose.to_uppercase(), self.suffix),
             subject_prefix: format!("bench{purpose}{}.webhook", self.suffix),
             consumer: consumer.to_owned(),
+            replicas: self.replicas,
         }
     }
 
@@ -256,6 +262,10 @@ impl RunNames {
             ("PRESENCE_STREAM", self.presence_stream()),
             ("PRESENCE_SUBJECT_PREFIX", format!("bench{s}.presence")),
             ("PRESENCE_STREAM_MAX_AGE", "2h".into()),
+            ("WEBHOOK_STREAM_REPLICAS", self.replicas.to_string()),
+            ("DLQ_STREAM_REPLICAS", self.replicas.to_string()),
+            ("PRESENCE_STREAM_REPLICAS", self.replicas.to_string()),
+            ("REPORT_STREAM_REPLICAS", self.replicas.to_string()),
             ("METRICS_ADDR", "127.0.0.1:0".into()),
             ("RUST_LOG", "warn".into()),
         ]

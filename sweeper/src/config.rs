@@ -4,8 +4,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use shared::nats::NatsArgs;
-use shared::nats::PresenceArgs;
-use shared::runtime::config::parse_duration;
+use shared::nats::{PresenceArgs, ReportArgs};
+use shared::runtime::config::{PolicyArgs, parse_duration};
 use shared::runtime::database::DatabaseArgs;
 
 #[derive(Debug, Clone, clap::Parser)]
@@ -46,4 +46,8 @@ pub struct SweeperConfig {
     pub presence: PresenceArgs,
     #[command(flatten)]
     pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    #[command(flatten)]
+    pub reports: ReportArgs,
 }

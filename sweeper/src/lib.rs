@@ -1,7 +1,9 @@
 //! The sweeper: closes the attendance cycles whose client heartbeats stopped (LiveKit never
-//! sends `participant_left` for a crashed node), and publishes the presence outbox to NATS.
+//! sends `participant_left` for a crashed node), ends meetings whose `room_finished` never came,
+//! and publishes the presence and meeting-report outboxes to NATS.
 //!
-//! - [`sweep`]: closing stale cycles; [`publish_presence`]: the presence outbox to NATS.
+//! - [`sweep`]: closing stale cycles, ending meetings whose end never came;
+//! - [`publish_presence`], [`publish_reports`]: the presence and report outboxes to NATS.
 //!
 //! Any number of replicas may run: a room is swept under its row lock taken with
 //! `FOR UPDATE SKIP LOCKED` (a room busy elsewhere is left for the next round), and the outbox is
@@ -12,6 +14,7 @@
 pub mod config;
 pub mod metrics;
 pub mod publish_presence;
+pub mod publish_reports;
 pub mod startup;
 pub mod sweep;
 

@@ -23,6 +23,10 @@ pub struct SweeperMetrics {
     pub presence_published: Counter,
     /// Presence changes waiting in the outbox, as last seen.
     pub outbox_pending: Gauge,
+    /// Meeting reports published to NATS.
+    pub reports_published: Counter,
+    /// Meeting reports waiting in their outbox, as last seen.
+    pub report_outbox_pending: Gauge,
     /// Rounds that failed (database or NATS unavailable); retried next round.
     pub failed_rounds: Counter,
 }
@@ -35,6 +39,8 @@ impl SweeperMetrics {
             events_purged: Counter::default(),
             presence_published: Counter::default(),
             outbox_pending: Gauge::default(),
+            reports_published: Counter::default(),
+            report_outbox_pending: Gauge::default(),
             failed_rounds: Counter::default(),
         };
         registry.register(
@@ -61,6 +67,16 @@ impl SweeperMetrics {
             "sweeper_outbox_pending",
             "Presence changes waiting in the outbox",
             metrics.outbox_pending.clone(),
+        );
+        registry.register(
+            "sweeper_reports_published",
+            "Meeting reports published to NATS",
+            metrics.reports_published.clone(),
+        );
+        registry.register(
+            "sweeper_report_outbox_pending",
+            "Meeting reports waiting in their outbox",
+            metrics.report_outbox_pending.clone(),
         );
         registry.register(
             "sweeper_failed_rounds",

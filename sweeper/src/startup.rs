@@ -1,4 +1,4 @@
-//! Building and running a sweeper: two cancellable loops, the sweep and the outbox publisher.
+//! Building and running a sweeper: two cancellable loops, the sweep and the outboxes' publisher.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -6,17 +6,18 @@ use std::sync::atomic::Ordering;
 use prometheus_client::registry::Registry;
 use shared::domain::time::millis;
 use shared::nats::presence::PresenceStream;
+use shared::nats::reports::ReportStream;
 use shared::runtime::config::StartupError;
 use shared::runtime::ops::{self, OpsServer, ServiceConnections};
 use shared::runtime::shutdown::Ticks;
 use shared::runtime::startup_retry;
 use shared::store::closures::Staleness;
-use shared::store::{MIGRATOR, presence_outbox};
+use shared::store::{MIGRATOR, presence_outbox, report_outbox};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::SweeperConfig;
 use crate::metrics::{ClosedByLabel, SweeperMetrics};
-use crate::{publish_presence, sweep};
+use crate::{publish_presence, publish_reports, sweep};
 
 pub struct Application {
     config: SweeperConfig,
@@ -43,16 +44,18 @@ impl Application {
         let (ops_server, running, setup) = OpsServer::spawn_background(connections, registry, "not sweeping yet");
 
         let presence = PresenceStream::new(nats.clone(), &config.presence);
+        let reports = ReportStream::new(nats.clone(), &config.reports);
         let prepared = async {
             startup_retry::until_ok(&shutdown, "database migrations", || MIGRATOR.run(&pool)).await?;
-            setup.run(&shutdown, "presence stream set-up", || presence.ensure()).await
+            setup.run(&shutdown, "presence stream set-up", || presence.ensure()).await?;
+            setup.run(&shutdown, "report stream set-up", || reports.ensure()).await
         };
         if prepared.await.is_some() {
             running.store(true, Ordering::Relaxed);
             tracing::info!("sweeping");
             tokio::join!(
                 sweep_loop(&config, &pool, &metrics, &shutdown),
-                outbox_loop(&config, &pool, &presence, &metrics, &shutdown)
+                outbox_loop(&config, &pool, (&presence, &reports), &metrics, &shutdown)
             );
             running.store(false, Ordering::Relaxed);
         }
@@ -77,7 +80,7 @@ async fn sweep_loop(
             heartbeat_timeout: config.heartbeat_timeout,
             max_duration: config.max_cycle_duration,
         };
-        match sweep::sweep(pool, &staleness).await {
+        match sweep::sweep(pool, &staleness, &config.policy.policy()).await {
             Ok(swept) => {
                 let closed = |closed_by| metrics.cycles_closed.get_or_create(&ClosedByLabel { closed_by });
                 closed("heartbeat_timeout").inc_by(swept.heartbeat_timeouts as u64);
@@ -98,7 +101,8 @@ async fn sweep_loop(
                 tracing::warn!(%error, retry_in = ?config.sweep_interval, "deleting expired events failed");
             }
         }
-        match sweep::end_idle_meetings(pool, staleness.now_ms, config.meeting_end_margin).await {
+        match sweep::end_idle_meetings(pool, staleness.now_ms, config.meeting_end_margin, &config.policy.policy()).await
+        {
             Ok(ended) => {
                 metrics.meetings_ended.inc_by(ended as u64);
             }
@@ -113,12 +117,30 @@ async fn sweep_loop(
 async fn outbox_loop(
     config: &SweeperConfig,
     pool: &sqlx::PgPool,
-    presence: &PresenceStream,
+    (presence, reports): (&PresenceStream, &ReportStream),
     metrics: &SweeperMetrics,
     shutdown: &CancellationToken,
 ) {
     let mut ticks = Ticks::every(config.outbox_poll_interval, shutdown);
     while ticks.next().await {
+        loop {
+            match publish_reports::publish_batch(pool, reports, config.outbox_batch_size).await {
+                Ok(published) => {
+                    metrics.reports_published.inc_by(published as u64);
+                    if (published as i64) < config.outbox_batch_size || shutdown.is_cancelled() {
+                        break;
+                    }
+                }
+                Err(error) => {
+                    metrics.failed_rounds.inc();
+                    tracing::warn!(%error, "publishing the report outbox failed; retried next round");
+                    break;
+                }
+            }
+        }
+        if let Ok(pending) = report_outbox::pending(pool).await {
+            metrics.report_outbox_pending.set(pending);
+        }
         // Drain what is there, a batch at a time.
         loop {
             match publish_presence::publish_batch(pool, presence, config.outbox_batch_size).await {

@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use shared::domain::attendance::ClosedBy;
 use shared::domain::meeting::{self, RoomTimeouts};
+use shared::domain::policy::Policy;
 use shared::domain::time::millis;
 use shared::store::closures::{self, StaleCycle, Staleness};
 use shared::store::presence_outbox::Cause;
 use shared::store::recompute::{self, ParticipantKey};
-use shared::store::{lifecycle, meetings};
+use shared::store::{lifecycle, meetings, report_outbox};
 use sqlx::PgPool;
 
 /// What one sweep did.
@@ -36,7 +37,7 @@ pub fn closure_of(cycle: &StaleCycle, staleness: &Staleness) -> (ClosedBy, i64) 
 
 /// Closes the stale cycles. A meeting another replica (or a worker) holds is left for the next
 /// round.
-pub async fn sweep(pool: &PgPool, staleness: &Staleness) -> Result<Swept, sqlx::Error> {
+pub async fn sweep(pool: &PgPool, staleness: &Staleness, policy: &Policy) -> Result<Swept, sqlx::Error> {
     let mut swept = Swept::default();
     for room_sid in closures::meetings_with_stale_cycles(pool, staleness).await? {
         let this_meeting = BTreeSet::from([room_sid.clone()]);
@@ -64,6 +65,8 @@ pub async fn sweep(pool: &PgPool, staleness: &Staleness) -> Result<Swept, sqlx::
             participants.insert(ParticipantKey::new(room_sid.as_str(), cycle.identity), Cause::named("sweeper"));
         }
         recompute::recompute_participants(&mut tx, &participants).await?;
+        let changed = BTreeMap::from([(room_sid.clone(), Cause::named("sweeper"))]);
+        report_outbox::record_changes(&mut tx, &changed, policy, staleness.now_ms).await?;
         tx.commit().await?;
     }
     Ok(swept)
@@ -74,7 +77,12 @@ pub async fn sweep(pool: &PgPool, staleness: &Staleness) -> Result<Swept, sqlx::
 /// the time LiveKit would have closed the room. A late room_finished replaces it; a later join
 /// or leave withdraws it. A meeting another replica holds is left for the next round. Returns how
 /// many meetings were ended.
-pub async fn end_idle_meetings(pool: &PgPool, now_ms: i64, margin: Duration) -> Result<usize, sqlx::Error> {
+pub async fn end_idle_meetings(
+    pool: &PgPool,
+    now_ms: i64,
+    margin: Duration,
+    policy: &Policy,
+) -> Result<usize, sqlx::Error> {
     let due = |started_at_ms: i64, latest_left_ms: Option<i64>, timeouts: RoomTimeouts| {
         let close = meeting::expected_close_ms(started_at_ms, latest_left_ms, timeouts);
         (close + millis(margin) < now_ms).then_some(close)
@@ -94,6 +102,8 @@ pub async fn end_idle_meetings(pool: &PgPool, now_ms: i64, margin: Duration) -> 
         let Some(close_ms) = due(idle.started_at_ms, idle.latest_left_ms, idle.timeouts) else { continue };
         meetings::record_inferred_end(&mut tx, &idle.room_sid, close_ms).await?;
         recompute::recompute_spans(&mut tx, &this_meeting).await?;
+        let changed = BTreeMap::from([(idle.room_sid.clone(), Cause::named("sweeper"))]);
+        report_outbox::record_changes(&mut tx, &changed, policy, now_ms).await?;
         tx.commit().await?;
         tracing::info!(room_sid = idle.room_sid, ended_at_ms = close_ms, "meeting end inferred (no room_finished)");
         ended += 1;

@@ -24,7 +24,7 @@ async fn a_meeting_past_the_retention_is_sealed_its_events_deleted_in_batches_an
             wait_for_room: false,
         })
         .collect();
-    apply_batch(&pool, &inputs).await.unwrap();
+    apply_batch(&pool, &inputs, &shared::domain::policy::Policy::default()).await.unwrap();
     let room = events[0].room.clone();
     // The meeting ends (its room_finished may be one of the workload's lost ones).
     let finished = serde_json::to_vec(&serde_json::json!({
@@ -39,7 +39,7 @@ async fn a_meeting_past_the_retention_is_sealed_its_events_deleted_in_batches_an
         traceparent: None,
         wait_for_room: false,
     };
-    apply_batch(&pool, &[end]).await.unwrap();
+    apply_batch(&pool, &[end], &shared::domain::policy::Policy::default()).await.unwrap();
     let mut connection = pool.acquire().await.unwrap();
     let before = read_model::load_room(&mut connection, &room).await.unwrap();
     drop(connection);
@@ -76,8 +76,12 @@ async fn a_meeting_past_the_retention_is_sealed_its_events_deleted_in_batches_an
     // participant_joined's room sid is RM_<room>; make it the sealed meeting's.
     let body = String::from_utf8(late.payload.to_vec()).unwrap().replace(&format!("RM_{room}"), "RM_7_0");
     let late = Input { payload: body.into_bytes().into(), ..late };
-    assert_eq!(apply_batch(&pool, &[late]).await.unwrap(), vec![Applied::Refused { reason: "meeting_sealed" }]);
-    let recomputed = worker::recompute::recompute(&pool, None).await.unwrap();
+    assert_eq!(
+        apply_batch(&pool, &[late], &shared::domain::policy::Policy::default()).await.unwrap(),
+        vec![Applied::Refused { reason: "meeting_sealed" }]
+    );
+    let recomputed =
+        worker::recompute::recompute(&pool, None, &shared::domain::policy::Policy::default()).await.unwrap();
     assert_eq!((recomputed.participants, recomputed.sealed_skipped), (0, 1));
     let mut connection = pool.acquire().await.unwrap();
     assert_eq!(read_model::load_room(&mut connection, &room).await.unwrap(), before);

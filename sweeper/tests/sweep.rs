@@ -61,12 +61,17 @@ async fn apply(pool: &sqlx::PgPool, payload: Vec<u8>, received_at_ms: i64) {
         traceparent: None,
         wait_for_room: false,
     };
-    let outcome = apply_batch(pool, &[input]).await.expect("applied");
+    let outcome = apply_batch(pool, &[input], &shared::domain::policy::Policy::default()).await.expect("applied");
     assert!(matches!(outcome[0], Applied::Stored { .. }), "{outcome:?}");
 }
 
 async fn sweep_at(pool: &sqlx::PgPool, now_ms: i64) -> Result<Swept, sqlx::Error> {
-    sweeper::sweep::sweep(pool, &Staleness { now_ms, heartbeat_timeout: TIMEOUT, max_duration: MAX }).await
+    sweeper::sweep::sweep(
+        pool,
+        &Staleness { now_ms, heartbeat_timeout: TIMEOUT, max_duration: MAX },
+        &shared::domain::policy::Policy::default(),
+    )
+    .await
 }
 
 async fn cycle(pool: &sqlx::PgPool, room: &str, identity: &str) -> shared::domain::attendance::Cycle {
@@ -140,7 +145,7 @@ async fn a_heartbeat_after_a_timeout_reopens_the_cycle_and_a_batch_keeps_each_pa
         input(heartbeat("r", "ada"), T0 + MINUTE / 2),
         input(heartbeat("r", "bob"), T0 + 3 * MINUTE),
     ];
-    let outcomes = apply_batch(&pool, &batch).await.unwrap();
+    let outcomes = apply_batch(&pool, &batch, &shared::domain::policy::Policy::default()).await.unwrap();
     assert!(outcomes.iter().all(|o| matches!(o, Applied::Stored { .. })), "{outcomes:?}");
     assert_eq!(cycle(&pool, "r", "ada").await.left_at_ms, None, "reopened");
     let mut connection = pool.acquire().await.unwrap();
@@ -214,7 +219,7 @@ async fn two_sweepers_at_once_close_each_cycle_once_and_publish_each_change_once
             });
         }
     }
-    apply_batch(&pool, &inputs).await.unwrap();
+    apply_batch(&pool, &inputs, &shared::domain::policy::Policy::default()).await.unwrap();
 
     let now = T0 + 30 * MINUTE;
     let (a, b) = tokio::join!(sweep_at(&pool, now), sweep_at(&pool, now));
@@ -374,9 +379,14 @@ async fn a_heartbeat_before_its_join_is_put_off_then_counts_in_its_own_meeting()
 
     // Meeting 2: bob's heartbeat comes before his join. He never joined meeting 1: put off.
     let bob_heartbeat = input(heartbeat("algebra", "bob"), t2 + 1_000, false);
-    assert_eq!(apply_batch(&pool, std::slice::from_ref(&bob_heartbeat)).await.unwrap(), [Applied::Deferred]);
+    assert_eq!(
+        apply_batch(&pool, std::slice::from_ref(&bob_heartbeat), &shared::domain::policy::Policy::default())
+            .await
+            .unwrap(),
+        [Applied::Deferred]
+    );
     apply(&pool, meeting_event("participant_joined", "EV_2b", "algebra", "RM_w2", "bob", "PA_2", t2), t2).await;
-    let outcomes = apply_batch(&pool, &[bob_heartbeat]).await.unwrap();
+    let outcomes = apply_batch(&pool, &[bob_heartbeat], &shared::domain::policy::Policy::default()).await.unwrap();
     assert!(matches!(outcomes[0], Applied::Stored { .. }), "{outcomes:?}");
     assert_eq!(heartbeats_of("bob").await, [("RM_w2".to_owned(), t2 + 1_000)]);
 
@@ -388,10 +398,13 @@ async fn a_heartbeat_before_its_join_is_put_off_then_counts_in_its_own_meeting()
     let w3 = std::collections::BTreeSet::from(["RM_w3".to_owned()]);
     meetings::lock_meetings(&mut other, &w3, &Default::default()).await.unwrap();
     let ada_heartbeat = |wait_for_room| input(heartbeat("algebra", "ada"), t3 + 1_000, wait_for_room);
-    assert_eq!(apply_batch(&pool, &[ada_heartbeat(false)]).await.unwrap(), [Applied::Deferred]);
+    assert_eq!(
+        apply_batch(&pool, &[ada_heartbeat(false)], &shared::domain::policy::Policy::default()).await.unwrap(),
+        [Applied::Deferred]
+    );
     let spawn_batch = |inputs: Vec<Input>| {
         let pool = pool.clone();
-        tokio::spawn(async move { apply_batch(&pool, &inputs).await })
+        tokio::spawn(async move { apply_batch(&pool, &inputs, &shared::domain::policy::Policy::default()).await })
     };
     let join_w3 = meeting_event("participant_joined", "EV_3a", "algebra", "RM_w3", "ada", "PA_3", t3);
     let join = spawn_batch(vec![input(join_w3, t3, true)]);
@@ -407,8 +420,14 @@ async fn a_heartbeat_before_its_join_is_put_off_then_counts_in_its_own_meeting()
 
     // A room with no meeting: put off, then refused once it has waited.
     let nowhere = |wait_for_room| input(heartbeat("geometry", "ada"), t3, wait_for_room);
-    assert_eq!(apply_batch(&pool, &[nowhere(false)]).await.unwrap(), [Applied::Deferred]);
-    assert_eq!(apply_batch(&pool, &[nowhere(true)]).await.unwrap(), [Applied::Refused { reason: "no_meeting" }]);
+    assert_eq!(
+        apply_batch(&pool, &[nowhere(false)], &shared::domain::policy::Policy::default()).await.unwrap(),
+        [Applied::Deferred]
+    );
+    assert_eq!(
+        apply_batch(&pool, &[nowhere(true)], &shared::domain::policy::Policy::default()).await.unwrap(),
+        [Applied::Refused { reason: "no_meeting" }]
+    );
     pool.close().await;
     database.drop_database().await;
 }
@@ -452,12 +471,39 @@ async fn a_meeting_whose_room_finished_never_came_is_ended_by_inference_and_the_
         }
     };
     let margin_ms = 300_000;
-    assert_eq!(sweeper::sweep::end_idle_meetings(&pool, close + margin_ms, margin).await.unwrap(), 0, "not yet");
-    assert_eq!(sweeper::sweep::end_idle_meetings(&pool, close + margin_ms + 1, margin).await.unwrap(), 1);
+    assert_eq!(
+        sweeper::sweep::end_idle_meetings(&pool, close + margin_ms, margin, &shared::domain::policy::Policy::default())
+            .await
+            .unwrap(),
+        0,
+        "not yet"
+    );
+    assert_eq!(
+        sweeper::sweep::end_idle_meetings(
+            &pool,
+            close + margin_ms + 1,
+            margin,
+            &shared::domain::policy::Policy::default()
+        )
+        .await
+        .unwrap(),
+        1
+    );
     let inferred = meeting("RM_idle").await.span;
     assert_eq!((inferred.ended_at_ms, inferred.ended_by), (Some(close), Some(EndedBy::Inferred)));
     assert_eq!(meeting("RM_busy").await.span.ended_at_ms, None, "someone is still in it");
-    assert_eq!(sweeper::sweep::end_idle_meetings(&pool, close + 2 * margin_ms, margin).await.unwrap(), 0, "once");
+    assert_eq!(
+        sweeper::sweep::end_idle_meetings(
+            &pool,
+            close + 2 * margin_ms,
+            margin,
+            &shared::domain::policy::Policy::default()
+        )
+        .await
+        .unwrap(),
+        0,
+        "once"
+    );
 
     // A heartbeat after the end counts for no meeting: the ended one takes none. (Refused once
     // it has been put off enough times to wait.)
@@ -468,7 +514,7 @@ async fn a_meeting_whose_room_finished_never_came_is_ended_by_inference_and_the_
         traceparent: None,
         wait_for_room: true,
     };
-    let outcomes = apply_batch(&pool, &[after_end]).await.unwrap();
+    let outcomes = apply_batch(&pool, &[after_end], &shared::domain::policy::Policy::default()).await.unwrap();
     assert_eq!(outcomes, [Applied::Refused { reason: "no_meeting" }]);
     let heartbeats: i64 = sqlx::query_scalar("SELECT count(*) FROM meeting_heartbeats").fetch_one(&pool).await.unwrap();
     assert_eq!(heartbeats, 0);

@@ -6,11 +6,15 @@
 
 pub mod binaries;
 pub mod browser;
+pub mod exactness;
+pub mod fleet;
 pub mod livekit;
 pub mod nats;
 pub mod nats_auth;
+pub mod nats_cluster;
 pub mod postgres;
 pub mod tls;
+pub mod webhook_load;
 pub mod workload;
 
 /// A short random lowercase hex string for unique names.

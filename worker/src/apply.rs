@@ -18,12 +18,14 @@ use bytes::Bytes;
 use shared::domain::attendance::{Fact, FactKind};
 use shared::domain::event::WebhookEvent;
 use shared::domain::heartbeat::Heartbeat;
+use shared::domain::policy::Policy;
+use shared::domain::time::now_unix_ms;
 use shared::nats::webhooks::WebhookMessage;
 use shared::store::event_log::{self, LoggedEvent};
 use shared::store::meetings::{HeartbeatAt, Locked};
 use shared::store::presence_outbox::Cause;
 use shared::store::recompute::ParticipantKey;
-use shared::store::{self, heartbeats, lifecycle, meetings, recompute};
+use shared::store::{self, heartbeats, lifecycle, meetings, recompute, report_outbox};
 use sqlx::{PgConnection, PgPool};
 
 /// One message to apply.
@@ -157,9 +159,9 @@ fn heartbeat_at(heartbeat: &Heartbeat) -> HeartbeatAt<'_> {
 /// Order inside the transaction: the events are logged and their participants and meetings
 /// recomputed; only then is each heartbeat's meeting found (the batch may have started or ended
 /// it), its heartbeat recorded, and the participants whose estimates it refuted recomputed.
-pub async fn apply_batch(pool: &PgPool, inputs: &[Input]) -> Result<Vec<Applied>, sqlx::Error> {
-    let attempt = match apply_batch_logging(pool, inputs, Logging::AllAtOnce).await {
-        Err(Attempt::DataRefused) => apply_batch_logging(pool, inputs, Logging::OneSavepointEach).await,
+pub async fn apply_batch(pool: &PgPool, inputs: &[Input], policy: &Policy) -> Result<Vec<Applied>, sqlx::Error> {
+    let attempt = match apply_batch_logging(pool, inputs, policy, Logging::AllAtOnce).await {
+        Err(Attempt::DataRefused) => apply_batch_logging(pool, inputs, policy, Logging::OneSavepointEach).await,
         attempt => attempt,
     };
     attempt.map_err(|failed| match failed {
@@ -193,7 +195,12 @@ impl From<sqlx::Error> for Attempt {
     }
 }
 
-async fn apply_batch_logging(pool: &PgPool, inputs: &[Input], logging: Logging) -> Result<Vec<Applied>, Attempt> {
+async fn apply_batch_logging(
+    pool: &PgPool,
+    inputs: &[Input],
+    policy: &Policy,
+    logging: Logging,
+) -> Result<Vec<Applied>, Attempt> {
     let decoded: Vec<Result<Decoded, Rejection>> = inputs.iter().map(decode).collect();
     let to_lock = meetings_to_lock(pool, inputs, &decoded).await?;
 
@@ -209,6 +216,8 @@ async fn apply_batch_logging(pool: &PgPool, inputs: &[Input], logging: Logging) 
     // Meetings whose room_started or room_finished was logged: their spans change
     let mut spans_changed: BTreeSet<String> = BTreeSet::new();
     let mut finished_meetings: Vec<(String, Cause)> = Vec::new();
+    // Meetings the batch changes → the first cause, for their reports
+    let mut changed_meetings: BTreeMap<String, Cause> = BTreeMap::new();
     // The batch's heartbeats: (index in `outcomes`, the heartbeat, its cause)
     let mut heartbeats_in_batch: Vec<(usize, Heartbeat, Cause)> = Vec::new();
     let mut to_log: Vec<ToLog> = Vec::new();
@@ -271,10 +280,12 @@ async fn apply_batch_logging(pool: &PgPool, inputs: &[Input], logging: Logging) 
                     match (&fact.kind, fact.participant()) {
                         (FactKind::RoomFinished, _) => {
                             spans_changed.insert(fact.room_sid.clone());
+                            changed_meetings.entry(fact.room_sid.clone()).or_insert_with(|| one.cause.clone());
                             finished_meetings.push((fact.room_sid.clone(), one.cause.clone()));
                         }
                         (FactKind::RoomStarted, _) => {
                             spans_changed.insert(fact.room_sid.clone());
+                            changed_meetings.entry(fact.room_sid.clone()).or_insert_with(|| one.cause.clone());
                         }
                         (_, Some(participant)) => {
                             let key = ParticipantKey::new(fact.room_sid.as_str(), participant.identity.as_str());
@@ -301,6 +312,10 @@ async fn apply_batch_logging(pool: &PgPool, inputs: &[Input], logging: Logging) 
 
     let refuted = record_heartbeats(&mut tx, inputs, &locked, heartbeats_in_batch, &mut outcomes).await?;
     recompute::recompute_participants(&mut tx, &refuted).await?;
+    for (key, cause) in affected.iter().chain(&refuted) {
+        changed_meetings.entry(key.room_sid.clone()).or_insert_with(|| cause.clone());
+    }
+    report_outbox::record_changes(&mut tx, &changed_meetings, policy, now_unix_ms()).await?;
     tx.commit().await?;
     Ok(outcomes)
 }

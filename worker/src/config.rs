@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use shared::nats::NatsArgs;
 use shared::nats::{DeadLetterArgs, WebhookStreamArgs};
-use shared::runtime::config::parse_duration;
+use shared::runtime::config::{PolicyArgs, parse_duration};
 use shared::runtime::database::DatabaseArgs;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -42,4 +42,6 @@ pub struct WorkerConfig {
     pub dead_letters: DeadLetterArgs,
     #[command(flatten)]
     pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
 }

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::{AckKind, Message};
 use futures::{FutureExt as _, StreamExt as _};
+use shared::domain::policy::Policy;
 use shared::domain::time::now_unix_ms;
 use shared::nats::dead_letters::{DeadLetter, DeadLetterStream};
 use shared::nats::webhooks::{WebhookStream, received_at_ms};
@@ -48,6 +49,8 @@ pub struct Settings {
     pub batch_size: usize,
     pub retry_min_delay: Duration,
     pub retry_max_delay: Duration,
+    /// The attendance policy of the meeting reports.
+    pub policy: Policy,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -298,7 +301,7 @@ impl Consumer {
             span.follows_from(&delivery.span);
         }
         let started = Instant::now();
-        let result = apply::apply_batch(&self.pool, &inputs).instrument(span).await;
+        let result = apply::apply_batch(&self.pool, &inputs, &self.settings.policy).instrument(span).await;
         self.metrics.batch_duration.observe(started.elapsed().as_secs_f64());
         self.metrics.batch_size.observe(inputs.len() as f64);
 

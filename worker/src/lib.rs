@@ -8,10 +8,12 @@
 //! - [`nak_delay`]: the redelivery delay of a NAK, from the delivery count.
 //! - [`dlq`]: the operators' `worker dlq` commands; [`recompute`]: `worker recompute`;
 //!   [`erase`]: `worker erase`.
+//! - [`deliver`]: `worker deliver`, the meeting reports delivered to the platform's endpoints.
 
 pub mod apply;
 pub mod config;
 pub mod consume;
+pub mod deliver;
 pub mod dlq;
 pub mod erase;
 pub mod metrics;

@@ -34,6 +34,8 @@ enum Command {
         #[command(subcommand)]
         command: worker::dlq::DlqCommand,
     },
+    /// Deliver meeting reports to the platform's endpoints (Standard Webhooks) until SIGTERM.
+    Deliver(Box<worker::deliver::DeliverArgs>),
 }
 
 #[tokio::main]
@@ -55,7 +57,9 @@ async fn run(command: Command, config: WorkerConfig) -> anyhow::Result<()> {
         Command::Recompute { room, json } => {
             let pool = config.database.pool()?;
             shared::store::MIGRATOR.run(&pool).await.context("migrations")?;
-            let done = worker::recompute::recompute(&pool, room.as_deref()).await.context("recompute")?;
+            let done = worker::recompute::recompute(&pool, room.as_deref(), &config.policy.policy())
+                .await
+                .context("recompute")?;
             if json {
                 let counts =
                     serde_json::json!({"participants": done.participants, "sealed_skipped": done.sealed_skipped});
@@ -68,6 +72,7 @@ async fn run(command: Command, config: WorkerConfig) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Deliver(args) => worker::deliver::run(*args).await.context("worker deliver"),
         Command::Dlq { command } => {
             worker::dlq::run(command, &config.nats, &config.dead_letters.stream).await.map_err(anyhow::Error::from)
         }

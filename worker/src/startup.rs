@@ -92,7 +92,9 @@ async fn prepare(
     startup_retry::until_ok(shutdown, "database migrations", || MIGRATOR.run(pool)).await?;
     // A migration may leave meetings to rebuild from the log (replicas share the work: each
     // meeting under its lock, and rebuilding one twice changes nothing).
-    startup_retry::until_ok(shutdown, "rebuilding meetings", || crate::recompute::rebuild_pending(pool)).await?;
+    let policy = config.policy.policy();
+    startup_retry::until_ok(shutdown, "rebuilding meetings", || crate::recompute::rebuild_pending(pool, &policy))
+        .await?;
     let dead_letters = DeadLetterStream::new(nats.clone(), &config.dead_letters);
     setup.run(shutdown, "dead-letter stream set-up", || dead_letters.ensure()).await?;
     let webhooks = WebhookStream::new(nats.clone(), &config.stream);
@@ -117,6 +119,7 @@ async fn prepare(
         batch_size: usize::from(config.batch_size),
         retry_min_delay: config.retry_min_delay,
         retry_max_delay: config.retry_max_delay,
+        policy: config.policy.policy(),
     };
     let progress = WebhookProgress::new(consumer.clone(), webhooks.clone());
     Some([

@@ -118,8 +118,13 @@ async fn a_batch_puts_off_the_rooms_another_transaction_holds_and_applies_the_re
     let mut other = pool.begin().await.unwrap();
     meetings::lock_meetings(&mut other, &busy, &Default::default()).await.unwrap();
 
-    let outcomes =
-        apply_batch(&pool, &[joined("EV_busy", "busy", false), joined("EV_free", "free", false)]).await.unwrap();
+    let outcomes = apply_batch(
+        &pool,
+        &[joined("EV_busy", "busy", false), joined("EV_free", "free", false)],
+        &shared::domain::policy::Policy::default(),
+    )
+    .await
+    .unwrap();
     assert_eq!(outcomes[0], Applied::Deferred);
     assert!(matches!(outcomes[1], Applied::Stored { .. }), "{outcomes:?}");
     assert_eq!((logged("EV_busy").await, logged("EV_free").await), (0, 1));
@@ -127,7 +132,7 @@ async fn a_batch_puts_off_the_rooms_another_transaction_holds_and_applies_the_re
     let waiting = {
         let pool = pool.clone();
         let input = joined("EV_busy", "busy", true);
-        tokio::spawn(async move { apply_batch(&pool, &[input]).await })
+        tokio::spawn(async move { apply_batch(&pool, &[input], &shared::domain::policy::Policy::default()).await })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!waiting.is_finished(), "waits for the room");
@@ -151,7 +156,10 @@ async fn recompute_rebuilds_the_tables_from_the_event_log() {
     let pool = harness.database.pool().await;
     sqlx::query("UPDATE meeting_participants SET attended_ms = 0, present = NOT present").execute(&pool).await.unwrap();
     sqlx::query("DELETE FROM cycles").execute(&pool).await.unwrap();
-    let recomputed = worker::recompute::recompute(&pool, None).await.unwrap().participants;
+    let recomputed = worker::recompute::recompute(&pool, None, &shared::domain::policy::Policy::default())
+        .await
+        .unwrap()
+        .participants;
 
     let expected = workload::expected(&events);
     assert_eq!(recomputed, expected.values().map(|room| room.len()).sum::<usize>());
@@ -245,8 +253,15 @@ async fn a_database_of_the_previous_schema_migrates_and_rebuilds_every_meeting()
     let pending: i64 =
         sqlx::query_scalar("SELECT count(*) FROM meetings WHERE needs_recompute").fetch_one(&pool).await.unwrap();
     assert_eq!(pending, 3, "every meeting of the log is to be rebuilt");
-    worker::recompute::rebuild_pending(&pool).await.unwrap();
-    assert_eq!(worker::recompute::rebuild_pending(&pool).await.unwrap().participants, 0, "nothing left to rebuild");
+    worker::recompute::rebuild_pending(&pool, &shared::domain::policy::Policy::default()).await.unwrap();
+    assert_eq!(
+        worker::recompute::rebuild_pending(&pool, &shared::domain::policy::Policy::default())
+            .await
+            .unwrap()
+            .participants,
+        0,
+        "nothing left to rebuild"
+    );
 
     let expected = workload::expected(&events);
     let mut connection = pool.acquire().await.unwrap();
@@ -284,7 +299,7 @@ async fn a_dump_of_the_previous_schema_migrates_to_the_meetings_its_events_give_
         sqlx::query_scalar("SELECT count(*) FROM participant_heartbeats").fetch_one(&pool).await.unwrap();
     assert!(old_heartbeats > 0, "the fixture holds heartbeats");
     store::MIGRATOR.run(&pool).await.unwrap();
-    worker::recompute::rebuild_pending(&pool).await.unwrap();
+    worker::recompute::rebuild_pending(&pool, &shared::domain::policy::Policy::default()).await.unwrap();
 
     // The same events, applied afresh.
     let fresh = TestDatabase::create_shared().await;
@@ -309,7 +324,7 @@ async fn a_dump_of_the_previous_schema_migrates_to_the_meetings_its_events_give_
         })
         .collect();
     for batch in inputs.chunks(10) {
-        let outcomes = apply_batch(&fresh_pool, batch).await.unwrap();
+        let outcomes = apply_batch(&fresh_pool, batch, &shared::domain::policy::Policy::default()).await.unwrap();
         assert!(outcomes.iter().all(|o| matches!(o, Applied::Stored { .. })), "{outcomes:?}");
     }
 
@@ -423,7 +438,8 @@ async fn unstorable_identifiers_are_refused_alone_and_their_neighbours_applied_i
         .collect();
     assert_eq!(inputs.len(), 100);
 
-    let outcomes = apply_batch(&pool, &inputs).await.expect("the batch commits");
+    let outcomes =
+        apply_batch(&pool, &inputs, &shared::domain::policy::Policy::default()).await.expect("the batch commits");
     for (payload, outcome) in payloads.iter().zip(&outcomes) {
         if unstorable.contains(payload) {
             assert!(matches!(outcome, Applied::Rejected(r) if r.reason == "invalid_event"), "{outcome:?}");

@@ -306,6 +306,8 @@ mod tests {
                 heartbeat_interval: Duration::from_secs(10),
                 heartbeat_timeout: Duration::from_secs(30),
                 reorder_delay: Duration::from_secs(5),
+                nats_servers: 1,
+                stream_replicas: 1,
             },
             seed: 7,
             started_at: time::OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap(),

@@ -15,16 +15,28 @@ pub(super) fn title_and_environment(out: &mut String, results: &Results) -> fmt:
     writeln!(out, "# Benchmark report\n")?;
     writeln!(
         out,
-        "{} · commit {} · {} cores ({}) · NATS {} · PostgreSQL {}. The load generator, gateway, workers, \
+        "{} · commit {} · {} cores ({}) · NATS {}{} · PostgreSQL {}. The load generator, gateway, workers, \
          sweeper, NATS and PostgreSQL all share this machine.\n",
         results.started_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
         git_commit(),
         cores(),
         cpu_model(),
         results.nats_version,
+        nats_setup(&results.settings),
         results.postgres_version,
     )?;
     writeln!(out, "Command: `loadgen {}` (seed {})\n", command.join(" "), results.seed)
+}
+
+/// How NATS ran, when not as one server with unreplicated streams.
+fn nats_setup(settings: &crate::results::Settings) -> String {
+    match (settings.nats_servers, settings.stream_replicas) {
+        (1, 1) => String::new(),
+        (servers, replicas) if servers > 1 => {
+            format!(" (**a JetStream cluster of {servers} nodes**, streams with {replicas} replicas)")
+        }
+        (_, replicas) => format!(" (streams with {replicas} replicas)"),
+    }
 }
 
 /// `## Result`: whether the attendance came out exact, then the headline figures.

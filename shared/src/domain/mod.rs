@@ -3,9 +3,11 @@
 //! one; it calls none of them.
 
 pub mod attendance;
+pub mod document;
 pub mod event;
 pub mod heartbeat;
 pub mod identifiers;
 pub mod meeting;
 pub mod policy;
+pub mod report;
 pub mod time;

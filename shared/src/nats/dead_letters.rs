@@ -2,9 +2,10 @@
 //! and purged by operators. Its format lives here alone: a dead letter is the original message
 //! (bytes and headers) plus the `Dlq-*` headers below, on `<prefix>.<event type>`.
 //!
-//! Invariants: a dead letter's message id is derived from the original's stream position, so a
-//! worker that dies between publishing it and terminating the original produces one dead letter,
-//! not two. A replay republishes the original with a fresh `Nats-Msg-Id` (the webhook stream's
+//! Invariants: a dead letter's message id is derived from the original's stream position and
+//! the subject it replays to, so a worker that dies between publishing it and terminating the
+//! original produces one dead letter, not two (while one report that several delivery endpoints
+//! failed to take gives one dead letter per endpoint, each replaying to its own endpoint). A replay republishes the original with a fresh `Nats-Msg-Id` (the webhook stream's
 //! duplicate window would otherwise swallow it) and deletes the dead letter only once the
 //! republish is acknowledged.
 
@@ -94,7 +95,8 @@ impl DeadLetterStream {
         headers.insert(h::ORIGINAL_SEQUENCE, letter.original_sequence.to_string().as_str());
         headers.insert(h::FIRST_FAILURE_AT_MS, letter.first_failure_at_ms.to_string().as_str());
         headers.insert(h::LAST_FAILURE_AT_MS, letter.last_failure_at_ms.to_string().as_str());
-        let message_id = format!("dlq:{}:{}", letter.original_stream, letter.original_sequence);
+        let message_id =
+            format!("dlq:{}:{}:{}", letter.original_stream, letter.original_sequence, letter.original_subject);
         let message = PublishMessage::build().payload(letter.payload.clone()).headers(headers).message_id(message_id);
         let token = if is_valid_event_type(letter.event_type) { letter.event_type } else { "unknown" };
         publish_acknowledged(&self.jetstream, self.settings.subject(token), message, deadline).await
@@ -185,7 +187,8 @@ impl DeadLetterSummary {
             sequence: message.sequence,
             event_type: message.subject.rsplit('.').next().unwrap_or_default().to_owned(),
             event_id: text(&payload["id"]),
-            room: text(&payload["room"]["name"]),
+            // A LiveKit event's room, or a meeting report's (`data.room`).
+            room: text(&payload["room"]["name"]).or_else(|| text(&payload["data"]["room"])),
             identity: text(&payload["participant"]["identity"]),
             reason: header(headers::REASON).unwrap_or_default(),
             error: header(headers::ERROR).unwrap_or_default(),

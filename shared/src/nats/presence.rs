@@ -7,13 +7,12 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, message::PublishMessage};
+use async_nats::jetstream;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
-use super::publish::{PublishError, within};
+use super::publish::{OutboxMessage, PublishError, publish_outbox};
 use super::settings::{PresenceArgs, StreamSettings, StreamSetupError};
-use crate::runtime::trace;
 
 /// One presence change, as published.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,29 +76,18 @@ impl PresenceStream {
         changes: &[(PresenceMessage, Option<String>)],
         deadline: Duration,
     ) -> Result<(), PublishError> {
-        let publish = async {
-            let mut acks = Vec::with_capacity(changes.len());
-            for (change, traceparent) in changes {
-                let span = tracing::info_span!("publish_presence", outbox_id = change.id, room = %change.room);
-                let mut headers = async_nats::HeaderMap::new();
-                if let Some(traceparent) = traceparent {
-                    headers.insert(trace::TRACEPARENT, traceparent.as_str());
-                    trace::continue_from_nats(&span, Some(&headers));
-                }
-                trace::inject_into_nats(&span, &mut headers);
-                let message = PublishMessage::build()
-                    .payload(change.to_json().into())
-                    .headers(headers)
-                    .message_id(format!("presence-{}", change.id));
-                let subject = subject(&self.settings.subject_prefix, &change.room);
-                acks.push(self.jetstream.send_publish(subject, message).await?);
-            }
-            for ack in acks {
-                ack.await?;
-            }
-            Ok::<(), async_nats::Error>(())
-        };
-        within(deadline, publish).await
+        let messages = changes
+            .iter()
+            .map(|(change, traceparent)| OutboxMessage {
+                subject: subject(&self.settings.subject_prefix, &change.room),
+                payload: change.to_json().into(),
+                headers: async_nats::HeaderMap::new(),
+                message_id: format!("presence-{}", change.id),
+                span: tracing::info_span!("publish_presence", outbox_id = change.id, room = %change.room),
+                traceparent: traceparent.clone(),
+            })
+            .collect();
+        publish_outbox(&self.jetstream, messages, deadline).await
     }
 }
 

@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream::context::GetStreamErrorKind;
+use async_nats::jetstream::stream::ConsumerErrorKind;
 use async_nats::jetstream::{self, ErrorCode, stream};
 
 /// What defines one of the project's streams.
@@ -135,6 +136,47 @@ pub struct StreamSetupError {
 impl crate::runtime::startup_retry::Permanent for StreamSetupError {
     fn is_permanent(&self) -> bool {
         self.permanent
+    }
+}
+
+/// Creates a durable pull consumer on the stream of `settings`, reading every subject of it, or
+/// updates it to `config` if it exists. A change the server refuses is a permanent failure.
+pub async fn durable_consumer(
+    jetstream: &jetstream::Context,
+    settings: &StreamSettings,
+    config: jetstream::consumer::pull::Config,
+) -> Result<jetstream::consumer::PullConsumer, StreamSetupError> {
+    let name = config.durable_name.clone().unwrap_or_default();
+    let config = jetstream::consumer::pull::Config { filter_subject: settings.subjects(), ..config };
+    let stream = jetstream.get_stream(&settings.name).await.map_err(|e| settings.setup_error(e))?;
+    let mut consumer = stream.create_consumer(config).await.map_err(|error| {
+        // The server answered 400: it refuses this configuration (e.g. a setting it cannot
+        // change on an existing consumer). Anything else (a timeout, 503) may pass later.
+        let refused = matches!(error.kind(), ConsumerErrorKind::JetStream(e) if e.code() == 400);
+        StreamSetupError { permanent: refused, ..settings.setup_error(format!("consumer {name}: {error}")) }
+    })?;
+    wait_for_leader(&mut consumer, &name).await;
+    Ok(consumer)
+}
+
+/// How long a new consumer may take to elect its leader before pulling starts anyway.
+const LEADER_WAIT: Duration = Duration::from_secs(10);
+
+/// Waits (at most [`LEADER_WAIT`]) until a replicated consumer has a leader: a pull sent before
+/// gets "no responders", and the client's next try comes only after its missed heartbeats
+/// (about 10 s, seen on a 3-node cluster at every start). On a single server there is no
+/// election and this returns at once.
+pub async fn wait_for_leader(consumer: &mut jetstream::consumer::PullConsumer, name: &str) {
+    let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+    loop {
+        match consumer.info().await {
+            Ok(info) if info.cluster.as_ref().is_none_or(|cluster| cluster.leader.is_some()) => return,
+            Ok(_) | Err(_) if tokio::time::Instant::now() >= deadline => {
+                tracing::warn!(consumer = name, "the consumer has no leader yet; pulling anyway");
+                return;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
     }
 }
 
@@ -331,6 +373,54 @@ impl PresenceArgs {
             max_age: self.max_age,
             // Covers the outbox publisher's retries of a batch.
             duplicate_window: Duration::from_secs(120),
+            max_bytes: -1,
+        }
+    }
+}
+
+/// The stream of meeting reports (`meeting.started`, `.ended`, `.updated`), from the outbox to
+/// internal consumers and to `worker deliver`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReportArgs {
+    /// Stream of meeting reports.
+    #[arg(id = "report-stream", long = "report-stream", env = "REPORT_STREAM", default_value = "ATTENDANCE_REPORTS")]
+    pub stream: String,
+    /// Reports are published on `<prefix>.<started|ended|updated>`.
+    #[arg(
+        id = "report-subject-prefix",
+        long = "report-subject-prefix",
+        env = "REPORT_SUBJECT_PREFIX",
+        default_value = "attendance.meeting"
+    )]
+    pub subject_prefix: String,
+    #[arg(
+        id = "report-stream-replicas",
+        long = "report-stream-replicas",
+        env = "REPORT_STREAM_REPLICAS",
+        default_value_t = 1
+    )]
+    pub replicas: usize,
+    /// How long reports stay in the stream: at least the longest delivery retry (a day).
+    #[arg(
+        id = "report-stream-max-age",
+        long = "report-stream-max-age",
+        env = "REPORT_STREAM_MAX_AGE",
+        default_value = "7d",
+        value_parser = humantime::parse_duration
+    )]
+    pub max_age: Duration,
+}
+
+impl ReportArgs {
+    pub fn settings(&self) -> StreamSettings {
+        StreamSettings {
+            name: self.stream.clone(),
+            description: "Meeting reports (Standard Webhooks payloads) for the platform",
+            subject_prefix: self.subject_prefix.clone(),
+            replicas: self.replicas,
+            max_age: self.max_age,
+            // Covers the outbox publisher's retries of a batch (the id is the report's).
+            duplicate_window: Duration::from_secs(600),
             max_bytes: -1,
         }
     }

@@ -16,7 +16,6 @@
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::stream::ConsumerErrorKind;
 use async_nats::jetstream::{self, message::PublishMessage};
 use bytes::Bytes;
 
@@ -148,7 +147,7 @@ impl WebhookStream {
         &self,
         config: jetstream::consumer::pull::Config,
     ) -> Result<jetstream::consumer::PullConsumer, StreamSetupError> {
-        consumer_on(&self.jetstream, &self.settings, config).await
+        super::settings::durable_consumer(&self.jetstream, &self.settings, config).await
     }
 
     /// The same for the heartbeat stream: the durable consumer named as `config`'s, then
@@ -158,8 +157,12 @@ impl WebhookStream {
         config: jetstream::consumer::pull::Config,
     ) -> Result<jetstream::consumer::PullConsumer, StreamSetupError> {
         let durable_name = config.durable_name.as_deref().map(super::settings::heartbeat_consumer);
-        consumer_on(&self.jetstream, &self.heartbeats, jetstream::consumer::pull::Config { durable_name, ..config })
-            .await
+        super::settings::durable_consumer(
+            &self.jetstream,
+            &self.heartbeats,
+            jetstream::consumer::pull::Config { durable_name, ..config },
+        )
+        .await
     }
 
     /// The gateway's receipt time of the webhook at `sequence` of the webhook stream.
@@ -216,24 +219,6 @@ impl WebhookStream {
         // `headers` replaces the map, so the message id goes after it.
         PublishMessage::build().payload(payload).headers(headers).message_id(id)
     }
-}
-
-/// Creates a durable pull consumer on the stream of `settings`, reading every subject of it, or
-/// updates it to `config` if it exists. A change the server refuses is a permanent failure.
-async fn consumer_on(
-    jetstream: &jetstream::Context,
-    settings: &StreamSettings,
-    config: jetstream::consumer::pull::Config,
-) -> Result<jetstream::consumer::PullConsumer, StreamSetupError> {
-    let name = config.durable_name.clone().unwrap_or_default();
-    let config = jetstream::consumer::pull::Config { filter_subject: settings.subjects(), ..config };
-    let stream = jetstream.get_stream(&settings.name).await.map_err(|e| settings.setup_error(e))?;
-    stream.create_consumer(config).await.map_err(|error| {
-        // The server answered 400: it refuses this configuration (e.g. a setting it cannot
-        // change on an existing consumer). Anything else (a timeout, 503) may pass later.
-        let refused = matches!(error.kind(), ConsumerErrorKind::JetStream(e) if e.code() == 400);
-        StreamSetupError { permanent: refused, ..settings.setup_error(format!("consumer {name}: {error}")) }
-    })
 }
 
 #[cfg(test)]

@@ -48,6 +48,41 @@ impl std::fmt::Debug for LiveKitKeyArgs {
     }
 }
 
+/// The attendance policy: when a participant counts as attended, late or early. The gateway
+/// applies it to reads (a request may override it), the workers and sweepers to the meeting
+/// reports they write.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PolicyArgs {
+    /// Attended ratio (attended time over the meeting's duration) from which a participant's
+    /// status is `attended` (else `partial`); a read may override it (`min_ratio`).
+    #[arg(long, env = "ATTENDANCE_MIN_RATIO", default_value_t = 0.75, value_parser = parse_ratio)]
+    pub attendance_min_ratio: f64,
+    /// A first join later than this after the meeting's start is `joined_late` (`late_after`).
+    #[arg(long, env = "LATE_AFTER", default_value = "5m", value_parser = parse_duration)]
+    pub late_after: std::time::Duration,
+    /// A last leave earlier than this before the meeting's end is `left_early` (`early_before`).
+    #[arg(long, env = "EARLY_BEFORE", default_value = "5m", value_parser = parse_duration)]
+    pub early_before: std::time::Duration,
+}
+
+impl PolicyArgs {
+    pub fn policy(&self) -> crate::domain::policy::Policy {
+        crate::domain::policy::Policy {
+            min_ratio: self.attendance_min_ratio,
+            late_after: self.late_after,
+            early_before: self.early_before,
+        }
+    }
+}
+
+/// A ratio from 0 to 1.
+pub fn parse_ratio(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(ratio) if (0.0..=1.0).contains(&ratio) => Ok(ratio),
+        _ => Err(format!("{text:?} is not a number from 0 to 1")),
+    }
+}
+
 /// Why a service could not start. Each variant names the setting to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {

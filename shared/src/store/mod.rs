@@ -7,6 +7,10 @@
 //! - [`heartbeats`]: `meeting_heartbeats`, each participant's latest client heartbeat;
 //! - [`closures`]: `cycle_closures`, the sweeper's estimated ends of cycles;
 //! - [`presence_outbox`]: `presence_outbox`, presence changes waiting to be published;
+//! - [`deliveries`]: `delivery_attempts` and `delivery_endpoints_disabled`, the delivery of
+//!   meeting reports to the platform's endpoints;
+//! - [`report_outbox`]: `report_outbox` and `meeting_reports`, the meeting reports due to the
+//!   platform and what it was told;
 //! - [`read_model`]: what the read API shows (reads only);
 //! - [`admin`]: whole databases, for the test and benchmark harnesses.
 //!
@@ -16,6 +20,7 @@
 
 pub mod admin;
 pub mod closures;
+pub mod deliveries;
 pub mod event_log;
 pub mod heartbeats;
 pub mod lifecycle;
@@ -23,6 +28,7 @@ pub mod meetings;
 pub mod presence_outbox;
 pub mod read_model;
 pub mod recompute;
+pub mod report_outbox;
 
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
