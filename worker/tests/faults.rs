@@ -114,7 +114,7 @@ async fn a_read_only_database_pauses_the_workers_and_dead_letters_nothing() {
     read_only(true).await;
     harness.publish(&during.iter().collect::<Vec<_>>()).await;
     let consumer = format!("worker-{}", harness.suffix);
-    testkit::eventually(Duration::from_secs(30), "a delivery while PostgreSQL is read-only", || async {
+    testkit::eventually(Duration::from_secs(60), "a delivery while PostgreSQL is read-only", || async {
         let stream = harness.jetstream.get_stream(harness.stream_name()).await.ok()?;
         let info = stream.consumer_info(&consumer).await.ok()?;
         (info.delivered.stream_sequence > before.len() as u64).then_some(())
