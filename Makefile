@@ -7,7 +7,8 @@ export DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/attendance
 
 .PHONY: run test test-nats-compat chaos deploy-check bench bench-quick services services-stop browser example-tools build lint fmt clean-local
 
-## run: the whole system locally (NATS, PostgreSQL, gateway, worker, sweeper); Ctrl-C stops it.
+## run: the whole system locally (NATS, PostgreSQL, gateway, worker, sweeper, report deliverer and an
+## example receiver of the reports); Ctrl-C stops it.
 ## `make run NATS_CLUSTER=3`: on a local 3-node JetStream cluster instead (streams with 3 replicas)
 run: build
 	scripts/run.sh

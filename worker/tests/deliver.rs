@@ -774,3 +774,229 @@ async fn https_endpoints_are_verified_against_the_configured_roots() {
     drop(untrusted);
     bed.cleanup().await;
 }
+
+/// `examples/receiver/standard_webhooks_receiver.php` under `php -S` (Debian's php-cli:
+/// `scripts/example-tools.sh` installs it), killed on drop.
+struct PhpReceiver {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl PhpReceiver {
+    async fn start(secret: &str) -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let port = testkit::nats::free_port();
+        let child = Command::new("php")
+            .args(["-S", &format!("127.0.0.1:{port}")])
+            .arg(workspace().join("examples/receiver/standard_webhooks_receiver.php"))
+            .env("ATTENDANCE_WEBHOOK_SECRET", secret)
+            .env("ATTENDANCE_REPORTS_DIR", dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run php: scripts/example-tools.sh installs php-cli (make test runs it)");
+        testkit::eventually(Duration::from_secs(10), "php -S to listen", || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok().map(|_| ())
+        })
+        .await;
+        PhpReceiver { port, dir, child }
+    }
+
+    fn url(&self) -> String {
+        format!("http://localhost:{}/attendance", self.port)
+    }
+
+    /// The reports it stored, one JSON object each.
+    fn stored(&self) -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(self.dir.path().join("reports.jsonl")).unwrap_or_default();
+        text.lines().map(|line| serde_json::from_str(line).expect("a stored report")).collect()
+    }
+
+    /// POSTs `body` with `headers` (name, value) as a sender would; the answer's status.
+    async fn post(&self, body: &[u8], headers: &[(&str, String)]) -> u16 {
+        let mut request = reqwest::Client::new().post(self.url()).body(body.to_vec());
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        request.send().await.expect("the PHP receiver answers").status().as_u16()
+    }
+}
+
+impl Drop for PhpReceiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Request headers, as (name, value).
+type Headers = Vec<(&'static str, String)>;
+
+fn signed_headers(id: &str, timestamp: i64, body: &[u8], secrets: &[&str]) -> Headers {
+    use worker::deliver::signature::{Secret, sign};
+    let secrets: Vec<Secret> = secrets.iter().map(|s| Secret::parse(s).expect("a secret")).collect();
+    let signed = sign(id, timestamp, body, &secrets);
+    vec![
+        ("webhook-id", signed.id),
+        ("webhook-timestamp", signed.timestamp.to_string()),
+        ("webhook-signature", signed.signature),
+    ]
+}
+
+#[tokio::test]
+async fn the_plain_php_example_stores_each_delivered_report_once_and_refuses_what_does_not_verify() {
+    let (old, new) = (new_secret(), new_secret());
+    let php = PhpReceiver::start(&new).await;
+    let bed = Bed::new(&[&old]).await;
+    // In the middle of a rotation: the deliverer signs with both, the receiver knows the new one.
+    bed.write_endpoints(&format!("endpoints:\n{}", endpoint("php", &php.url(), &[&new, &old])));
+    let deliverer = bed.start(&[]).await;
+    let reports = [bed.report(1, ReportType::Started), bed.report(2, ReportType::Ended)];
+    bed.publish(&reports.iter().collect::<Vec<_>>()).await;
+    bed.wait_consumed("php").await;
+    let delivered = r#"delivery_attempts_total{endpoint="php",outcome="delivered"}"#;
+    assert_eq!(deliverer.metric(delivered).await, 2.0, "both answered 2xx");
+    drop(deliverer);
+
+    let mut stored = php.stored();
+    stored.sort_by_key(|report| report["sequence"].as_i64());
+    assert_eq!(stored.len(), 2, "{stored:#?}");
+    for (report, sent) in stored.iter().zip(&reports) {
+        let body: serde_json::Value = serde_json::from_slice(&sent.body).expect("the report's body");
+        assert_eq!(report["id"], sent.id.as_str());
+        assert_eq!(report["type"], sent.kind.as_str());
+        assert_eq!(report["room_sid"], bed.room_sid().as_str());
+        assert_eq!(report["data"], body["data"], "the data as sent, non-ASCII included");
+    }
+
+    // What a sender would do wrong, or an attacker try.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("time").as_secs() as i64;
+    let first = &reports[0];
+    let again = php.post(&first.body, &signed_headers(&first.id, now, &first.body, &[&new])).await;
+    assert_eq!(again, 204, "a report delivered again is acknowledged");
+    let mut tampered = first.body.to_vec();
+    let digit = tampered.iter().position(u8::is_ascii_digit).expect("a digit in the body");
+    tampered[digit] = if tampered[digit] == b'9' { b'8' } else { tampered[digit] + 1 };
+    let third = bed.report(3, ReportType::Updated);
+    let cases: [(&str, Vec<u8>, Headers); 5] = [
+        ("a changed body", tampered, signed_headers(&first.id, now, &first.body, &[&new])),
+        ("the old secret only", third.body.to_vec(), signed_headers(&third.id, now, &third.body, &[&old])),
+        ("signed 6 minutes ago", third.body.to_vec(), signed_headers(&third.id, now - 360, &third.body, &[&new])),
+        ("signed 6 minutes ahead", third.body.to_vec(), signed_headers(&third.id, now + 360, &third.body, &[&new])),
+        (
+            "no signature",
+            third.body.to_vec(),
+            vec![("webhook-id", third.id.clone()), ("webhook-timestamp", now.to_string())],
+        ),
+    ];
+    for (case, body, headers) in &cases {
+        assert_eq!(php.post(body, headers).await, 400, "{case} is refused");
+    }
+    assert_eq!(php.stored().len(), 2, "nothing more stored");
+    let accepted = php.post(&third.body, &signed_headers(&third.id, now, &third.body, &[&old, &new])).await;
+    assert_eq!((accepted, php.stored().len()), (204, 3), "the new secret's signature, second of two, verifies");
+    bed.cleanup().await;
+}
+
+/// A child process killed when dropped, a failed assertion included.
+struct KilledOnDrop(Child);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A LiveKit webhook event of this test's meeting, as the worker applies it.
+fn meeting_event(event_type: &str, id: &str, room_sid: &str, participant: Option<(&str, i64)>, at_ms: i64) -> Vec<u8> {
+    let mut event = serde_json::json!({"event": event_type, "id": id, "createdAt": (at_ms / 1000).to_string(),
+        "room": {"sid": room_sid, "name": "algebra"}});
+    if let Some((identity, joined_ms)) = participant {
+        event["participant"] = serde_json::json!({"sid": format!("PA_{identity}"), "identity": identity,
+            "joinedAtMs": joined_ms.to_string()});
+    }
+    serde_json::to_vec(&event).expect("an event")
+}
+
+#[tokio::test]
+async fn a_meeting_ended_then_corrected_by_a_late_left_reaches_the_receiver_as_ended_then_updated() {
+    use worker::apply::{Input, apply_batch};
+    const MINUTE: i64 = 60_000;
+    let secret = new_secret();
+    let bed = Bed::new(&[&secret]).await;
+    bed.write_endpoints(&format!("endpoints:\n{}", endpoint("platform", &bed.receiver.url("/hooks"), &[&secret])));
+    let deliverer = bed.start(&[]).await; // its start applies the migrations
+    // The sweeper's outbox publisher, on this test's streams.
+    let sweeper = Command::new(testkit::binaries::path("sweeper"))
+        .envs(bed.env())
+        .env("METRICS_ADDR", format!("127.0.0.1:{}", testkit::nats::free_port()))
+        .env("PRESENCE_STREAM", format!("TEST_PRESENCE_{}", bed.suffix))
+        .env("PRESENCE_SUBJECT_PREFIX", format!("test{}.presence", bed.suffix))
+        .env("OUTBOX_POLL_INTERVAL", "100ms")
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start the sweeper");
+    let sweeper = KilledOnDrop(sweeper);
+
+    let pool = bed.pool().await;
+    let sid = bed.room_sid();
+    // Whole seconds: createdAt is in seconds.
+    let t0 = (shared::domain::time::now_unix_ms() - 2 * 3_600_000) / 1000 * 1000;
+    let apply = |events: Vec<Vec<u8>>| {
+        let pool = pool.clone();
+        async move {
+            let inputs: Vec<Input> = events
+                .into_iter()
+                .enumerate()
+                .map(|(n, payload)| Input {
+                    payload: payload.into(),
+                    received_at_ms: None,
+                    stream_sequence: n as u64 + 1,
+                    traceparent: None,
+                    wait_for_room: true,
+                })
+                .collect();
+            apply_batch(&pool, &inputs, &shared::domain::policy::Policy::default()).await.expect("applied");
+        }
+    };
+    apply(vec![
+        meeting_event("room_started", "EV_start", &sid, None, t0),
+        meeting_event("participant_joined", "EV_ada_in", &sid, Some(("ada", t0 + MINUTE)), t0 + MINUTE),
+        meeting_event("participant_joined", "EV_bob_in", &sid, Some(("bob", t0 + MINUTE)), t0 + MINUTE),
+    ])
+    .await;
+    apply(vec![meeting_event("participant_left", "EV_ada_out", &sid, Some(("ada", t0 + MINUTE)), t0 + 59 * MINUTE)])
+        .await;
+    // Bob's left is late: the room's end closes his cycle for now.
+    apply(vec![meeting_event("room_finished", "EV_end", &sid, None, t0 + 60 * MINUTE)]).await;
+    let received = bed.receiver.wait_for("/hooks", 2, Duration::from_secs(15)).await;
+    apply(vec![meeting_event("participant_left", "EV_bob_out", &sid, Some(("bob", t0 + MINUTE)), t0 + 21 * MINUTE)])
+        .await;
+    let received = [received, bed.receiver.wait_for("/hooks", 3, Duration::from_secs(15)).await.split_off(2)].concat();
+
+    let kinds: Vec<(Option<&str>, Option<i64>)> = received.iter().map(|r| (r.kind.as_deref(), r.sequence)).collect();
+    let mut sorted = kinds.clone();
+    sorted.sort_by_key(|(_, sequence)| *sequence);
+    assert_eq!(
+        sorted,
+        [(Some("meeting.started"), Some(1)), (Some("meeting.ended"), Some(2)), (Some("meeting.updated"), Some(3))],
+        "{received:#?}"
+    );
+    assert!(received.iter().all(|r| r.verified == [true] && r.tampered_rejected), "verified by the reference library");
+    let attended = |sequence: i64, identity: &str| {
+        let request = received.iter().find(|r| r.sequence == Some(sequence)).expect("the report");
+        let body: serde_json::Value = serde_json::from_str(&request.body).expect("a JSON body");
+        let participants = body["data"]["participants"].as_array().expect("participants").clone();
+        let participant = participants.into_iter().find(|p| p["identity"] == identity).expect("the participant");
+        (participant["attended_ms"].as_i64(), participant["status"].as_str().map(str::to_owned))
+    };
+    assert_eq!(attended(2, "bob"), (Some(59 * MINUTE), Some("attended".into())), "ended: closed by the room's end");
+    assert_eq!(attended(3, "bob"), (Some(20 * MINUTE), Some("partial".into())), "updated: the real left");
+    assert_eq!(attended(3, "ada"), (Some(58 * MINUTE), Some("attended".into())), "the whole attendance");
+    drop((sweeper, deliverer));
+    let _ = bed.jetstream.delete_stream(format!("TEST_PRESENCE_{}", bed.suffix)).await;
+    bed.cleanup().await;
+}
