@@ -15,6 +15,10 @@
 //! 5. **History** ([`crate::history`]): events/s applying a meeting per room with no earlier
 //!    meeting stored, against the same events with many earlier meetings of the same rooms.
 //!
+//! Meeting reports ([`crate::reports`]) go through the live phase too: `worker deliver` pushes
+//! them to a receiver of the run, whose reports are compared with the expectation, and a last
+//! phase delivers copies of them at saturation with 1, then 2 deliverers.
+//!
 //! What the phases measure goes into [`crate::results`], from which [`crate::report`] writes.
 
 use std::collections::HashMap;
@@ -33,11 +37,11 @@ use tokio::sync::Semaphore;
 use crate::capacity::{self, LevelResult};
 use crate::procstat::{self, GroupCpu, MachineCpu};
 use crate::report;
-use crate::results::{Answer, Applied, Live, Replay, Results, Settings, Usage};
+use crate::results::{Answer, Applied, Live, LiveReports, Replay, Results, Settings, Usage};
 use crate::scenario::{Expected, MeetingExpectations, Plan, Request, ScenarioConfig};
 use crate::sign;
 use crate::system::{self, BenchDatabase, RunNames, Service, StreamSource, with_env};
-use crate::{history, read_latency};
+use crate::{history, read_latency, reports};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
@@ -105,6 +109,12 @@ pub struct BenchArgs {
     /// every count of --replay-workers.
     #[arg(long, default_value_t = 3)]
     pub history_rounds: usize,
+    /// Reports delivered at saturation in the delivery phase (copies of the live phase's).
+    #[arg(long, default_value_t = 5_000)]
+    pub delivery_reports: usize,
+    /// Deliverer counts (`worker deliver` replicas) of the delivery phase, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    pub deliverers: Vec<usize>,
     /// Concurrency levels of the capacity phase, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
     pub capacity_concurrency: Vec<usize>,
@@ -177,9 +187,11 @@ pub(crate) struct Run<'a> {
     pub(crate) keys: KeySet,
     keys_file: PathBuf,
     bin_dir: PathBuf,
+    /// The run's folder (report, logs, the files the services are given).
+    pub(crate) dir: PathBuf,
     log_dir: PathBuf,
     pub(crate) client: async_nats::Client,
-    jetstream: async_nats::jetstream::Context,
+    pub(crate) jetstream: async_nats::jetstream::Context,
 }
 
 impl Run<'_> {
@@ -189,7 +201,12 @@ impl Run<'_> {
     }
 
     pub(crate) fn start(&self, binary: &str, name: &str, env: &[(String, String)]) -> anyhow::Result<Service> {
-        Service::start(&self.bin_dir, binary, name, env, &self.log_dir)
+        Service::start(&self.bin_dir, (binary, &[]), name, env, &self.log_dir)
+    }
+
+    /// A `worker deliver` named `name`.
+    pub(crate) fn start_deliverer(&self, name: &str, env: &[(String, String)]) -> anyhow::Result<Service> {
+        Service::start(&self.bin_dir, ("worker", &["deliver"]), name, env, &self.log_dir)
     }
 
     /// A sweeper that looks every [`SWEEP_INTERVAL`], with the run's heartbeat timeout.
@@ -279,6 +296,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
         keys,
         keys_file,
         bin_dir: args.bin_dir.clone().unwrap_or_else(system::default_bin_dir),
+        dir: run_dir.clone(),
         log_dir,
         client: client.clone(),
         jetstream: async_nats::jetstream::new(client.clone()),
@@ -311,11 +329,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
             args.history_rooms, args.history_participants, args.history_meetings, args.history_rounds
         );
         let history = history::history_phase(&run, seed).await?;
-        anyhow::Ok((live, capacity, replays, read_latency, history))
+        eprintln!(
+            "[bench] delivery phase: {} reports at saturation, {:?} deliverer(s)",
+            args.delivery_reports, args.deliverers
+        );
+        let deliveries = delivery_phase(&run, &live).await?;
+        anyhow::Ok((live, capacity, replays, read_latency, history, deliveries))
     }
     .await;
     run.names.delete_streams(&run.jetstream).await;
-    let (live, capacity, replays, read_latency, history) = outcome?;
+    let (live, capacity, replays, read_latency, history, deliveries) = outcome?;
     let nats_version = client.server_info().version;
 
     let postgres_version = postgres_version(&args.database_url).await.unwrap_or_else(|_| "?".into());
@@ -330,6 +353,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
         replays,
         read_latency,
         history,
+        deliveries,
     };
     let markdown = report::write(&results, &run_dir)?;
     let latest = args.out.join("latest");
@@ -361,6 +385,12 @@ async fn live_phase(run: &Run<'_>, seed: u64) -> anyhow::Result<Live> {
             workers.push(run.start("worker", &format!("worker-{}", n + 1), &worker_env)?);
         }
         let mut sweeper = run.start_sweeper("sweeper", &env)?;
+        let receiver = reports::Receiver::start().await?;
+        let endpoints_file = run.dir.join("endpoints-live.yaml");
+        receiver.write_endpoints_file(&endpoints_file)?;
+        let report_args = names.report_args(system::LIVE_REPORTS);
+        let mut deliverer =
+            run.start_deliverer("deliver", &reports::deliverer_env(env.clone(), &report_args, &endpoints_file))?;
 
         let http = reqwest::Client::builder().pool_max_idle_per_host(args.max_in_flight).build()?;
         let base_url = format!("http://127.0.0.1:{port}");
@@ -386,6 +416,7 @@ async fn live_phase(run: &Run<'_>, seed: u64) -> anyhow::Result<Live> {
         let mut services: Vec<&mut Service> = vec![&mut gateway];
         services.extend(workers.iter_mut());
         services.push(&mut sweeper);
+        services.push(&mut deliverer);
         let cpu_before: Vec<f64> = services.iter().map(|s| s.cpu_seconds()).collect();
         let (nats_before, postgres_before) = (GroupCpu::read("nats-server"), GroupCpu::read("postgres"));
         let own_before = procstat::cpu_seconds(std::process::id()).unwrap_or(0.0);
@@ -412,6 +443,9 @@ async fn live_phase(run: &Run<'_>, seed: u64) -> anyhow::Result<Live> {
         let differences = converge(&pool, &expected, deadline).await?;
         let converged_after = differences.is_empty().then(|| phase_start.elapsed().saturating_sub(last_send));
         pool.close().await;
+        // The last reports follow the last commits by an outbox poll and a delivery.
+        let report_differences =
+            reports::converge(&receiver, &plan, &expected, Instant::now() + Duration::from_secs(30)).await;
         let machine_busy = MachineCpu::read().busy_since(&machine_before);
 
         let mut usage: Vec<Usage> = services
@@ -443,9 +477,21 @@ async fn live_phase(run: &Run<'_>, seed: u64) -> anyhow::Result<Live> {
             Err(_) => 0,
         };
         drop(services);
-        for service in std::iter::once(gateway).chain(workers).chain(std::iter::once(sweeper)) {
+        for service in std::iter::once(gateway).chain(workers).chain([sweeper, deliverer]) {
             service.stop().await?;
         }
+        let delivered = receiver.delivered();
+        let (finish_to_delivery_us, ends_undelivered) =
+            reports::finish_to_delivery_us(&delivered, &plan, &answers, phase_start);
+        let (duplicates, refused) = receiver.duplicates_and_refused();
+        let reports = LiveReports {
+            delivered,
+            duplicates,
+            refused,
+            finish_to_delivery_us,
+            ends_undelivered,
+            differences: report_differences,
+        };
         let commits = commits.stop().await;
         let plan = Arc::try_unwrap(plan).unwrap_or_else(|shared| (*shared).clone());
         anyhow::Ok(Live {
@@ -460,6 +506,7 @@ async fn live_phase(run: &Run<'_>, seed: u64) -> anyhow::Result<Live> {
             dead_letters,
             machine_busy,
             expected,
+            reports,
         })
     }
     .await;
@@ -702,6 +749,30 @@ async fn replay_phase(run: &Run<'_>, workers: usize, live: &Live) -> anyhow::Res
     result
 }
 
+/// The delivery phase: copies of the live phase's reports, delivered at saturation by each
+/// count of `--deliverers`, into one database of the phase (delivery attempts are recorded).
+async fn delivery_phase(run: &Run<'_>, live: &Live) -> anyhow::Result<Vec<Applied>> {
+    let (args, names) = (run.args, &run.names);
+    let database = BenchDatabase::create(&args.database_url, &format!("bench_{}_deliveries", names.suffix)).await?;
+    let result = async {
+        let mut runs = Vec::new();
+        for &deliverers in &args.deliverers {
+            let label = format!("d{deliverers}");
+            let copies = reports::saturation_reports(&live.reports.delivered, args.delivery_reports, &label)?;
+            eprintln!("[bench] delivery phase: {deliverers} deliverer(s)");
+            runs.push(reports::delivery_phase(run, &database.url, deliverers, &copies).await?);
+        }
+        anyhow::Ok(runs)
+    }
+    .await;
+    database.drop_database().await;
+    result
+}
+
+/// The server's version, and whether the run's connections to it were encrypted (TLS to
+/// PostgreSQL changes the workers' throughput several times over: README, Benchmark).
 async fn postgres_version(database_url: &str) -> anyhow::Result<String> {
-    Ok(shared::store::admin::server_version(database_url).await?)
+    let version = shared::store::admin::server_version(database_url).await?;
+    let tls = shared::store::admin::connection_uses_tls(database_url).await?;
+    Ok(format!("{version}, connections {}", if tls { "over TLS" } else { "without TLS" }))
 }

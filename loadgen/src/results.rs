@@ -22,6 +22,8 @@ pub struct Results {
     pub replays: Vec<Replay>,
     pub read_latency: ReadLatency,
     pub history: History,
+    /// Deliveries of meeting reports at saturation, one per deliverer count.
+    pub deliveries: Vec<Applied>,
 }
 
 impl Results {
@@ -31,12 +33,13 @@ impl Results {
         self.all_differences().next().is_none()
     }
 
-    /// Every difference from an expectation: the live phase's, the replays', then the read
-    /// latency's and the history phase's meetings.
+    /// Every difference from an expectation: the live phase's (stored, then reported), the
+    /// replays', then the read latency's and the history phase's meetings.
     pub fn all_differences(&self) -> impl Iterator<Item = &String> {
         self.live
             .differences
             .iter()
+            .chain(self.live.reports.differences.iter())
             .chain(self.replays.iter().flat_map(|r| r.differences.iter()))
             .chain(self.read_latency.differences.iter())
             .chain(self.history.samples.iter().flat_map(|s| s.differences.iter()))
@@ -104,6 +107,23 @@ pub struct Live {
     pub machine_busy: f64,
     /// The attendance the workload implies, given when the gateway received each heartbeat.
     pub expected: MeetingExpectations,
+    pub reports: LiveReports,
+}
+
+/// The meeting reports `worker deliver` pushed to the run's receiver during the live phase.
+pub struct LiveReports {
+    /// Each report once, in arrival order.
+    pub delivered: Vec<crate::reports::Delivered>,
+    /// Requests for a report received before.
+    pub duplicates: u64,
+    /// Requests whose signature did not verify.
+    pub refused: u64,
+    /// From each `room_finished`'s first 200 to the receiver's 2xx of its `meeting.ended`.
+    pub finish_to_delivery_us: Histogram<u64>,
+    /// Meetings finished by `room_finished` whose `meeting.ended` never came.
+    pub ends_undelivered: usize,
+    /// How the latest report of each meeting differs from the expectation.
+    pub differences: Vec<String>,
 }
 
 /// What applying a stream with some workers at saturation measured: from the workers' start to

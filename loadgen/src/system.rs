@@ -18,15 +18,17 @@ pub struct Service {
 }
 
 impl Service {
+    /// Starts `binary args…` from `bin_dir` as `name`, logging to `<log_dir>/<name>.log`.
     pub fn start(
         bin_dir: &Path,
-        binary: &str,
+        (binary, args): (&str, &[&str]),
         name: &str,
         env: &[(String, String)],
         log_dir: &Path,
     ) -> anyhow::Result<Self> {
         let log = std::fs::File::create(log_dir.join(format!("{name}.log")))?;
         let child = Command::new(bin_dir.join(binary))
+            .args(args)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -223,6 +225,17 @@ impl RunNames {
         format!("BENCH_PRESENCE_{}", self.suffix)
     }
 
+    /// The report stream of `purpose`: `live` for the live phase's, which every service of the
+    /// run is given; others for the delivery phase's.
+    pub fn report_args(&self, purpose: &str) -> shared::nats::ReportArgs {
+        shared::nats::ReportArgs {
+            stream: format!("BENCH_REPORTS_{}_{}", purpose.to_uppercase(), self.suffix),
+            subject_prefix: format!("bench{purpose}{}.meeting", self.suffix),
+            replicas: self.replicas,
+            max_age: Duration::from_secs(2 * 3600),
+        }
+    }
+
     /// The live phase's stream, read by `consumer`.
     pub fn live_source(&self, consumer: &str) -> StreamSource {
         StreamSource {
@@ -247,6 +260,7 @@ impl RunNames {
     /// The environment every service of the run shares.
     pub fn env(&self, nats_url: &str, database_url: &str, keys_file: &Path) -> Vec<(String, String)> {
         let s = &self.suffix;
+        let reports = self.report_args(LIVE_REPORTS);
         [
             ("NATS_URL", nats_url.to_owned()),
             ("DATABASE_URL", database_url.to_owned()),
@@ -265,6 +279,9 @@ impl RunNames {
             ("WEBHOOK_STREAM_REPLICAS", self.replicas.to_string()),
             ("DLQ_STREAM_REPLICAS", self.replicas.to_string()),
             ("PRESENCE_STREAM_REPLICAS", self.replicas.to_string()),
+            ("REPORT_STREAM", reports.stream),
+            ("REPORT_SUBJECT_PREFIX", reports.subject_prefix),
+            ("REPORT_STREAM_MAX_AGE", "2h".into()),
             ("REPORT_STREAM_REPLICAS", self.replicas.to_string()),
             ("METRICS_ADDR", "127.0.0.1:0".into()),
             ("RUST_LOG", "warn".into()),
@@ -282,11 +299,14 @@ impl RunNames {
             let _ = jetstream.delete_stream(default_heartbeat_stream(&stream)).await;
             let _ = jetstream.delete_stream(&stream).await;
         }
-        for stream in [self.dlq_stream(), self.presence_stream()] {
+        for stream in [self.dlq_stream(), self.presence_stream(), self.report_args(LIVE_REPORTS).stream] {
             let _ = jetstream.delete_stream(&stream).await;
         }
     }
 }
+
+/// The purpose of the live phase's report stream ([`RunNames::report_args`]).
+pub const LIVE_REPORTS: &str = "live";
 
 /// Replaces (or adds) `key` in an environment list.
 pub fn with_env(mut env: Vec<(String, String)>, key: &str, value: impl Into<String>) -> Vec<(String, String)> {

@@ -40,6 +40,7 @@ fn markdown(results: &Results, figures: &Figures, plot: &str) -> Result<String, 
     sections::replays(&mut out, results)?;
     sections::history(&mut out, results)?;
     sections::read_latency(&mut out, results)?;
+    sections::meeting_reports(&mut out, results)?;
     sections::differences(&mut out, results)?;
     Ok(out)
 }
@@ -171,6 +172,7 @@ mod tests {
                     "## Workers at saturation (replay)",
                     "## Workers at saturation with history",
                     "## Reading a meeting of 4 participants",
+                    "## Meeting reports delivered",
                     "## Differences",
                 ]
             );
@@ -251,6 +253,14 @@ mod tests {
             dead_letters: 0,
             machine_busy: 0.42,
             expected: BTreeMap::new(),
+            reports: crate::results::LiveReports {
+                delivered: Vec::new(),
+                duplicates: 1,
+                refused: 0,
+                finish_to_delivery_us: latency_histogram(),
+                ends_undelivered: 0,
+                differences: Vec::new(),
+            },
         };
         let level = |concurrency: usize, elapsed_ms: u64| {
             let mut latencies_us = latency_histogram();
@@ -318,6 +328,7 @@ mod tests {
             replays,
             read_latency,
             history,
+            deliveries: vec![applied(1, 900), applied(2, 900)],
         }
     }
 }

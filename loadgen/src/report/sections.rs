@@ -48,7 +48,8 @@ pub(super) fn result(out: &mut String, results: &Results, figures: &Figures) -> 
             out,
             "**Attendance exact** in all {} meetings of {} rooms: {} attendances ({} participants, each in most \
              meetings of its room) match the workload's own expectation after the live phase and after every \
-             replay, and so do the meetings of the read latency and history phases.\n",
+             replay, and so do the meetings of the read latency and history phases, and the attendance in the \
+             latest meeting report of each meeting delivered to the platform.\n",
             plan.meetings.len(),
             plan.rooms.len(),
             plan.participants.len(),
@@ -108,6 +109,26 @@ fn headline_figures(out: &mut String, results: &Results, figures: &Figures) -> f
         "| workers at saturation: events/s, 1 worker / 2 workers | {} / {} |",
         replay_rate(1),
         replay_rate(2)
+    )?;
+    let reports = &results.live.reports;
+    writeln!(
+        out,
+        "| meeting reports: room_finished 200 → the platform's 2xx of meeting.ended, p50 / p99 / p99.9 / max ms | \
+         {} |",
+        quantiles(&reports.finish_to_delivery_us)
+    )?;
+    let delivery_rate = |deliverers: usize| {
+        results
+            .deliveries
+            .iter()
+            .find(|d| d.workers == deliverers)
+            .map_or("–".to_owned(), |d| format!("{:.0}", d.events_per_second()))
+    };
+    writeln!(
+        out,
+        "| meeting reports at saturation: deliveries/s, 1 deliverer / 2 deliverers | {} / {} |",
+        delivery_rate(1),
+        delivery_rate(2)
     )?;
     for format in &results.read_latency.formats {
         writeln!(
@@ -440,6 +461,56 @@ pub(super) fn read_latency(out: &mut String, results: &Results) -> fmt::Result {
             read_quantiles(&format.latencies_us).replace(" / ", " | "),
             format.response_bytes
         )?;
+    }
+    writeln!(out)
+}
+
+/// `## Meeting reports delivered`: the live phase's reports as the platform got them, then the
+/// delivery phase's rates.
+pub(super) fn meeting_reports(out: &mut String, results: &Results) -> fmt::Result {
+    let reports = &results.live.reports;
+    writeln!(
+        out,
+        "## Meeting reports delivered
+"
+    )?;
+    writeln!(
+        out,
+        "In the live phase a `worker deliver` pushed every meeting report to a receiver of the run, which checked \
+         each Standard Webhooks signature and answered 204 at once. The latest report of each meeting must carry \
+         the attendance the workload implies (a meeting finished by room_finished must have been reported \
+         ended). Latency: from a room_finished's first 200 to the receiver's answer to its meeting.ended (the \
+         sweeper publishes the outbox every 250 ms).\n"
+    )?;
+    writeln!(out, "| | |\n|---|---:|")?;
+    writeln!(out, "| reports received (each once) | {} |", reports.delivered.len())?;
+    writeln!(
+        out,
+        "| received again (at least once) / refused (signature) | {} / {} |",
+        reports.duplicates, reports.refused
+    )?;
+    writeln!(
+        out,
+        "| room_finished 200 → receiver's 2xx, p50 / p99 / p99.9 / max ms | {} |",
+        quantiles(&reports.finish_to_delivery_us)
+    )?;
+    writeln!(out, "| meetings finished whose meeting.ended never came | {} |", reports.ends_undelivered)?;
+    writeln!(out, "| attendance in the latest report of each meeting | {} |\n", attendance_cell(&reports.differences))?;
+    writeln!(
+        out,
+        "Deliveries at saturation: copies of those reports (each with an id of its own) waiting in a report stream, \
+         then `worker deliver` replicas started; time from their start to the receiver holding every one. Each \
+         delivery is signed, sent, answered and recorded in `delivery_attempts`. CPU ms per 1 000 deliveries: the \
+         deliverers', then PostgreSQL's and NATS's.\n"
+    )?;
+    writeln!(
+        out,
+        "| deliverers | reports | s | deliveries/s | CPU ms per 1 000 deliveries: deliverers / postgres / nats | \
+         machine busy | peak RSS MiB (largest deliverer) |"
+    )?;
+    writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|")?;
+    for delivery in &results.deliveries {
+        writeln!(out, "| {} |", applied_cells(delivery))?;
     }
     writeln!(out)
 }

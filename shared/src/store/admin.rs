@@ -100,6 +100,15 @@ pub async fn server_version(url: &str) -> Result<String, sqlx::Error> {
     sqlx::query_scalar("SHOW server_version").fetch_one(&mut connection).await
 }
 
+/// Whether a connection made with `url` (and libpq's `PG*` variables, as the services read them)
+/// is encrypted: with `sslmode=prefer`, the default, that depends on the server.
+pub async fn connection_uses_tls(url: &str) -> Result<bool, sqlx::Error> {
+    let mut connection = sqlx::PgConnection::connect(url).await?;
+    sqlx::query_scalar("SELECT coalesce((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false)")
+        .fetch_one(&mut connection)
+        .await
+}
+
 /// Makes PostgreSQL announce every event-log row on `channel` when its transaction commits, so a
 /// benchmark sees the moment attendance is committed (the row and the recomputed attendance are
 /// in one transaction). Only ever in a benchmark's own database.
