@@ -227,9 +227,7 @@ impl Run<'_> {
         label: &str,
     ) -> anyhow::Result<Applied> {
         let env = source.worker_env(self.env(database_url));
-        let (postgres_before, nats_before) = (GroupCpu::read("postgres"), GroupCpu::read("nats-server"));
-        let machine_before = MachineCpu::read();
-        let started = Instant::now();
+        let clock = SaturationClock::start();
         let mut running = Vec::new();
         for n in 0..workers.max(1) {
             running.push(self.start("worker", &format!("{label}-worker-{}", n + 1), &env)?);
@@ -243,21 +241,45 @@ impl Run<'_> {
             Duration::from_secs(900),
         )
         .await?;
-        let elapsed = started.elapsed();
-        let applied = Applied {
-            workers,
-            messages,
-            elapsed,
-            cpu_seconds: running.iter().map(Service::cpu_seconds).sum(),
-            peak_rss_bytes: running.iter().map(Service::peak_rss_bytes).max().unwrap_or(0),
-            postgres_cpu_seconds: GroupCpu::read("postgres").since(&postgres_before),
-            nats_cpu_seconds: GroupCpu::read("nats-server").since(&nats_before),
-            machine_busy: MachineCpu::read().busy_since(&machine_before),
-        };
+        let applied = clock.applied(&running, messages);
         for worker in running {
             worker.stop().await?;
         }
         Ok(applied)
+    }
+}
+
+/// A measurement at saturation from its start: the time, and the CPU of PostgreSQL, NATS and the
+/// machine; [`SaturationClock::applied`] adds the measured processes' own.
+pub(crate) struct SaturationClock {
+    started: Instant,
+    postgres: GroupCpu,
+    nats: GroupCpu,
+    machine: MachineCpu,
+}
+
+impl SaturationClock {
+    pub(crate) fn start() -> Self {
+        let (postgres, nats, machine) = (GroupCpu::read("postgres"), GroupCpu::read("nats-server"), MachineCpu::read());
+        SaturationClock { started: Instant::now(), postgres, nats, machine }
+    }
+
+    pub(crate) fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// What `processes` did with `messages` from the start until now.
+    pub(crate) fn applied(&self, processes: &[Service], messages: u64) -> Applied {
+        Applied {
+            workers: processes.len(),
+            messages,
+            elapsed: self.started.elapsed(),
+            cpu_seconds: processes.iter().map(Service::cpu_seconds).sum(),
+            peak_rss_bytes: processes.iter().map(Service::peak_rss_bytes).max().unwrap_or(0),
+            postgres_cpu_seconds: GroupCpu::read("postgres").since(&self.postgres),
+            nats_cpu_seconds: GroupCpu::read("nats-server").since(&self.nats),
+            machine_busy: MachineCpu::read().busy_since(&self.machine),
+        }
     }
 }
 

@@ -20,12 +20,11 @@ use shared::nats::ReportArgs;
 use shared::nats::reports::{ReportMessage, ReportStream};
 use worker::deliver::signature::{Secret, sign};
 
-use crate::bench::Run;
+use crate::bench::{Run, SaturationClock};
 use crate::capacity::latency_histogram;
-use crate::procstat::{GroupCpu, MachineCpu};
 use crate::results::{Answer, Applied};
 use crate::scenario::{Expected, MeetingExpectations, Plan, Request};
-use crate::system::{Service, with_env};
+use crate::system::with_env;
 
 /// The endpoint's name in the run's endpoints files; its consumer is `deliver-bench`.
 pub(crate) const ENDPOINT: &str = "bench";
@@ -375,14 +374,12 @@ pub(crate) async fn delivery_phase(
         let messages: Vec<(ReportMessage, Option<String>)> = reports.iter().map(|r| (r.clone(), None)).collect();
         stream.publish_all(&messages, Duration::from_secs(120)).await.context("publish the reports")?;
 
-        let (postgres_before, nats_before) = (GroupCpu::read("postgres"), GroupCpu::read("nats-server"));
-        let machine_before = MachineCpu::read();
-        let started = Instant::now();
+        let clock = SaturationClock::start();
         let mut running = Vec::new();
         for n in 0..deliverers.max(1) {
             running.push(run.start_deliverer(&format!("{label}-{}", n + 1), &env)?);
         }
-        let deadline = started + Duration::from_secs(600);
+        let deadline = clock.started() + Duration::from_secs(600);
         while receiver.count() < reports.len() {
             if Instant::now() > deadline {
                 bail!("{} of {} reports delivered after 600 s", receiver.count(), reports.len());
@@ -392,17 +389,7 @@ pub(crate) async fn delivery_phase(
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let elapsed = started.elapsed();
-        let applied = Applied {
-            workers: deliverers,
-            messages: reports.len() as u64,
-            elapsed,
-            cpu_seconds: running.iter().map(Service::cpu_seconds).sum(),
-            peak_rss_bytes: running.iter().map(Service::peak_rss_bytes).max().unwrap_or(0),
-            postgres_cpu_seconds: GroupCpu::read("postgres").since(&postgres_before),
-            nats_cpu_seconds: GroupCpu::read("nats-server").since(&nats_before),
-            machine_busy: MachineCpu::read().busy_since(&machine_before),
-        };
+        let applied = clock.applied(&running, reports.len() as u64);
         for deliverer in running {
             deliverer.stop().await?;
         }
