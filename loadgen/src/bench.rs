@@ -15,6 +15,10 @@
 //! 5. **History** ([`crate::history`]): events/s applying a meeting per room with no earlier
 //!    meeting stored, against the same events with many earlier meetings of the same rooms.
 //!
+//! Last, the **reconciliation** phase ([`crate::reconciliation`]): the sweeper checking live
+//! meetings against a stand-in LiveKit server, some of whose sessions leave with their
+//! `participant_left` lost.
+//!
 //! Meeting reports ([`crate::reports`]) go through the live phase too: `worker deliver` pushes
 //! them to a receiver of the run, whose reports are compared with the expectation, and a last
 //! phase delivers copies of them at saturation with 1, then 2 deliverers.
@@ -41,7 +45,7 @@ use crate::results::{Answer, Applied, Live, LiveReports, Replay, Results, Settin
 use crate::scenario::{Expected, MeetingExpectations, Plan, Request, ScenarioConfig};
 use crate::sign;
 use crate::system::{self, BenchDatabase, RunNames, Service, StreamSource, with_env};
-use crate::{history, read_latency, reports};
+use crate::{history, read_latency, reconciliation, reports};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
@@ -115,6 +119,19 @@ pub struct BenchArgs {
     /// Deliverer counts (`worker deliver` replicas) of the delivery phase, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,2")]
     pub deliverers: Vec<usize>,
+    /// Live meetings of the reconciliation phase (checked against a stand-in LiveKit server).
+    #[arg(long, default_value_t = 1_000)]
+    pub reconcile_meetings: usize,
+    /// Participants per meeting of the reconciliation phase (half of them heartbeat).
+    #[arg(long, default_value_t = 10)]
+    pub reconcile_participants: usize,
+    /// The sweeper's RECONCILE_INTERVAL in the reconciliation phase (60 s in production: shorter
+    /// here to keep the run short; calls per second scale with 1 / interval).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub reconcile_interval: Duration,
+    /// The sweeper's RECONCILE_MAX_RPS in the reconciliation phase.
+    #[arg(long, default_value_t = 1_000.0)]
+    pub reconcile_max_rps: f64,
     /// Concurrency levels of the capacity phase, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
     pub capacity_concurrency: Vec<usize>,
@@ -356,11 +373,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
             args.delivery_reports, args.deliverers
         );
         let deliveries = delivery_phase(&run, &live).await?;
-        anyhow::Ok((live, capacity, replays, read_latency, history, deliveries))
+        eprintln!(
+            "[bench] reconciliation phase: {} meetings × {} participants, interval {:?}",
+            args.reconcile_meetings, args.reconcile_participants, args.reconcile_interval
+        );
+        let reconciliation = reconciliation::reconciliation_phase(&run, seed).await?;
+        anyhow::Ok((live, capacity, replays, read_latency, history, deliveries, reconciliation))
     }
     .await;
     run.names.delete_streams(&run.jetstream).await;
-    let (live, capacity, replays, read_latency, history, deliveries) = outcome?;
+    let (live, capacity, replays, read_latency, history, deliveries, reconciliation) = outcome?;
     let nats_version = client.server_info().version;
 
     let postgres_version = postgres_version(&args.database_url).await.unwrap_or_else(|_| "?".into());
@@ -376,6 +398,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
         read_latency,
         history,
         deliveries,
+        reconciliation,
     };
     let markdown = report::write(&results, &run_dir)?;
     let latest = args.out.join("latest");

@@ -9,6 +9,7 @@
 //! - [`capacity`]: the gateway's capacity at several concurrency levels.
 //! - [`bench`]: the phases of `loadgen bench`; they fill in [`results`]. [`read_latency`] and
 //!   [`history`] are two of them, on databases loaded by [`preload`] rather than by a live run.
+//! - [`reconciliation`]: the sweeper checking live meetings against a stand-in LiveKit server.
 //! - [`reports`]: meeting reports from the platform's side: a receiver, the comparison of what
 //!   it got with the workload, deliveries at saturation.
 //! - [`results`]: what a run measured, as plain data.
@@ -23,6 +24,7 @@ pub mod plot;
 pub mod preload;
 pub mod procstat;
 pub mod read_latency;
+pub mod reconciliation;
 pub mod report;
 pub mod reports;
 pub mod results;

@@ -24,6 +24,7 @@ pub struct Results {
     pub history: History,
     /// Deliveries of meeting reports at saturation, one per deliverer count.
     pub deliveries: Vec<Applied>,
+    pub reconciliation: Reconciliation,
 }
 
 impl Results {
@@ -34,7 +35,8 @@ impl Results {
     }
 
     /// Every difference from an expectation: the live phase's (stored, then reported), the
-    /// replays', then the read latency's and the history phase's meetings.
+    /// replays', then the read latency's, the history phase's meetings and the reconciliation
+    /// phase's sessions.
     pub fn all_differences(&self) -> impl Iterator<Item = &String> {
         self.live
             .differences
@@ -43,6 +45,7 @@ impl Results {
             .chain(self.replays.iter().flat_map(|r| r.differences.iter()))
             .chain(self.read_latency.differences.iter())
             .chain(self.history.samples.iter().flat_map(|s| s.differences.iter()))
+            .chain(self.reconciliation.differences.iter())
     }
 }
 
@@ -199,4 +202,38 @@ pub struct Second {
     pub commits: u64,
     /// From a webhook's 200 to its commit.
     pub end_to_end_us: Histogram<u64>,
+}
+
+/// The reconciliation phase ([`crate::reconciliation`]).
+pub struct Reconciliation {
+    pub meetings: usize,
+    pub sessions: usize,
+    pub interval: Duration,
+    pub heartbeat_interval: Duration,
+    /// The steady window (nobody leaving) and what it cost.
+    pub window: Duration,
+    /// Calls LiveKit (the stand-in) took in the window.
+    pub calls: usize,
+    pub sweeper_cpu_seconds: f64,
+    pub postgres_cpu_seconds: f64,
+    /// Sessions that left without their participant_left.
+    pub lost_lefts: usize,
+    /// How they were closed.
+    pub closed_reconciled: usize,
+    pub closed_heartbeat: usize,
+    /// How much earlier than the real leave each was closed, in milliseconds.
+    pub early_ms: Histogram<u64>,
+    pub differences: Vec<String>,
+}
+
+impl Reconciliation {
+    pub fn calls_per_second(&self) -> f64 {
+        self.calls as f64 / self.window.as_secs_f64().max(f64::EPSILON)
+    }
+
+    /// CPU seconds per 1 000 meetings per reconciliation interval.
+    pub fn cpu_per_thousand_meetings(&self, cpu_seconds: f64) -> f64 {
+        let intervals = self.window.as_secs_f64() / self.interval.as_secs_f64().max(f64::EPSILON);
+        cpu_seconds / intervals.max(f64::EPSILON) / (self.meetings as f64 / 1000.0).max(f64::EPSILON)
+    }
 }

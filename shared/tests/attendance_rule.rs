@@ -71,6 +71,16 @@ fn closure(identity: &str, sid: &str, at: i64, closed_by: ClosedBy) -> Fact {
     }
 }
 
+fn listed(identity: &str, sid: &str, room_sid: &str, joined_at: i64, at: i64) -> Fact {
+    Fact {
+        event_id: format!("listed:{sid}"),
+        created_at_ms: at,
+        room_name: ROOM.into(),
+        room_sid: room_sid.into(),
+        kind: FactKind::Listed { participant: info(identity, sid), joined_at_ms: joined_at },
+    }
+}
+
 fn cycle(sid: &str, joined: i64, left: Option<i64>, closed_by: Option<ClosedBy>) -> Cycle {
     Cycle { participant_sid: sid.into(), room_sid: "RM_1".into(), joined_at_ms: joined, left_at_ms: left, closed_by }
 }
@@ -177,6 +187,41 @@ fn the_earliest_estimate_wins_and_closures_of_unknown_sessions_are_ignored() {
 }
 
 #[test]
+fn a_session_livekit_listed_opens_its_cycle_and_real_events_replace_the_estimate() {
+    // The participant_joined was lost; the reconciler saw the session listed at 20 s.
+    let estimated = ada(&[listed("ada", "PA_1", "RM_1", 1_000, 20_000)]);
+    assert_eq!(estimated.cycles, [cycle("PA_1", 1_000, None, None)]);
+    assert_eq!((estimated.join_count, estimated.present), (1, true));
+    // The real join, arriving later, says the same: nothing changes.
+    let confirmed = ada(&[listed("ada", "PA_1", "RM_1", 1_000, 20_000), joined("E1", "ada", "PA_1", "RM_1", 1_000)]);
+    assert_eq!(confirmed, estimated);
+    // A real join that disagrees wins.
+    let corrected = ada(&[listed("ada", "PA_1", "RM_1", 1_000, 20_000), joined("E1", "ada", "PA_1", "RM_1", 1_500)]);
+    assert_eq!(corrected.cycles, [cycle("PA_1", 1_500, None, None)]);
+    // A session aborted never counts, listed or not.
+    assert_eq!(ada(&[listed("ada", "PA_1", "RM_1", 1_000, 20_000), aborted("E2", "ada", "PA_1", 2_000)]).join_count, 0);
+}
+
+#[test]
+fn a_session_livekit_stopped_listing_closes_where_it_was_last_seen_until_its_left_arrives() {
+    let missed =
+        ada(&[joined("E1", "ada", "PA_1", "RM_1", 1_000), closure("ada", "PA_1", 60_000, ClosedBy::Reconciled)]);
+    assert_eq!(missed.cycles, [cycle("PA_1", 1_000, Some(60_000), Some(ClosedBy::Reconciled))]);
+    assert!(!missed.present);
+    let corrected = ada(&[
+        joined("E1", "ada", "PA_1", "RM_1", 1_000),
+        closure("ada", "PA_1", 60_000, ClosedBy::Reconciled),
+        left("E2", "ada", "PA_1", "RM_1", Some(1_000), 75_000),
+    ]);
+    assert_eq!(corrected.cycles, [cycle("PA_1", 1_000, Some(75_000), Some(ClosedBy::ParticipantLeft))]);
+    // Both joined and left lost: listed, then missed.
+    let both_lost =
+        ada(&[listed("ada", "PA_1", "RM_1", 1_000, 20_000), closure("ada", "PA_1", 80_000, ClosedBy::Reconciled)]);
+    assert_eq!(both_lost.cycles, [cycle("PA_1", 1_000, Some(80_000), Some(ClosedBy::Reconciled))]);
+    assert_eq!(both_lost.attended_ms, 79_000);
+}
+
+#[test]
 fn two_tabs_at_once_count_once() {
     let a = ada(&[
         joined("E1", "ada", "PA_tab1", "RM_1", 0),
@@ -234,9 +279,10 @@ fn facts_come_from_livekit_bodies() {
 // ---- property tests ----
 
 /// A random meeting: participants with sessions, some left events lost, some joined events lost,
-/// some sessions aborted, sometimes a room_finished.
+/// some sessions aborted, some listed by the LiveKit server (with or without their events),
+/// sometimes a room_finished.
 fn scenario() -> impl Strategy<Value = Vec<Fact>> {
-    let session = (0..4usize, 0..2usize, 0..100_000i64, 1..100_000i64, 0..6u8);
+    let session = (0..4usize, 0..2usize, 0..100_000i64, 1..100_000i64, 0..8u8);
     (proptest::collection::vec(session, 1..20), proptest::option::of(0..250_000i64)).prop_map(|(sessions, finish)| {
         let mut facts = Vec::new();
         for (n, (who, instance, start, length, shape)) in sessions.into_iter().enumerate() {
@@ -245,6 +291,12 @@ fn scenario() -> impl Strategy<Value = Vec<Fact>> {
                 0 => facts.push(aborted(&format!("A{n}"), &identity, &sid, start)),
                 1 => facts.push(joined(&format!("J{n}"), &identity, &sid, &room_sid, start)),
                 2 => facts.push(left(&format!("L{n}"), &identity, &sid, &room_sid, Some(start), start + length)),
+                6 => facts.push(listed(&identity, &sid, &room_sid, start, start + length / 2)),
+                7 => {
+                    facts.push(listed(&identity, &sid, &room_sid, start, start + length / 2));
+                    facts.push(joined(&format!("J{n}"), &identity, &sid, &room_sid, start + length / 4));
+                    facts.push(left(&format!("L{n}"), &identity, &sid, &room_sid, Some(start), start + length));
+                }
                 _ => {
                     facts.push(joined(&format!("J{n}"), &identity, &sid, &room_sid, start));
                     facts.push(left(&format!("L{n}"), &identity, &sid, &room_sid, Some(start), start + length));
@@ -260,7 +312,7 @@ fn scenario() -> impl Strategy<Value = Vec<Fact>> {
             .filter_map(|f| Some((f.participant()?.identity.clone(), f.participant()?.sid.clone(), f.created_at_ms)))
             .collect();
         for (n, (identity, sid, at)) in sessions.into_iter().enumerate().filter(|(n, _)| n % 3 == 0) {
-            let by = if n % 2 == 0 { ClosedBy::HeartbeatTimeout } else { ClosedBy::MaxDuration };
+            let by = [ClosedBy::HeartbeatTimeout, ClosedBy::MaxDuration, ClosedBy::Reconciled][(n / 3) % 3];
             facts.push(closure(&identity, &sid, at + 30_000, by));
         }
         facts
@@ -323,10 +375,13 @@ proptest! {
             f.created_at_ms -= 86_400_000;
             if let FactKind::Closure { participant_sid, .. } | FactKind::Joined { participant: ParticipantInfo { sid: participant_sid, .. }, .. }
                 | FactKind::Left { participant: ParticipantInfo { sid: participant_sid, .. }, .. }
+                | FactKind::Listed { participant: ParticipantInfo { sid: participant_sid, .. }, .. }
                 | FactKind::Aborted { participant: ParticipantInfo { sid: participant_sid, .. } } = &mut f.kind {
                 participant_sid.push_str("_before");
             }
-            if let FactKind::Joined { joined_at_ms, .. } = &mut f.kind { *joined_at_ms -= 86_400_000; }
+            if let FactKind::Joined { joined_at_ms, .. } | FactKind::Listed { joined_at_ms, .. } = &mut f.kind {
+                *joined_at_ms -= 86_400_000;
+            }
             if let FactKind::Left { joined_at_ms: Some(joined_at_ms), .. } = &mut f.kind { *joined_at_ms -= 86_400_000; }
             f.event_id.push_str("_before");
             f

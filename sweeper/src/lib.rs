@@ -3,7 +3,8 @@
 //! and publishes the presence and meeting-report outboxes to NATS.
 //!
 //! - [`sweep`]: closing stale cycles, ending meetings whose end never came;
-//! - [`publish_presence`], [`publish_reports`]: the presence and report outboxes to NATS.
+//! - [`publish_presence`], [`publish_reports`]: the presence and report outboxes to NATS;
+//! - [`reconcile`]: checking running meetings against the LiveKit server (`LIVEKIT_URL`).
 //!
 //! Any number of replicas may run: a room is swept under its row lock taken with
 //! `FOR UPDATE SKIP LOCKED` (a room busy elsewhere is left for the next round), and the outbox is
@@ -15,6 +16,7 @@ pub mod config;
 pub mod metrics;
 pub mod publish_presence;
 pub mod publish_reports;
+pub mod reconcile;
 pub mod startup;
 pub mod sweep;
 

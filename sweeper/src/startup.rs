@@ -1,13 +1,16 @@
-//! Building and running a sweeper: two cancellable loops, the sweep and the outboxes' publisher.
+//! Building and running a sweeper: cancellable loops, the sweep, the outboxes' publisher and,
+//! with `LIVEKIT_URL`, the reconciliation with the LiveKit server.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 
 use prometheus_client::registry::Registry;
 use shared::domain::time::millis;
+use shared::livekit::room_service::RoomService;
 use shared::nats::presence::PresenceStream;
 use shared::nats::reports::ReportStream;
 use shared::runtime::config::StartupError;
+use shared::runtime::http_client::{OriginClient, tls_client_config};
 use shared::runtime::ops::{self, OpsServer, ServiceConnections};
 use shared::runtime::shutdown::Ticks;
 use shared::runtime::startup_retry;
@@ -15,20 +18,24 @@ use shared::store::closures::Staleness;
 use shared::store::{MIGRATOR, presence_outbox, report_outbox};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::SweeperConfig;
+use crate::config::{ReconcileArgs, SweeperConfig};
 use crate::metrics::{ClosedByLabel, SweeperMetrics};
+use crate::reconcile::Reconciler;
 use crate::{publish_presence, publish_reports, sweep};
 
 pub struct Application {
     config: SweeperConfig,
     connections: ServiceConnections,
+    /// LiveKit's RoomService, when reconciliation is on (`LIVEKIT_URL`).
+    room_service: Option<RoomService>,
 }
 
 impl Application {
     pub async fn build(config: SweeperConfig) -> Result<Self, StartupError> {
+        let room_service = room_service(&config.reconcile)?;
         let connections =
             ServiceConnections::open(config.metrics_addr, &config.nats, &config.database, "attendance-sweeper").await?;
-        Ok(Application { config, connections })
+        Ok(Application { config, connections, room_service })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -37,7 +44,7 @@ impl Application {
 
     /// Runs until `shutdown` is cancelled; the round in progress finishes first.
     pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
-        let Application { config, connections } = self;
+        let Application { config, connections, room_service } = self;
         let (nats, pool) = (connections.nats.clone(), connections.pool.clone());
         let mut registry = Registry::default();
         let metrics = SweeperMetrics::register(&mut registry);
@@ -53,9 +60,23 @@ impl Application {
         if prepared.await.is_some() {
             running.store(true, Ordering::Relaxed);
             tracing::info!("sweeping");
+            let reconciler = room_service.map(|service| Reconciler {
+                service,
+                pool: pool.clone(),
+                interval: config.reconcile.reconcile_interval,
+                max_rps: config.reconcile.reconcile_max_rps,
+                concurrency: usize::from(config.reconcile.reconcile_concurrency),
+                policy: config.policy.policy(),
+                metrics: metrics.clone(),
+            });
             tokio::join!(
                 sweep_loop(&config, &pool, &metrics, &shutdown),
-                outbox_loop(&config, &pool, (&presence, &reports), &metrics, &shutdown)
+                outbox_loop(&config, &pool, (&presence, &reports), &metrics, &shutdown),
+                async {
+                    if let Some(reconciler) = reconciler {
+                        reconciler.run(&shutdown).await;
+                    }
+                }
             );
             running.store(false, Ordering::Relaxed);
         }
@@ -66,6 +87,33 @@ impl Application {
         served
     }
 }
+
+/// LiveKit's RoomService client, when `LIVEKIT_URL` is set: it calls with `LIVEKIT_API_KEY` (else
+/// the first key configured).
+fn room_service(args: &ReconcileArgs) -> Result<Option<RoomService>, StartupError> {
+    let Some(origin) = args.livekit_url.clone() else {
+        tracing::info!("LIVEKIT_URL is not set: no reconciliation with the LiveKit server");
+        return Ok(None);
+    };
+    let keys = args.keys.key_set()?;
+    let (api_key, secret) = match args.keys.api_key.as_deref().and_then(|key| Some((key, keys.secret(key)?))) {
+        Some(pair) => pair,
+        None => keys.first(),
+    };
+    let tls = tls_client_config(args.livekit_ca_file.as_deref(), "LIVEKIT_CA_FILE")
+        .map_err(|error| StartupError::Invalid(error.to_string()))?;
+    tracing::info!(
+        host = origin.host,
+        api_key,
+        interval = ?args.reconcile_interval,
+        max_rps = args.reconcile_max_rps,
+        "reconciling running meetings with the LiveKit server"
+    );
+    let client = OriginClient::new(origin, tls, args.reconcile_timeout, USER_AGENT);
+    Ok(Some(RoomService::new(client, api_key, secret.clone())))
+}
+
+const USER_AGENT: &str = concat!("attendance-sweeper/", env!("CARGO_PKG_VERSION"));
 
 async fn sweep_loop(
     config: &SweeperConfig,

@@ -50,7 +50,15 @@ pub async fn sweep(pool: &PgPool, staleness: &Staleness, policy: &Policy) -> Res
         let mut participants = BTreeMap::new();
         for cycle in closures::stale_cycles(&mut tx, &room_sid, staleness).await? {
             let (closed_by, closed_at_ms) = closure_of(&cycle, staleness);
-            closures::record_closure(&mut tx, &room_sid, &cycle, closed_by, closed_at_ms).await?;
+            closures::record_closure(
+                &mut tx,
+                &room_sid,
+                &cycle.identity,
+                &cycle.participant_sid,
+                closed_by,
+                closed_at_ms,
+            )
+            .await?;
             match closed_by {
                 ClosedBy::HeartbeatTimeout => swept.heartbeat_timeouts += 1,
                 _ => swept.max_durations += 1,

@@ -9,6 +9,7 @@ pub mod browser;
 pub mod exactness;
 pub mod fleet;
 pub mod livekit;
+pub mod livekit_server;
 pub mod nats;
 pub mod nats_auth;
 pub mod nats_cluster;

@@ -41,6 +41,7 @@ fn markdown(results: &Results, figures: &Figures, plot: &str) -> Result<String, 
     sections::history(&mut out, results)?;
     sections::read_latency(&mut out, results)?;
     sections::meeting_reports(&mut out, results)?;
+    sections::reconciliation(&mut out, results)?;
     sections::differences(&mut out, results)?;
     Ok(out)
 }
@@ -145,7 +146,9 @@ fn second_of(seconds: &mut Vec<Second>, at: Duration) -> &mut Second {
 mod tests {
     use super::*;
     use crate::capacity::LevelResult;
-    use crate::results::{Answer, Applied, History, HistorySample, ReadFormat, ReadLatency, Replay, Settings, Usage};
+    use crate::results::{
+        Answer, Applied, History, HistorySample, ReadFormat, ReadLatency, Reconciliation, Replay, Settings, Usage,
+    };
 
     #[test]
     fn seconds_grow_to_fit() {
@@ -173,6 +176,7 @@ mod tests {
                     "## Workers at saturation with history",
                     "## Reading a meeting of 4 participants",
                     "## Meeting reports delivered",
+                    "## Reconciliation with the LiveKit server",
                     "## Differences",
                 ]
             );
@@ -329,6 +333,21 @@ mod tests {
             read_latency,
             history,
             deliveries: vec![applied(1, 900), applied(2, 900)],
+            reconciliation: Reconciliation {
+                meetings: 1_000,
+                sessions: 10_000,
+                interval: Duration::from_secs(10),
+                heartbeat_interval: Duration::from_secs(10),
+                window: Duration::from_secs(20),
+                calls: 4_000,
+                sweeper_cpu_seconds: 1.0,
+                postgres_cpu_seconds: 2.0,
+                lost_lefts: 500,
+                closed_reconciled: 500,
+                closed_heartbeat: 0,
+                early_ms: Histogram::new_with_bounds(1, 3_600_000, 3).unwrap(),
+                differences: Vec::new(),
+            },
         }
     }
 }

@@ -595,6 +595,62 @@ fn cpu_model() -> String {
         .unwrap_or_else(|| "?".into())
 }
 
+pub(super) fn reconciliation(out: &mut String, results: &Results) -> fmt::Result {
+    let r = &results.reconciliation;
+    writeln!(out, "## Reconciliation with the LiveKit server\n")?;
+    writeln!(
+        out,
+        "{} live meetings, {} sessions (half of the clients heartbeat every {:?}, half never), checked by one sweeper \
+         against a stand-in LiveKit RoomService every {:?} (`RECONCILE_INTERVAL`; 60 s in production, where the \
+         calls per second are {:.1}x fewer). Steady window of {:.1} s, nobody leaving; then {} sessions left at \
+         random moments of one interval without their `participant_left`.\n",
+        r.meetings,
+        r.sessions,
+        r.heartbeat_interval,
+        r.interval,
+        60.0 / r.interval.as_secs_f64().max(f64::EPSILON),
+        r.window.as_secs_f64(),
+        r.lost_lefts
+    )?;
+    let expected = 2.0 * r.meetings as f64 / r.interval.as_secs_f64().max(f64::EPSILON);
+    writeln!(out, "| figure | value |")?;
+    writeln!(out, "|---|---:|")?;
+    writeln!(
+        out,
+        "| calls/s to LiveKit (expected 2 per meeting per interval: {expected:.1}) | {:.1} |",
+        r.calls_per_second()
+    )?;
+    writeln!(
+        out,
+        "| sweeper CPU per 1 000 meetings per interval, ms | {:.0} |",
+        r.cpu_per_thousand_meetings(r.sweeper_cpu_seconds) * 1000.0
+    )?;
+    writeln!(
+        out,
+        "| PostgreSQL CPU per 1 000 meetings per interval, ms | {:.0} |",
+        r.cpu_per_thousand_meetings(r.postgres_cpu_seconds) * 1000.0
+    )?;
+    writeln!(
+        out,
+        "| sweeper CPU share of one core | {:.1} % |",
+        100.0 * r.sweeper_cpu_seconds / r.window.as_secs_f64().max(f64::EPSILON)
+    )?;
+    writeln!(
+        out,
+        "| lost lefts closed by reconciliation / by the heartbeat time-out | {} / {} of {} |",
+        r.closed_reconciled, r.closed_heartbeat, r.lost_lefts
+    )?;
+    writeln!(
+        out,
+        "| closed before the real leave by, ms: p50 / p99 / max (within one interval: {} ms) | {} / {} / {} |",
+        r.interval.as_millis(),
+        r.early_ms.value_at_quantile(0.5),
+        r.early_ms.value_at_quantile(0.99),
+        r.early_ms.max()
+    )?;
+    writeln!(out, "| attendance | {} |\n", attendance_cell(&r.differences))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,9 +11,12 @@
 //! - A sid with `participant_connection_aborted` never became active: no cycle, no time.
 //! - `room_finished` closes every cycle still open in that room instance (room `sid`) at its
 //!   `createdAt`; a participant_left for the cycle, whenever it arrives, takes precedence.
-//! - The sweeper's estimates (`Closure`: the heartbeats stopped, or the cycle ran past the
-//!   maximum duration) close a cycle too; the earliest of them and room_finished wins, and a
-//!   participant_left always takes precedence.
+//! - The sweeper's estimates (`Closure`: the heartbeats stopped, the cycle ran past the
+//!   maximum duration, or the LiveKit server no longer listed the session) close a cycle too; the
+//!   earliest of them and room_finished wins, and a participant_left always takes precedence.
+//! - A session the LiveKit server listed as active (`Listed`: its participant_joined was lost)
+//!   opens its cycle at LiveKit's `joinedAtMs` when no joined or left event gives the start; a
+//!   real event for the sid always takes precedence.
 //! - Attended time is the union of the closed cycles: two tabs at once count once.
 //!
 //! Invariant: the result depends only on the *set* of events. Every aggregate is a minimum, a
@@ -53,6 +56,12 @@ pub enum FactKind {
     Aborted {
         participant: ParticipantInfo,
     },
+    /// The LiveKit server listed the session as active (the reconciler's estimate of a lost
+    /// participant_joined), at the fact's `created_at_ms`; `joined_at_ms` is LiveKit's own.
+    Listed {
+        participant: ParticipantInfo,
+        joined_at_ms: i64,
+    },
     /// The meeting began (the room was created), at the fact's `created_at_ms`.
     RoomStarted,
     RoomFinished,
@@ -83,6 +92,9 @@ pub enum ClosedBy {
     HeartbeatTimeout,
     /// Open longer than the maximum a cycle may last: closed at that maximum.
     MaxDuration,
+    /// The LiveKit server no longer listed the session: closed at the last moment it was known
+    /// present.
+    Reconciled,
 }
 
 impl ClosedBy {
@@ -92,13 +104,20 @@ impl ClosedBy {
             ClosedBy::RoomFinished => "room_finished",
             ClosedBy::HeartbeatTimeout => "heartbeat_timeout",
             ClosedBy::MaxDuration => "max_duration",
+            ClosedBy::Reconciled => "reconciled",
         }
     }
 
     pub fn parse(text: &str) -> Option<Self> {
-        [ClosedBy::ParticipantLeft, ClosedBy::RoomFinished, ClosedBy::HeartbeatTimeout, ClosedBy::MaxDuration]
-            .into_iter()
-            .find(|by| by.as_str() == text)
+        [
+            ClosedBy::ParticipantLeft,
+            ClosedBy::RoomFinished,
+            ClosedBy::HeartbeatTimeout,
+            ClosedBy::MaxDuration,
+            ClosedBy::Reconciled,
+        ]
+        .into_iter()
+        .find(|by| by.as_str() == text)
     }
 }
 
@@ -129,7 +148,7 @@ pub struct Attendance {
     pub cycles: Vec<Cycle>,
     /// Union of the closed cycles, in milliseconds.
     pub attended_ms: i64,
-    /// Connection sessions that became active (joined, or left with a known start).
+    /// Connection sessions that became active (joined, left, or listed by the LiveKit server).
     pub join_count: i64,
     /// Sessions whose participant_left arrived.
     pub leave_count: i64,
@@ -227,6 +246,7 @@ impl Fact {
         match &self.kind {
             FactKind::Joined { participant, .. }
             | FactKind::Left { participant, .. }
+            | FactKind::Listed { participant, .. }
             | FactKind::Aborted { participant } => Some(participant),
             FactKind::RoomStarted | FactKind::RoomFinished | FactKind::Closure { .. } => None,
         }
@@ -254,6 +274,7 @@ pub fn participant_attendance(identity: &str, facts: &[Fact]) -> Option<Attendan
         room_sid: Option<&'a str>,
         joined_from_joined: Option<i64>,
         joined_from_left: Option<i64>,
+        joined_from_listing: Option<i64>,
         left_at: Option<i64>,
         estimated_end: Option<(i64, ClosedBy)>,
         aborted: bool,
@@ -280,6 +301,10 @@ pub fn participant_attendance(identity: &str, facts: &[Fact]) -> Option<Attendan
                 session.seen_joined_or_left = true;
                 session.joined_from_left = min_some(session.joined_from_left, *joined_at_ms);
                 session.left_at = min_some(session.left_at, Some(fact.created_at_ms));
+            }
+            FactKind::Listed { joined_at_ms, .. } => {
+                session.seen_joined_or_left = true;
+                session.joined_from_listing = min_some(session.joined_from_listing, Some(*joined_at_ms));
             }
             FactKind::Aborted { .. } => session.aborted = true,
             FactKind::RoomStarted | FactKind::RoomFinished | FactKind::Closure { .. } => {}
@@ -311,7 +336,9 @@ pub fn participant_attendance(identity: &str, facts: &[Fact]) -> Option<Attendan
         if session.left_at.is_some() {
             leave_count += 1;
         }
-        let Some(joined_at_ms) = session.joined_from_joined.or(session.joined_from_left) else {
+        let Some(joined_at_ms) =
+            session.joined_from_joined.or(session.joined_from_left).or(session.joined_from_listing)
+        else {
             continue; // a left with no start time at all: counted, but no time can be derived
         };
         let room_sid = session.room_sid.unwrap_or_default();

@@ -113,7 +113,7 @@ pub fn is_valid_event_type(s: &str) -> bool {
 }
 
 /// protojson writes int64 as a string; accept a number too, and treat 0 and "" as absent.
-fn int64<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
+pub(crate) fn int64<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
     #[derive(serde::Deserialize)]
     #[serde(untagged)]
     enum Int64 {

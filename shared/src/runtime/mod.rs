@@ -1,8 +1,9 @@
 //! What every service runs on: configuration, the database pool, the ops server (probes and
-//! metrics), the start-up retry, shutdown, telemetry and trace propagation across HTTP and NATS.
+//! metrics), the start-up retry, shutdown, the outgoing HTTP client, telemetry and trace propagation across HTTP and NATS.
 
 pub mod config;
 pub mod database;
+pub mod http_client;
 pub mod ops;
 pub mod shutdown;
 pub mod startup_retry;

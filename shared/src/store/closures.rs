@@ -1,5 +1,6 @@
 //! The sweeper's estimates (`cycle_closures`): a cycle closed because its client's heartbeats
-//! stopped, or because it ran past the maximum duration. They are facts for the rule like any
+//! stopped, because it ran past the maximum duration, or because the LiveKit server stopped
+//! listing it ([`super::reconciliation`]). They are facts for the rule like any
 //! event, so a later participant_left replaces them; a later heartbeat removes a
 //! heartbeat-timeout estimate ([`super::heartbeats`]).
 //!
@@ -105,7 +106,8 @@ pub async fn stale_cycles(
 pub async fn record_closure(
     conn: &mut PgConnection,
     room_sid: &str,
-    cycle: &StaleCycle,
+    identity: &str,
+    participant_sid: &str,
     closed_by: ClosedBy,
     closed_at_ms: i64,
 ) -> Result<(), sqlx::Error> {
@@ -115,11 +117,33 @@ pub async fn record_closure(
          DO UPDATE SET closed_at = least(cycle_closures.closed_at, excluded.closed_at)",
     )
     .bind(room_sid)
-    .bind(&cycle.identity)
-    .bind(&cycle.participant_sid)
+    .bind(identity)
+    .bind(participant_sid)
     .bind(closed_by.as_str())
     .bind(timestamp(closed_at_ms))
     .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+/// Withdraws the estimates of one kind for these sessions of a meeting (what they said turned
+/// out wrong); returns the identities whose estimates were withdrawn.
+pub async fn withdraw(
+    conn: &mut PgConnection,
+    room_sid: &str,
+    participant_sids: &[String],
+    closed_by: ClosedBy,
+) -> Result<Vec<String>, sqlx::Error> {
+    if participant_sids.is_empty() {
+        return Ok(Vec::new());
+    }
+    sqlx::query_scalar(
+        "DELETE FROM cycle_closures
+         WHERE room_sid = $1 AND participant_sid = ANY($2) AND closed_by = $3 RETURNING identity",
+    )
+    .bind(room_sid)
+    .bind(participant_sids)
+    .bind(closed_by.as_str())
+    .fetch_all(&mut *conn)
+    .await
 }

@@ -78,10 +78,12 @@ pub async fn insert_events(
     .map(|inserted: Vec<String>| inserted.into_iter().collect())
 }
 
-/// Identities with events in a meeting (those its room_finished may close).
+/// Identities with events, or sessions LiveKit listed, in a meeting (those its room_finished
+/// may close).
 pub async fn identities_in_meeting(conn: &mut PgConnection, room_sid: &str) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar(
-        "SELECT DISTINCT identity FROM webhook_events WHERE room_sid = $1 AND identity IS NOT NULL ORDER BY identity",
+        "SELECT identity FROM webhook_events WHERE room_sid = $1 AND identity IS NOT NULL
+         UNION SELECT identity FROM participant_listings WHERE room_sid = $1 ORDER BY identity",
     )
     .bind(room_sid)
     .fetch_all(&mut *conn)

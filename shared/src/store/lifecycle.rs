@@ -69,6 +69,8 @@ pub async fn purge_meeting(conn: &mut PgConnection, room_sid: &str, batch: i64) 
     .await?
     .rows_affected();
     if deleted < u64::try_from(batch).unwrap_or(u64::MAX) {
+        // LiveKit's listings are facts like the events: they go with them.
+        sqlx::query("DELETE FROM participant_listings WHERE room_sid = $1").bind(room_sid).execute(&mut *conn).await?;
         sqlx::query("UPDATE meetings SET purged = true WHERE room_sid = $1").bind(room_sid).execute(&mut *conn).await?;
     }
     Ok(deleted)
@@ -129,12 +131,20 @@ pub struct ErasureCounts {
     pub cycles: u64,
     pub heartbeats: u64,
     pub closures: u64,
+    /// Sessions the LiveKit server listed (reconciliation's estimates of lost joins).
+    pub listings: u64,
     pub presence_outbox: u64,
 }
 
 impl ErasureCounts {
     pub fn total(&self) -> u64 {
-        self.events + self.meeting_participants + self.cycles + self.heartbeats + self.closures + self.presence_outbox
+        self.events
+            + self.meeting_participants
+            + self.cycles
+            + self.heartbeats
+            + self.closures
+            + self.listings
+            + self.presence_outbox
     }
 }
 
@@ -170,6 +180,10 @@ pub async fn erasure_preview(
              WHERE c.identity = $1 AND ($2::text IS NULL OR m.room_name = $2)",
         )
         .await?),
+        listings: n(count(
+            "SELECT count(*) FROM participant_listings WHERE identity = $1 AND ($2::text IS NULL OR room_name = $2)",
+        )
+        .await?),
         presence_outbox: n(count(
             "SELECT count(*) FROM presence_outbox WHERE identity = $1 AND ($2::text IS NULL OR room_name = $2)",
         )
@@ -178,7 +192,7 @@ pub async fn erasure_preview(
 }
 
 /// Erases `identity` (in `room_name`, or everywhere) in one transaction: its events, attendance,
-/// cycles, heartbeats, estimates and presence changes, under the locks of its meetings; records
+/// cycles, heartbeats, estimates, LiveKit's listings of it and presence changes, under the locks of its meetings; records
 /// the erasure (who, when, counts; the identity only as a digest); recomputes the meetings'
 /// spans (the person may have been the first to join). Returns what was deleted.
 pub async fn erase_identity(
@@ -193,7 +207,9 @@ pub async fn erase_identity(
     let room_sids: BTreeSet<String> = sqlx::query_scalar::<_, String>(
         "SELECT room_sid FROM meeting_participants WHERE identity = $1 AND ($2::text IS NULL OR room_name = $2)
          UNION SELECT room_sid FROM webhook_events
-         WHERE identity = $1 AND room_sid IS NOT NULL AND ($2::text IS NULL OR room_name = $2)",
+         WHERE identity = $1 AND room_sid IS NOT NULL AND ($2::text IS NULL OR room_name = $2)
+         UNION SELECT room_sid FROM participant_listings
+         WHERE identity = $1 AND ($2::text IS NULL OR room_name = $2)",
     )
     .bind(identity)
     .bind(room_name)
@@ -232,6 +248,11 @@ pub async fn erase_identity(
     .execute(&mut *tx)
     .await?
     .rows_affected();
+    let listings =
+        delete("DELETE FROM participant_listings WHERE identity = $1 AND ($2::text IS NULL OR room_name = $2)")
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
     let presence_outbox =
         delete("DELETE FROM presence_outbox WHERE identity = $1 AND ($2::text IS NULL OR room_name = $2)")
             .execute(&mut *tx)
@@ -241,7 +262,8 @@ pub async fn erase_identity(
         .execute(&mut *tx)
         .await?
         .rows_affected();
-    let counts = ErasureCounts { events, meeting_participants, cycles, heartbeats, closures, presence_outbox };
+    let counts =
+        ErasureCounts { events, meeting_participants, cycles, heartbeats, closures, listings, presence_outbox };
     sqlx::query("INSERT INTO erasures (identity_sha256, room_name, erased_by, counts) VALUES ($1, $2, $3, $4)")
         .bind(identity_digest(identity))
         .bind(room_name)

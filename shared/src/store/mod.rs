@@ -6,6 +6,8 @@
 //! - [`recompute`]: `meeting_participants` and `cycles`, the attendance rule applied to the log;
 //! - [`heartbeats`]: `meeting_heartbeats`, each participant's latest client heartbeat;
 //! - [`closures`]: `cycle_closures`, the sweeper's estimated ends of cycles;
+//! - [`reconciliation`]: `meeting_checks`, `reconcile_budget` and `participant_listings`, the
+//!   checks of running meetings against the LiveKit server and the sessions it listed;
 //! - [`presence_outbox`]: `presence_outbox`, presence changes waiting to be published;
 //! - [`deliveries`]: `delivery_attempts` and `delivery_endpoints_disabled`, the delivery of
 //!   meeting reports to the platform's endpoints;
@@ -28,6 +30,7 @@ pub mod meetings;
 pub mod presence_outbox;
 pub mod read_model;
 pub mod recompute;
+pub mod reconciliation;
 pub mod report_outbox;
 
 use sqlx::PgPool;

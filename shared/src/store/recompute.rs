@@ -1,7 +1,7 @@
 //! Recomputing attendance, per meeting: a participant's rows in a meeting
 //! (`meeting_participants`, `cycles`) are the attendance rule applied to its facts in the log (its
-//! events of that meeting, the meeting's room_finished, and the sweeper's estimates in
-//! `cycle_closures`), and a meeting's span (`meetings`) is the meeting rule applied to its
+//! events of that meeting, the meeting's room_finished, the sweeper's estimates in
+//! `cycle_closures` and the sessions LiveKit listed in `participant_listings`), and a meeting's span (`meetings`) is the meeting rule applied to its
 //! room_started and room_finished, its participants' activity and the sweeper's inferred end. The cost of a recompute depends on the meeting only, never on
 //! how many meetings the room name had before.
 //!
@@ -19,7 +19,7 @@ use time::OffsetDateTime;
 use super::event_log;
 use super::meetings;
 use super::presence_outbox::{self, Cause, PresenceChange};
-use crate::domain::attendance::{self, Attendance, ClosedBy, Fact, FactKind};
+use crate::domain::attendance::{self, Attendance, ClosedBy, Fact, FactKind, ParticipantInfo};
 use crate::domain::event::WebhookEvent;
 use crate::domain::meeting::{self, Activity, MeetingSpan, RoomTimeouts};
 use crate::domain::time::{timestamp, unix_ms};
@@ -77,7 +77,17 @@ async fn load_participants(
     conn: &mut PgConnection,
     participants: &[ParticipantKey],
 ) -> Result<BTreeMap<ParticipantKey, Loaded>, sqlx::Error> {
-    type Row = (String, String, Vec<String>, Option<bool>, Vec<String>, Vec<String>, Vec<String>, Vec<OffsetDateTime>);
+    type Row = (
+        String,
+        String,
+        Vec<String>,
+        Option<bool>,
+        Vec<String>,
+        Vec<String>,
+        Vec<String>,
+        Vec<OffsetDateTime>,
+        Vec<String>,
+    );
     let room_sids: Vec<&str> = participants.iter().map(|p| p.room_sid.as_str()).collect();
     let identities: Vec<&str> = participants.iter().map(|p| p.identity.as_str()).collect();
     let rows: Vec<Row> = sqlx::query_as(
@@ -94,7 +104,12 @@ async fn load_participants(
                 ARRAY(SELECT x.closed_by FROM cycle_closures x
                       WHERE x.room_sid = p.room_sid AND x.identity = p.identity ORDER BY x.participant_sid, x.closed_by),
                 ARRAY(SELECT x.closed_at FROM cycle_closures x
-                      WHERE x.room_sid = p.room_sid AND x.identity = p.identity ORDER BY x.participant_sid, x.closed_by)
+                      WHERE x.room_sid = p.room_sid AND x.identity = p.identity ORDER BY x.participant_sid, x.closed_by),
+                ARRAY(SELECT json_build_object('sid', l.participant_sid, 'room_name', l.room_name, 'name', l.name,
+                                               'metadata', l.metadata, 'kind', l.kind,
+                                               'joined_at_ms', (extract(epoch FROM l.joined_at) * 1000)::int8,
+                                               'listed_at_ms', (extract(epoch FROM l.listed_at) * 1000)::int8)::text
+                      FROM participant_listings l WHERE l.room_sid = p.room_sid AND l.identity = p.identity)
          FROM (SELECT DISTINCT * FROM unnest($1::text[], $2::text[]) AS p (room_sid, identity)) p",
     )
     .bind(&room_sids)
@@ -103,8 +118,10 @@ async fn load_participants(
     .await?;
 
     let mut loaded: BTreeMap<ParticipantKey, Loaded> = BTreeMap::new();
-    for (room_sid, identity, payloads, was_present, stored_cycles, closed_sids, closed_by, closed_at) in rows {
+    for (room_sid, identity, payloads, was_present, stored_cycles, closed_sids, closed_by, closed_at, listings) in rows
+    {
         let mut facts: Vec<Fact> = payloads.iter().filter_map(|payload| facts_of_payload(payload)).collect();
+        facts.extend(listings.iter().filter_map(|listing| listing_fact(listing, &room_sid, &identity)));
         for ((participant_sid, closed_by), closed_at) in closed_sids.into_iter().zip(closed_by).zip(closed_at) {
             let Some(closed_by) = ClosedBy::parse(&closed_by) else { continue };
             facts.push(Fact {
@@ -118,6 +135,39 @@ async fn load_participants(
         loaded.insert(ParticipantKey { room_sid, identity }, Loaded { facts, was_present, stored_cycles });
     }
     Ok(loaded)
+}
+
+/// A session the reconciler found listed by LiveKit with no event ([`super::reconciliation`]).
+#[derive(serde::Deserialize)]
+struct Listing {
+    sid: String,
+    room_name: String,
+    name: String,
+    metadata: String,
+    kind: String,
+    joined_at_ms: i64,
+    listed_at_ms: i64,
+}
+
+/// The fact a stored listing states.
+fn listing_fact(listing: &str, room_sid: &str, identity: &str) -> Option<Fact> {
+    let listing: Listing = serde_json::from_str(listing).ok()?;
+    Some(Fact {
+        event_id: format!("listing:{}", listing.sid),
+        created_at_ms: listing.listed_at_ms,
+        room_name: listing.room_name,
+        room_sid: room_sid.to_owned(),
+        kind: FactKind::Listed {
+            participant: ParticipantInfo {
+                sid: listing.sid,
+                identity: identity.to_owned(),
+                name: listing.name,
+                metadata: listing.metadata,
+                kind: listing.kind,
+            },
+            joined_at_ms: listing.joined_at_ms,
+        },
+    })
 }
 
 /// A participant's computed attendance in a meeting, with where it is stored.

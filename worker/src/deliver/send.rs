@@ -19,11 +19,10 @@ use http_body_util::{BodyExt as _, Full};
 use hyper::Request;
 use hyper::header::{CONTENT_TYPE, HOST, RETRY_AFTER, USER_AGENT};
 use hyper_util::rt::TokioIo;
+use shared::runtime::http_client::{TlsSetupError, tls_client_config};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
-use tokio_rustls::rustls::pki_types::pem::PemObject as _;
-use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
-use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
+use tokio_rustls::rustls::pki_types::ServerName;
 
 use super::destination::{Destination, DestinationError, Policy};
 use super::schedule::parse_retry_after;
@@ -72,14 +71,6 @@ impl SendError {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ClientSetupError {
-    #[error("DELIVERY_CA_FILE {path}: {reason}")]
-    CaFile { path: String, reason: String },
-    #[error("TLS set-up: {0}")]
-    Tls(#[from] rustls::Error),
-}
-
 /// The delivery client; cheap to clone.
 #[derive(Clone)]
 pub struct Client {
@@ -91,37 +82,8 @@ pub struct Client {
 impl Client {
     /// A client that delivers where `policy` permits, each attempt within `timeout`, trusting
     /// the system's roots and those of `ca_file` (PEM).
-    pub fn new(policy: Policy, timeout: Duration, ca_file: Option<&Path>) -> Result<Self, ClientSetupError> {
-        let mut roots = RootCertStore::empty();
-        let native = rustls_native_certs::load_native_certs();
-        let (_, unreadable) = roots.add_parsable_certificates(native.certs);
-        if unreadable > 0 || !native.errors.is_empty() {
-            tracing::debug!(unreadable, errors = native.errors.len(), "some system root certificates were not read");
-        }
-        if let Some(path) = ca_file {
-            let ca_error = |reason: String| ClientSetupError::CaFile { path: path.display().to_string(), reason };
-            let certificates = CertificateDer::pem_file_iter(path)
-                .map_err(|error| ca_error(error.to_string()))?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|error| ca_error(error.to_string()))?;
-            if certificates.is_empty() {
-                return Err(ca_error("no PEM CERTIFICATE in it".into()));
-            }
-            for certificate in certificates {
-                roots.add(certificate).map_err(|error| ca_error(error.to_string()))?;
-            }
-        }
-        if roots.is_empty() {
-            tracing::warn!(
-                "no trusted root certificate (no system store, no DELIVERY_CA_FILE): https deliveries will fail"
-            );
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    pub fn new(policy: Policy, timeout: Duration, ca_file: Option<&Path>) -> Result<Self, TlsSetupError> {
+        let config = tls_client_config(ca_file, "DELIVERY_CA_FILE")?;
         Ok(Client { policy: Arc::new(policy), tls: TlsConnector::from(Arc::new(config)), timeout })
     }
 

@@ -1,0 +1,233 @@
+//! Reconciliation with the LiveKit server: every running meeting is checked, about once per
+//! `RECONCILE_INTERVAL`, against LiveKit's own list of its room's participants
+//! ([`shared::domain::reconciliation`] decides what the answer means;
+//! [`shared::store::reconciliation`] claims the meetings due and applies the answers).
+//!
+//! A check asks `ListParticipants` for the room name, then `ListRooms` to confirm that the room
+//! is still this meeting's session (room names are reused; a `not_found` needs no second call).
+//! LiveKit is never waited on with a database connection held, and this loop runs apart from the
+//! sweep and the outboxes, so a slow LiveKit delays neither.
+//!
+//! Good citizenship: all sweepers together stay within `RECONCILE_MAX_RPS` (a token bucket in
+//! PostgreSQL), each at most `RECONCILE_CONCURRENCY` checks at once, each call within
+//! `RECONCILE_TIMEOUT`. While LiveKit answers errors (unreachable, time-outs, 5xx, a refused
+//! token), this sweeper stops calling for an exponentially growing, jittered pause, says so once
+//! in the log and in `sweeper_reconcile_paused`, and closes nothing; readiness is unaffected.
+
+use std::time::{Duration, Instant};
+
+use shared::domain::policy::Policy;
+use shared::domain::reconciliation::RoomAnswer;
+use shared::domain::time::now_unix_ms;
+use shared::livekit::room_service::{RoomService, RoomServiceError};
+use shared::runtime::shutdown::Ticks;
+use shared::store::reconciliation::{self, Applied, DueMeeting};
+use sqlx::PgPool;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::{CallLabels, ClosedByLabel, MethodLabel, SweeperMetrics};
+
+/// How often the loop looks for meetings due.
+const TICK: Duration = Duration::from_millis(200);
+/// The first pause after an error; each further error doubles it, up to the interval.
+const FIRST_PAUSE: Duration = Duration::from_secs(1);
+/// How often the watched and overdue gauges are refreshed.
+const GAUGES_EVERY: Duration = Duration::from_secs(5);
+
+/// What the reconciliation loop needs.
+pub struct Reconciler {
+    pub service: RoomService,
+    pub pool: PgPool,
+    pub interval: Duration,
+    pub max_rps: f64,
+    pub concurrency: usize,
+    pub policy: Policy,
+    pub metrics: SweeperMetrics,
+}
+
+/// Why a check did not complete.
+#[derive(Debug, thiserror::Error)]
+enum CheckError {
+    #[error(transparent)]
+    LiveKit(#[from] RoomServiceError),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+impl Reconciler {
+    /// Runs until `shutdown` is cancelled; the checks in flight finish first (each bounded by
+    /// its calls' time-outs).
+    pub async fn run(self, shutdown: &CancellationToken) {
+        let mut ticks = Ticks::every(TICK, shutdown);
+        let mut in_flight: JoinSet<Result<Option<Applied>, CheckError>> = JoinSet::new();
+        let mut failures: u32 = 0;
+        let mut paused_until: Option<Instant> = None;
+        let mut gauges_at = Instant::now();
+        while ticks.next().await {
+            while let Some(done) = in_flight.try_join_next() {
+                match done {
+                    Ok(Ok(applied)) => {
+                        if failures > 0 {
+                            tracing::info!(after_errors = failures, "LiveKit answers again; reconciliation resumed");
+                            self.metrics.reconcile_paused.set(0);
+                        }
+                        failures = 0;
+                        self.count(applied);
+                    }
+                    Ok(Err(CheckError::LiveKit(error))) if pauses(&error) => {
+                        failures = failures.saturating_add(1);
+                        let pause = self.pause_after(failures);
+                        if paused_until.is_none_or(|until| until < Instant::now() + pause) {
+                            paused_until = Some(Instant::now() + pause);
+                        }
+                        if failures == 1 {
+                            tracing::warn!(%error, "LiveKit answers errors; reconciliation paused, nothing is closed");
+                        }
+                        tracing::debug!(%error, ?pause, failures, "reconciliation paused");
+                        self.metrics.reconcile_paused.set(1);
+                    }
+                    Ok(Err(error)) => tracing::warn!(%error, "a reconciliation check failed; retried next interval"),
+                    Err(panic) => tracing::error!(%panic, "a reconciliation check panicked"),
+                }
+            }
+            if gauges_at.elapsed() >= GAUGES_EVERY {
+                gauges_at = Instant::now();
+                if let Ok((watched, overdue)) = reconciliation::watched(&self.pool, self.interval / 2).await {
+                    self.metrics.reconcile_meetings_watched.set(watched);
+                    self.metrics.reconcile_meetings_overdue.set(overdue);
+                }
+            }
+            if paused_until.is_some_and(|until| Instant::now() < until) {
+                continue;
+            }
+            paused_until = None;
+            // One check at a time while LiveKit is being probed after errors.
+            let room = if failures > 0 { 1 } else { self.concurrency };
+            let free = room.saturating_sub(in_flight.len());
+            if free == 0 {
+                continue;
+            }
+            let due = match reconciliation::claim_due(&self.pool, self.interval, self.max_rps, free).await {
+                Ok(due) => due,
+                Err(error) => {
+                    self.metrics.failed_rounds.inc();
+                    tracing::warn!(%error, "claiming meetings to reconcile failed; retried");
+                    continue;
+                }
+            };
+            for meeting in due {
+                let check = Check {
+                    service: self.service.clone(),
+                    pool: self.pool.clone(),
+                    policy: self.policy,
+                    metrics: self.metrics.clone(),
+                };
+                in_flight.spawn(async move { check.run(meeting).await });
+            }
+        }
+        while in_flight.join_next().await.is_some() {}
+    }
+
+    /// The pause after `failures` errors in a row: doubling from [`FIRST_PAUSE`] up to the
+    /// interval, each drawn between half and all of it.
+    fn pause_after(&self, failures: u32) -> Duration {
+        let ceiling = FIRST_PAUSE.saturating_mul(1 << failures.saturating_sub(1).min(16)).min(self.interval);
+        ceiling.mul_f64(0.5 + fastrand::f64() * 0.5)
+    }
+
+    fn count(&self, applied: Option<Applied>) {
+        let Some(applied) = applied else { return };
+        self.metrics
+            .cycles_closed
+            .get_or_create(&ClosedByLabel { closed_by: "reconciled" })
+            .inc_by(applied.cycles_closed as u64);
+        self.metrics.reconcile_cycles_opened.inc_by(applied.cycles_opened as u64);
+        if applied.meeting_ended {
+            self.metrics.reconcile_meetings_ended.inc();
+        }
+    }
+}
+
+/// Whether an error says LiveKit cannot answer now (rather than about this one room).
+fn pauses(error: &RoomServiceError) -> bool {
+    match error {
+        RoomServiceError::Twirp { status, code, .. } => {
+            *status >= 500 || *status == 429 || code == "unauthenticated" || code == "permission_denied"
+        }
+        RoomServiceError::Call(_) | RoomServiceError::InvalidAnswer(_) => true,
+    }
+}
+
+/// One meeting's check.
+struct Check {
+    service: RoomService,
+    pool: PgPool,
+    policy: Policy,
+    metrics: SweeperMetrics,
+}
+
+impl Check {
+    async fn run(self, meeting: DueMeeting) -> Result<Option<Applied>, CheckError> {
+        let checked_at_ms = now_unix_ms();
+        let now = checked_at_ms / 1000;
+        let started = Instant::now();
+        let participants = self.service.list_participants(&meeting.room_name, now).await;
+        self.record("ListParticipants", started, participants.as_ref().err());
+        let answer = match participants {
+            Err(error) if error.is_not_found() => {
+                let _ = reconciliation::refund_call(&self.pool).await;
+                RoomAnswer::Gone
+            }
+            Err(error) => return Err(error.into()),
+            Ok(participants) => {
+                let started = Instant::now();
+                let rooms = self.service.list_rooms(&[meeting.room_name.as_str()], now).await;
+                self.record("ListRooms", started, rooms.as_ref().err());
+                if rooms?.iter().any(|room| room.sid == meeting.room_sid) {
+                    RoomAnswer::Listed(participants)
+                } else {
+                    RoomAnswer::Gone
+                }
+            }
+        };
+        let applied =
+            reconciliation::apply_check(&self.pool, &meeting.room_sid, checked_at_ms, &answer, &self.policy).await?;
+        if let Some(applied) = &applied
+            && (applied.cycles_closed > 0 || applied.cycles_opened > 0 || applied.meeting_ended)
+        {
+            tracing::info!(
+                room_sid = meeting.room_sid,
+                closed = applied.cycles_closed,
+                opened = applied.cycles_opened,
+                meeting_ended = applied.meeting_ended,
+                "reconciled with the LiveKit server"
+            );
+        }
+        Ok(applied)
+    }
+
+    fn record(&self, method: &'static str, started: Instant, error: Option<&RoomServiceError>) {
+        let outcome = error.map_or("ok", RoomServiceError::outcome);
+        self.metrics.livekit_calls.get_or_create(&CallLabels { method, outcome }).inc();
+        self.metrics
+            .livekit_call_duration
+            .get_or_create(&MethodLabel { method })
+            .observe(started.elapsed().as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_errors_about_livekit_itself_pause_the_calls() {
+        let twirp = |status, code: &str| RoomServiceError::Twirp { status, code: code.into(), msg: String::new() };
+        assert!(pauses(&twirp(503, "unavailable")));
+        assert!(pauses(&twirp(401, "unauthenticated")));
+        assert!(pauses(&twirp(429, "resource_exhausted")));
+        assert!(!pauses(&twirp(400, "invalid_argument")));
+        assert!(!pauses(&twirp(404, "not_found")));
+    }
+}
