@@ -32,8 +32,9 @@ use crate::metrics::{CallLabels, ClosedByLabel, MethodLabel, SweeperMetrics};
 const TICK: Duration = Duration::from_millis(200);
 /// The first pause after an error; each further error doubles it, up to the interval.
 const FIRST_PAUSE: Duration = Duration::from_secs(1);
-/// How often the watched and overdue gauges are refreshed.
-const GAUGES_EVERY: Duration = Duration::from_secs(5);
+/// How often running meetings are looked for (a new meeting is first checked within this and one
+/// interval), and the watched and overdue gauges refreshed.
+const WATCH_EVERY: Duration = Duration::from_secs(2);
 
 /// What the reconciliation loop needs.
 pub struct Reconciler {
@@ -63,7 +64,7 @@ impl Reconciler {
         let mut in_flight: JoinSet<Result<Option<Applied>, CheckError>> = JoinSet::new();
         let mut failures: u32 = 0;
         let mut paused_until: Option<Instant> = None;
-        let mut gauges_at = Instant::now();
+        let mut watched_at: Option<Instant> = None;
         while ticks.next().await {
             while let Some(done) = in_flight.try_join_next() {
                 match done {
@@ -91,8 +92,11 @@ impl Reconciler {
                     Err(panic) => tracing::error!(%panic, "a reconciliation check panicked"),
                 }
             }
-            if gauges_at.elapsed() >= GAUGES_EVERY {
-                gauges_at = Instant::now();
+            if watched_at.is_none_or(|at| at.elapsed() >= WATCH_EVERY) {
+                watched_at = Some(Instant::now());
+                if let Err(error) = reconciliation::refresh_watched(&self.pool, self.interval).await {
+                    tracing::warn!(%error, "looking for running meetings to reconcile failed; retried");
+                }
                 if let Ok((watched, overdue)) = reconciliation::watched(&self.pool, self.interval / 2).await {
                     self.metrics.reconcile_meetings_watched.set(watched);
                     self.metrics.reconcile_meetings_overdue.set(overdue);

@@ -627,7 +627,7 @@ pub(super) fn reconciliation(out: &mut String, results: &Results) -> fmt::Result
     )?;
     writeln!(
         out,
-        "| PostgreSQL CPU per 1 000 meetings per interval, ms | {:.0} |",
+        "| PostgreSQL CPU per 1 000 meetings per interval, ms (with the heartbeats this phase applies) | {:.0} |",
         r.cpu_per_thousand_meetings(r.postgres_cpu_seconds) * 1000.0
     )?;
     writeln!(

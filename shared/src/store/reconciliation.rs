@@ -32,11 +32,32 @@ pub struct DueMeeting {
 /// Calls a check may make: `ListParticipants`, then `ListRooms` to confirm the room's session.
 pub const CALLS_PER_CHECK: f64 = 2.0;
 
-/// Claims up to `wanted` meetings due for a check, as many as the shared budget of
+/// Starts watching the running meetings not watched yet, each first due at a random moment within
+/// `interval` (which spreads the checks over it), and stops watching those that ended.
+pub async fn refresh_watched(pool: &PgPool, interval: Duration) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO meeting_checks (room_sid, next_check_at)
+         SELECT m.room_sid, now() + random() * $1 * interval '1 millisecond' FROM meetings m
+         WHERE m.ended_at IS NULL AND m.started_at IS NOT NULL AND m.sealed_at IS NULL
+           AND NOT EXISTS (SELECT 1 FROM meeting_checks c WHERE c.room_sid = m.room_sid)
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(millis(interval))
+    .execute(pool)
+    .await?;
+    sqlx::query(
+        "DELETE FROM meeting_checks c USING meetings m
+         WHERE c.room_sid = m.room_sid AND (m.ended_at IS NOT NULL OR m.sealed_at IS NOT NULL)",
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Claims up to `wanted` watched meetings due for a check, as many as the shared budget of
 /// `max_rps` calls a second allows (bursts up to a second's worth), and moves their next check
-/// `interval` on. Starts watching running meetings not watched yet (each first due at a random
-/// moment within the interval, which spreads the checks) and stops watching ended ones. One
-/// short transaction; never waits for another sweeper's claim longer than that.
+/// `interval` on. One short transaction; never waits for another sweeper's claim longer than
+/// that.
 pub async fn claim_due(
     pool: &PgPool,
     interval: Duration,
@@ -63,22 +84,6 @@ pub async fn claim_due(
     let due: Vec<(String, String)> = if limit == 0 {
         Vec::new()
     } else {
-        sqlx::query(
-            "INSERT INTO meeting_checks (room_sid, next_check_at)
-             SELECT m.room_sid, now() + random() * $1 * interval '1 millisecond' FROM meetings m
-             WHERE m.ended_at IS NULL AND m.started_at IS NOT NULL AND m.sealed_at IS NULL
-               AND NOT EXISTS (SELECT 1 FROM meeting_checks c WHERE c.room_sid = m.room_sid)
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(interval_ms)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "DELETE FROM meeting_checks c USING meetings m
-             WHERE c.room_sid = m.room_sid AND (m.ended_at IS NOT NULL OR m.sealed_at IS NOT NULL)",
-        )
-        .execute(&mut *tx)
-        .await?;
         sqlx::query_as(
             "UPDATE meeting_checks c SET next_check_at = now() + $2 * interval '1 millisecond'
              FROM meetings m
