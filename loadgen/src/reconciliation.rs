@@ -65,9 +65,18 @@ pub(crate) async fn reconciliation_phase(run: &Run<'_>, seed: u64) -> anyhow::Re
         apply_all(&pool, heartbeats(&sessions, now_unix_ms()), now_unix_ms()).await?;
 
         let standin = StandIn::start(run.keys.clone()).await;
-        let set_rooms = |sessions: &[Session], now_ms: i64| {
+        // The stand-in's rooms as they are at `now_ms`: only those where someone left since
+        // `since_ms` are set again (all of them without it).
+        let set_rooms = |sessions: &[Session], since_ms: Option<i64>, now_ms: i64| {
+            let changed: std::collections::BTreeSet<&str> = sessions
+                .iter()
+                .filter(|s| {
+                    s.left_at_ms.is_some_and(|left| since_ms.is_none_or(|since| left > since) && left <= now_ms)
+                })
+                .map(|s| s.room.as_str())
+                .collect();
             let mut rooms: BTreeMap<(&str, &str), Vec<Participant>> = BTreeMap::new();
-            for session in sessions {
+            for session in sessions.iter().filter(|s| since_ms.is_none() || changed.contains(s.room.as_str())) {
                 let listed = rooms.entry((session.room.as_str(), session.room_sid.as_str())).or_default();
                 if session.left_at_ms.is_none_or(|left| left > now_ms) {
                     listed.push(Participant::active(&session.sid, &session.identity, session.joined_at_ms));
@@ -77,7 +86,7 @@ pub(crate) async fn reconciliation_phase(run: &Run<'_>, seed: u64) -> anyhow::Re
                 standin.set_room(room, sid, participants);
             }
         };
-        set_rooms(&sessions, now_unix_ms());
+        set_rooms(&sessions, None, now_unix_ms());
 
         let env = run.env(&database.url);
         let env = with_env(env, "LIVEKIT_URL", standin.url());
@@ -125,8 +134,11 @@ pub(crate) async fn reconciliation_phase(run: &Run<'_>, seed: u64) -> anyhow::Re
         }
         let lost = sessions.iter().filter(|s| s.left_at_ms.is_some()).count();
         let last_leave = leave_start + millis(interval);
+        let mut refreshed_ms = leave_start - 1;
         while now_unix_ms() < last_leave + millis(interval) + 2_000 {
-            set_rooms(&sessions, now_unix_ms());
+            let now_ms = now_unix_ms();
+            set_rooms(&sessions, Some(refreshed_ms), now_ms);
+            refreshed_ms = now_ms;
             heartbeat_if_due(&pool, &sessions, &mut next_heartbeats, args.heartbeat_interval).await?;
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

@@ -74,7 +74,7 @@ pub struct ReconcileArgs {
     #[arg(long, env = "RECONCILE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub reconcile_timeout: Duration,
     /// Checks in flight at once, per sweeper.
-    #[arg(long, env = "RECONCILE_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, env = "RECONCILE_CONCURRENCY", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
     pub reconcile_concurrency: u16,
     /// PEM certificates trusted for an https LIVEKIT_URL, beside the system's.
     #[arg(long, env = "LIVEKIT_CA_FILE")]

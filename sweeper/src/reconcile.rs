@@ -20,7 +20,6 @@ use shared::domain::policy::Policy;
 use shared::domain::reconciliation::RoomAnswer;
 use shared::domain::time::now_unix_ms;
 use shared::livekit::room_service::{RoomService, RoomServiceError};
-use shared::runtime::shutdown::Ticks;
 use shared::store::reconciliation::{self, Applied, DueMeeting};
 use sqlx::PgPool;
 use tokio::task::JoinSet;
@@ -47,6 +46,13 @@ pub struct Reconciler {
     pub metrics: SweeperMetrics,
 }
 
+/// Whether LiveKit has been answering: errors in a row, and the pause they called for.
+#[derive(Default)]
+struct Health {
+    failures: u32,
+    paused_until: Option<Instant>,
+}
+
 /// Why a check did not complete.
 #[derive(Debug, thiserror::Error)]
 enum CheckError {
@@ -58,39 +64,28 @@ enum CheckError {
 
 impl Reconciler {
     /// Runs until `shutdown` is cancelled; the checks in flight finish first (each bounded by
-    /// its calls' time-outs).
+    /// its calls' time-outs). Claims meetings at every tick, and as soon as a quarter of the
+    /// slots are free again while meetings are due, so that the checks keep pace with the
+    /// interval whatever LiveKit's latency.
     pub async fn run(self, shutdown: &CancellationToken) {
-        let mut ticks = Ticks::every(TICK, shutdown);
+        let mut ticks = tokio::time::interval(TICK);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut in_flight: JoinSet<Result<Option<Applied>, CheckError>> = JoinSet::new();
-        let mut failures: u32 = 0;
-        let mut paused_until: Option<Instant> = None;
+        let mut health = Health::default();
         let mut watched_at: Option<Instant> = None;
-        while ticks.next().await {
-            while let Some(done) = in_flight.try_join_next() {
-                match done {
-                    Ok(Ok(applied)) => {
-                        if failures > 0 {
-                            tracing::info!(after_errors = failures, "LiveKit answers again; reconciliation resumed");
-                            self.metrics.reconcile_paused.set(0);
-                        }
-                        failures = 0;
-                        self.count(applied);
-                    }
-                    Ok(Err(CheckError::LiveKit(error))) if pauses(&error) => {
-                        failures = failures.saturating_add(1);
-                        let pause = self.pause_after(failures);
-                        if paused_until.is_none_or(|until| until < Instant::now() + pause) {
-                            paused_until = Some(Instant::now() + pause);
-                        }
-                        if failures == 1 {
-                            tracing::warn!(%error, "LiveKit answers errors; reconciliation paused, nothing is closed");
-                        }
-                        tracing::debug!(%error, ?pause, failures, "reconciliation paused");
-                        self.metrics.reconcile_paused.set(1);
-                    }
-                    Ok(Err(error)) => tracing::warn!(%error, "a reconciliation check failed; retried next interval"),
-                    Err(panic) => tracing::error!(%panic, "a reconciliation check panicked"),
+        // Whether the last claim got all it asked for (more may be due before the next tick).
+        let mut more_due = false;
+        loop {
+            let ticked = tokio::select! {
+                () = shutdown.cancelled() => break,
+                Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
+                    self.handle(done, &mut health);
+                    false
                 }
+                _ = ticks.tick() => true,
+            };
+            while let Some(done) = in_flight.try_join_next() {
+                self.handle(done, &mut health);
             }
             if watched_at.is_none_or(|at| at.elapsed() >= WATCH_EVERY) {
                 watched_at = Some(Instant::now());
@@ -102,14 +97,16 @@ impl Reconciler {
                     self.metrics.reconcile_meetings_overdue.set(overdue);
                 }
             }
-            if paused_until.is_some_and(|until| Instant::now() < until) {
+            if health.paused_until.is_some_and(|until| Instant::now() < until) {
                 continue;
             }
-            paused_until = None;
+            health.paused_until = None;
             // One check at a time while LiveKit is being probed after errors.
-            let room = if failures > 0 { 1 } else { self.concurrency };
+            let room = if health.failures > 0 { 1 } else { self.concurrency };
             let free = room.saturating_sub(in_flight.len());
-            if free == 0 {
+            // A claim is a transaction: at a tick, or for a quarter of the slots at least.
+            let worth_a_claim = ticked || (more_due && free >= (room / 4).max(1));
+            if free == 0 || !worth_a_claim {
                 continue;
             }
             let due = match reconciliation::claim_due(&self.pool, self.interval, self.max_rps, free).await {
@@ -120,6 +117,7 @@ impl Reconciler {
                     continue;
                 }
             };
+            more_due = due.len() == free;
             for meeting in due {
                 let check = Check {
                     service: self.service.clone(),
@@ -131,6 +129,34 @@ impl Reconciler {
             }
         }
         while in_flight.join_next().await.is_some() {}
+    }
+
+    /// Counts a finished check; errors of LiveKit itself pause the calls.
+    fn handle(&self, done: Result<Result<Option<Applied>, CheckError>, tokio::task::JoinError>, health: &mut Health) {
+        match done {
+            Ok(Ok(applied)) => {
+                if health.failures > 0 {
+                    tracing::info!(after_errors = health.failures, "LiveKit answers again; reconciliation resumed");
+                    self.metrics.reconcile_paused.set(0);
+                }
+                health.failures = 0;
+                self.count(applied);
+            }
+            Ok(Err(CheckError::LiveKit(error))) if pauses(&error) => {
+                health.failures = health.failures.saturating_add(1);
+                let pause = self.pause_after(health.failures);
+                if health.paused_until.is_none_or(|until| until < Instant::now() + pause) {
+                    health.paused_until = Some(Instant::now() + pause);
+                }
+                if health.failures == 1 {
+                    tracing::warn!(%error, "LiveKit answers errors; reconciliation paused, nothing is closed");
+                }
+                tracing::debug!(%error, ?pause, failures = health.failures, "reconciliation paused");
+                self.metrics.reconcile_paused.set(1);
+            }
+            Ok(Err(error)) => tracing::warn!(%error, "a reconciliation check failed; retried next interval"),
+            Err(panic) => tracing::error!(%panic, "a reconciliation check panicked"),
+        }
     }
 
     /// The pause after `failures` errors in a row: doubling from [`FIRST_PAUSE`] up to the

@@ -1,10 +1,12 @@
 //! A stand-in for the LiveKit server's RoomService (a LiveKit server cannot be installed on these
-//! machines): `ListParticipants` and `ListRooms` over Twirp, exactly as livekit-server serves them
-//! — `POST /twirp/livekit.RoomService/{Method}`, JSON (`application/json`, protojson: lowerCamelCase
-//! names, int64 as strings, enums by name, zero values omitted) or protobuf
+//! machines): `ListParticipants` and `ListRooms` over Twirp, as livekit-server serves them —
+//! `POST /twirp/livekit.RoomService/{Method}`, JSON (`application/json`, protobuf's canonical JSON
+//! mapping: lowerCamelCase names, int64 as strings, enums by name, zero values omitted) or protobuf
 //! (`application/protobuf`, what LiveKit's own SDKs send), errors as Twirp's
 //! `{"code": …, "msg": …}` with their HTTP status — and checking every call's token as LiveKit
 //! does: the signature by its API key, `roomAdmin` for the listed room, `roomList` for rooms.
+//! (Whether livekit-server's JSON names fields in lowerCamelCase or by their proto names depends
+//! on its Twirp options; the sweeper's client reads both.)
 //!
 //! LiveKit's official Python SDK (`livekit-api`) is the proof that it answers as LiveKit does
 //! (`sweeper/tests/reconcile.rs`). Tests set its rooms, make it fail (503) or hang, and read

@@ -229,7 +229,8 @@ mod tests {
             {"sid":"PA_1","identity":"ada","state":"ACTIVE","joinedAt":"1717405000","joinedAtMs":"1717405000123",
              "name":"Ada","metadata":"{}","kind":"SIP","permission":{"canSubscribe":true},"tracks":[]},
             {"sid":"PA_2","identity":"bob","joined_at":1717405001,"state":3,"kind":4},
-            {"sid":"PA_3","identity":"cy"}]}"#;
+            {"sid":"PA_3","identity":"cy"},
+            {"sid":"PA_4","identity":"dee","state":"ACTIVE","joined_at_ms":"1717405002345"}]}"#;
         #[derive(Deserialize)]
         struct Answer {
             participants: Vec<WireParticipant>,
