@@ -38,14 +38,14 @@ use shared::nats::NatsArgs;
 use sqlx::PgPool;
 use tokio::sync::Semaphore;
 
-use crate::capacity::{self, LevelResult};
+use crate::capacity;
 use crate::procstat::{self, GroupCpu, MachineCpu};
 use crate::report;
-use crate::results::{Answer, Applied, Live, LiveReports, Replay, Results, Settings, Usage};
+use crate::results::{Answer, Applied, CapacityRound, Live, LiveReports, Replay, Results, Settings, Usage};
 use crate::scenario::{Expected, MeetingExpectations, Plan, Request, ScenarioConfig};
 use crate::sign;
 use crate::system::{self, BenchDatabase, RunNames, Service, StreamSource, with_env};
-use crate::{history, read_latency, reconciliation, reports};
+use crate::{ceiling, history, read_latency, reconciliation, reports};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
@@ -135,6 +135,10 @@ pub struct BenchArgs {
     /// Concurrency levels of the capacity phase, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
     pub capacity_concurrency: Vec<usize>,
+    /// Rounds of the capacity phase: each measures the gateway's ceiling and the gateway
+    /// (alternating which goes first) and raw JetStream publishes at every concurrency level.
+    #[arg(long, default_value_t = 2)]
+    pub capacity_rounds: usize,
     /// Requests per concurrency level of the capacity phase.
     #[arg(long, default_value_t = 20_000)]
     pub capacity_requests: usize,
@@ -219,6 +223,17 @@ impl Run<'_> {
 
     pub(crate) fn start(&self, binary: &str, name: &str, env: &[(String, String)]) -> anyhow::Result<Service> {
         Service::start(&self.bin_dir, (binary, &[]), name, env, &self.log_dir)
+    }
+
+    /// `binary args…` named `name`.
+    pub(crate) fn start_args(
+        &self,
+        binary: &str,
+        args: &[&str],
+        name: &str,
+        env: &[(String, String)],
+    ) -> anyhow::Result<Service> {
+        Service::start(&self.bin_dir, (binary, args), name, env, &self.log_dir)
     }
 
     /// A `worker deliver` named `name`.
@@ -349,8 +364,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
         );
         let live = live_phase(&run, seed).await?;
         eprintln!(
-            "[bench] capacity phase: concurrency {:?}, {} requests each",
-            args.capacity_concurrency, args.capacity_requests
+            "[bench] capacity phase: concurrency {:?}, {} requests each, {} rounds against the ceilings",
+            args.capacity_concurrency, args.capacity_requests, args.capacity_rounds
         );
         let capacity = capacity_phase(&run).await?;
         let mut replays = Vec::new();
@@ -755,22 +770,60 @@ pub async fn differences(pool: &PgPool, expected: &MeetingExpectations) -> anyho
     Ok(differences)
 }
 
-async fn capacity_phase(run: &Run<'_>) -> anyhow::Result<Vec<LevelResult>> {
+/// The capacity phase: a gateway alone and its ceiling (`loadgen ceiling-gateway`) side by side
+/// on the capacity stream, and raw publishes from here to the same stream, at every concurrency
+/// level, round after round (the ceiling first in odd rounds, the gateway first in even ones),
+/// each measurement with webhooks of its own.
+async fn capacity_phase(run: &Run<'_>) -> anyhow::Result<Vec<CapacityRound>> {
     let (args, names) = (run.args, &run.names);
-    let port = system::free_port()?;
+    let subject_prefix = format!("benchcap{}.webhook", names.suffix);
+    let (port, ceiling_port) = (system::free_port()?, system::free_port()?);
     let env = run.env(&args.database_url);
-    let env = with_env(env, "LISTEN_ADDR", format!("127.0.0.1:{port}"));
     let env = with_env(env, "METRICS_ADDR", "127.0.0.1:0".to_owned());
     let env = with_env(env, "WEBHOOK_STREAM", names.capacity_stream());
-    let env = with_env(env, "WEBHOOK_SUBJECT_PREFIX", format!("benchcap{}.webhook", names.suffix));
-    let mut gateway = run.start("gateway", "gateway-capacity", &env)?;
+    let env = with_env(env, "WEBHOOK_SUBJECT_PREFIX", subject_prefix.clone());
+    let mut gateway =
+        run.start("gateway", "gateway-capacity", &with_env(env.clone(), "LISTEN_ADDR", format!("127.0.0.1:{port}")))?;
     let http = reqwest::Client::builder().pool_max_idle_per_host(1024).build()?;
-    let base_url = format!("http://127.0.0.1:{port}");
+    let (base_url, ceiling_url) = (format!("http://127.0.0.1:{port}"), format!("http://127.0.0.1:{ceiling_port}"));
     system::wait_ready(&http, &base_url, &mut gateway).await?;
-    let results =
-        capacity::measure(&http, &base_url, &run.keys, args.capacity_requests, &args.capacity_concurrency).await;
+    // Started once the gateway made the stream.
+    let ceiling_env = with_env(env, "LISTEN_ADDR", format!("127.0.0.1:{ceiling_port}"));
+    let ceiling_env = with_env(ceiling_env, "CEILING_SUBJECT", format!("{subject_prefix}.ceiling"));
+    let mut ceiling = run.start_args("loadgen", &["ceiling-gateway"], "gateway-ceiling", &ceiling_env)?;
+    let result = async {
+        system::wait_ready(&http, &ceiling_url, &mut ceiling).await?;
+        let raw_subject = format!("{subject_prefix}.raw");
+        let mut rounds = Vec::new();
+        for round in 1..=args.capacity_rounds.max(1) {
+            for &concurrency in &args.capacity_concurrency {
+                let for_ceiling = capacity::sign_requests(&run.keys, args.capacity_requests);
+                let for_gateway = capacity::sign_requests(&run.keys, args.capacity_requests);
+                let (ceiling_level, gateway_level) = if round % 2 == 1 {
+                    let ceiling_level = capacity::measure_level(&http, &ceiling_url, &for_ceiling, concurrency).await?;
+                    (ceiling_level, capacity::measure_level(&http, &base_url, &for_gateway, concurrency).await?)
+                } else {
+                    let gateway_level = capacity::measure_level(&http, &base_url, &for_gateway, concurrency).await?;
+                    (capacity::measure_level(&http, &ceiling_url, &for_ceiling, concurrency).await?, gateway_level)
+                };
+                let bodies = std::sync::Arc::new(for_ceiling.iter().map(|(body, _)| body.clone()).collect());
+                let raw_publish = ceiling::raw_publish(&run.jetstream, &raw_subject, bodies, concurrency).await?;
+                anyhow::ensure!(raw_publish.failures == 0, "{} raw publishes failed", raw_publish.failures);
+                eprintln!(
+                    "[bench] capacity round {round}, concurrency {concurrency}: gateway {:.0} req/s, ceiling {:.0} req/s, raw publish {:.0} msgs/s",
+                    gateway_level.requests_per_second(),
+                    ceiling_level.requests_per_second(),
+                    raw_publish.requests_per_second()
+                );
+                rounds.push(CapacityRound { round, gateway: gateway_level, ceiling: ceiling_level, raw_publish });
+            }
+        }
+        anyhow::Ok(rounds)
+    }
+    .await;
+    ceiling.stop().await?;
     gateway.stop().await?;
-    results
+    result
 }
 
 async fn replay_phase(run: &Run<'_>, workers: usize, live: &Live) -> anyhow::Result<Replay> {

@@ -60,19 +60,37 @@ pub async fn measure(
     requests: usize,
     levels: &[usize],
 ) -> anyhow::Result<Vec<LevelResult>> {
-    let endpoint = format!("{}/webhooks/livekit", base_url.trim_end_matches('/'));
-    let run_id = format!("{:08x}", fastrand::u32(..));
     let mut results = Vec::new();
-    for (level, &concurrency) in levels.iter().enumerate() {
-        let signed: Arc<Vec<(Bytes, String)>> =
-            Arc::new((0..requests).map(|i| joined(keys, &format!("EV_{run_id}_{level}_{i}"), i)).collect());
-        let result = run_level(http, &endpoint, signed, concurrency).await?;
-        if result.failures > 0 {
-            bail!("{} of {requests} requests at concurrency {concurrency} were not answered 200", result.failures);
-        }
-        results.push(result);
+    for &concurrency in levels {
+        results.push(measure_level(http, base_url, &sign_requests(keys, requests), concurrency).await?);
     }
     Ok(results)
+}
+
+/// `requests` distinct signed participant_joined webhooks (signed before any clock starts).
+pub fn sign_requests(keys: &KeySet, requests: usize) -> Arc<Vec<(Bytes, String)>> {
+    let run_id = format!("{:016x}", fastrand::u64(..));
+    Arc::new((0..requests).map(|i| joined(keys, &format!("EV_{run_id}_{i}"), i)).collect())
+}
+
+/// Sends `signed` to the webhook endpoint at `base_url`, `concurrency` at a time; every one must
+/// be answered 200.
+pub async fn measure_level(
+    http: &reqwest::Client,
+    base_url: &str,
+    signed: &Arc<Vec<(Bytes, String)>>,
+    concurrency: usize,
+) -> anyhow::Result<LevelResult> {
+    let endpoint = format!("{}/webhooks/livekit", base_url.trim_end_matches('/'));
+    let result = run_level(http, &endpoint, signed.clone(), concurrency).await?;
+    if result.failures > 0 {
+        bail!(
+            "{} of {} requests at concurrency {concurrency} to {base_url} were not answered 200",
+            result.failures,
+            signed.len()
+        );
+    }
+    Ok(result)
 }
 
 async fn run_level(

@@ -6,7 +6,8 @@
 //! - [`sign`]: requests signed as LiveKit signs them.
 //! - [`system`]: the system under test as processes, with streams and databases of the run's own.
 //! - [`procstat`]: CPU time and peak memory of processes.
-//! - [`capacity`]: the gateway's capacity at several concurrency levels.
+//! - [`capacity`]: the gateway's capacity at several concurrency levels; [`ceiling`]: what it is
+//!   measured against (the same path without the gateway's own work, raw JetStream publishes).
 //! - [`bench`]: the phases of `loadgen bench`; they fill in [`results`]. [`read_latency`] and
 //!   [`history`] are two of them, on databases loaded by [`preload`] rather than by a live run.
 //! - [`reconciliation`]: the sweeper checking live meetings against a stand-in LiveKit server.
@@ -19,6 +20,7 @@
 
 pub mod bench;
 pub mod capacity;
+pub mod ceiling;
 pub mod history;
 pub mod plot;
 pub mod preload;

@@ -3,7 +3,7 @@
 
 use anyhow::Context as _;
 use clap::Parser;
-use loadgen::{bench, capacity};
+use loadgen::{bench, capacity, ceiling};
 use shared::runtime::config::LiveKitKeyArgs;
 
 #[derive(Debug, Parser)]
@@ -16,6 +16,9 @@ enum Command {
     Bench(Box<bench::BenchArgs>),
     /// Measure a running gateway's webhook endpoint at several concurrency levels.
     Gateway(GatewayArgs),
+    /// Serve the gateway's ceiling: the webhook body published to JetStream with a unique
+    /// message id, 200 after the ack, nothing else (what `loadgen bench` compares it with).
+    CeilingGateway(ceiling::CeilingArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -42,6 +45,7 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::CeilingGateway(args) => ceiling::serve_gateway_ceiling(args).await,
         Command::Gateway(args) => {
             let keys = args.keys.key_set().context("LiveKit keys")?;
             let http = reqwest::Client::builder().pool_max_idle_per_host(1024).build()?;

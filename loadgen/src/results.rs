@@ -18,7 +18,8 @@ pub struct Results {
     pub nats_version: String,
     pub postgres_version: String,
     pub live: Live,
-    pub capacity: Vec<LevelResult>,
+    /// The capacity phase: per round and concurrency level, the gateway against its ceilings.
+    pub capacity: Vec<CapacityRound>,
     pub replays: Vec<Replay>,
     pub read_latency: ReadLatency,
     pub history: History,
@@ -236,4 +237,14 @@ impl Reconciliation {
         let intervals = self.window.as_secs_f64() / self.interval.as_secs_f64().max(f64::EPSILON);
         cpu_seconds / intervals.max(f64::EPSILON) / (self.meetings as f64 / 1000.0).max(f64::EPSILON)
     }
+}
+
+/// One concurrency level of one round of the capacity phase: the gateway, its ceiling (the same
+/// path without verification, parsing, redaction, limits, tracing or metrics) and raw JetStream
+/// publishes from the load generator, each with the same number in flight.
+pub struct CapacityRound {
+    pub round: usize,
+    pub gateway: LevelResult,
+    pub ceiling: LevelResult,
+    pub raw_publish: LevelResult,
 }

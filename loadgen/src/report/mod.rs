@@ -328,7 +328,16 @@ mod tests {
             nats_version: "2.10.0".into(),
             postgres_version: "17.2".into(),
             live,
-            capacity: vec![level(1, 1_000), level(16, 400)],
+            capacity: (1..=2)
+                .flat_map(|round| {
+                    [(1, 1_000), (16, 400)].map(|(concurrency, elapsed_ms)| crate::results::CapacityRound {
+                        round,
+                        gateway: level(concurrency, elapsed_ms),
+                        ceiling: level(concurrency, elapsed_ms * 4 / 5),
+                        raw_publish: level(concurrency, elapsed_ms / 2),
+                    })
+                })
+                .collect(),
             replays,
             read_latency,
             history,

@@ -6,7 +6,7 @@ use hdrhistogram::Histogram;
 
 use super::Figures;
 use crate::capacity;
-use crate::results::{Applied, History, Live, Replay, Results};
+use crate::results::{Applied, CapacityRound, History, Live, Replay, Results};
 use crate::scenario::Request;
 
 /// The title, when and on what machine the run ran, and the command that ran it.
@@ -93,8 +93,11 @@ fn headline_figures(out: &mut String, results: &Results, figures: &Figures) -> f
         "| webhook 200 → attendance committed, p50 / p99 / p99.9 / max ms | {} |",
         quantiles(&figures.end_to_end_us)
     )?;
-    if let Some(best) =
-        results.capacity.iter().max_by(|a, b| a.requests_per_second().total_cmp(&b.requests_per_second()))
+    if let Some(best) = results
+        .capacity
+        .iter()
+        .map(|r| &r.gateway)
+        .max_by(|a, b| a.requests_per_second().total_cmp(&b.requests_per_second()))
     {
         writeln!(
             out,
@@ -284,10 +287,53 @@ pub(super) fn timeline(out: &mut String, plot: &str) -> fmt::Result {
 /// `## Gateway capacity`: a row per concurrency level.
 pub(super) fn gateway_capacity(out: &mut String, results: &Results) -> fmt::Result {
     writeln!(out, "## Gateway capacity\n")?;
-    writeln!(out, "A gateway alone (no workers), distinct participant_joined webhooks as fast as it answers.\n")?;
+    let rounds = results.capacity.iter().map(|r| r.round).max().unwrap_or(0);
+    writeln!(
+        out,
+        "A gateway alone (no workers), distinct signed participant_joined webhooks as fast as it answers, against its \
+         ceiling in the same run: `loadgen ceiling-gateway`, an axum handler that publishes the body to the same \
+         stream with a unique `Nats-Msg-Id` and answers 200 after the ack (no verification, parsing, redaction, \
+         limits, tracing or metrics); and raw JetStream publishes from the load generator with as many in flight. \
+         Interleaved, {rounds} rounds (ceiling first in odd rounds, gateway first in even ones): medians, with the \
+         range over the rounds.\n"
+    )?;
+    writeln!(
+        out,
+        "| concurrency | gateway req/s | ceiling req/s | gateway / ceiling (per round) | raw publish msgs/s |"
+    )?;
+    writeln!(out, "|---:|---:|---:|---|---:|")?;
+    let mut levels: Vec<usize> = Vec::new();
+    for round in &results.capacity {
+        if !levels.contains(&round.gateway.concurrency) {
+            levels.push(round.gateway.concurrency);
+        }
+    }
+    let spread = |values: &[f64]| {
+        let (min, max) = values.iter().fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+        format!("{:.0} ({:.0}–{:.0})", median(values.to_vec()), min, max)
+    };
+    for concurrency in levels {
+        let at: Vec<&CapacityRound> =
+            results.capacity.iter().filter(|r| r.gateway.concurrency == concurrency).collect();
+        let gateway: Vec<f64> = at.iter().map(|r| r.gateway.requests_per_second()).collect();
+        let ceiling: Vec<f64> = at.iter().map(|r| r.ceiling.requests_per_second()).collect();
+        let raw: Vec<f64> = at.iter().map(|r| r.raw_publish.requests_per_second()).collect();
+        let ratios: Vec<f64> = gateway.iter().zip(&ceiling).map(|(g, c)| g / c.max(f64::EPSILON)).collect();
+        let per_round: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+        writeln!(
+            out,
+            "| {concurrency} | {} | {} | {:.2} ({}) | {} |",
+            spread(&gateway),
+            spread(&ceiling),
+            median(ratios.clone()),
+            per_round.join(", "),
+            spread(&raw)
+        )?;
+    }
+    writeln!(out, "\nThe gateway's latency in the last round:\n")?;
     writeln!(out, "{}", capacity::TABLE_HEADER)?;
-    for level in &results.capacity {
-        writeln!(out, "{}", level.row())?;
+    for round in results.capacity.iter().filter(|r| r.round == rounds) {
+        writeln!(out, "{}", round.gateway.row())?;
     }
     writeln!(out)
 }

@@ -1,0 +1,123 @@
+//! Ceilings the services are measured against, in the same run: what the machine gives without
+//! the work that makes each service what it is.
+//!
+//! - The gateway's: `loadgen ceiling-gateway`, an axum handler that takes the webhook's body and
+//!   publishes it to JetStream with a unique `Nats-Msg-Id`, answering 200 after the ack; no
+//!   verification, parsing, redaction, limits, tracing or metrics. Run as a process of its own,
+//!   on the same stream as the gateway it is compared with.
+//! - Raw JetStream publishing from the load generator itself, with the same number of publishes
+//!   in flight: the cost of the ack path alone, without HTTP.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Instant;
+
+use async_nats::jetstream::{self, message::PublishMessage};
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use shared::nats::NatsArgs;
+
+use crate::capacity::{LevelResult, latency_histogram};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct CeilingArgs {
+    /// Where the ceiling listens.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8090")]
+    pub listen_addr: SocketAddr,
+    /// The subject every body is published on (a subject of the stream under test).
+    #[arg(long, env = "CEILING_SUBJECT")]
+    pub subject: String,
+    #[command(flatten)]
+    pub nats: NatsArgs,
+}
+
+struct Ceiling {
+    jetstream: jetstream::Context,
+    subject: String,
+    /// Makes each message id unique: this process's start and a counter.
+    prefix: String,
+    next: AtomicU64,
+}
+
+/// Serves the gateway's ceiling until SIGTERM or Ctrl-C.
+pub async fn serve_gateway_ceiling(args: CeilingArgs) -> anyhow::Result<()> {
+    let (client, _) = args.nats.connect("loadgen-ceiling").await?;
+    let ceiling = Arc::new(Ceiling {
+        jetstream: jetstream::new(client),
+        subject: args.subject,
+        prefix: format!("ceiling-{:016x}", fastrand::u64(..)),
+        next: AtomicU64::new(0),
+    });
+    let app = axum::Router::new()
+        .route("/webhooks/livekit", axum::routing::post(publish))
+        .route("/readyz", axum::routing::get(|| async { StatusCode::OK }))
+        .with_state(ceiling);
+    let listener = tokio::net::TcpListener::bind(args.listen_addr).await?;
+    axum::serve(listener, app).with_graceful_shutdown(shared::runtime::shutdown::signal()).await?;
+    Ok(())
+}
+
+async fn publish(State(ceiling): State<Arc<Ceiling>>, body: Bytes) -> StatusCode {
+    let id = format!("{}-{}", ceiling.prefix, ceiling.next.fetch_add(1, Ordering::Relaxed));
+    let message = PublishMessage::build().payload(body).message_id(id);
+    match ceiling.jetstream.send_publish(ceiling.subject.clone(), message).await {
+        Ok(ack) => match ack.await {
+            Ok(_) => StatusCode::OK,
+            Err(_) => StatusCode::SERVICE_UNAVAILABLE,
+        },
+        Err(_) => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+/// Publishes `bodies` to `subject` from here, `in_flight` at a time, each with a unique message
+/// id, each waiting for its ack: messages per second, and each publish's latency.
+pub async fn raw_publish(
+    jetstream: &jetstream::Context,
+    subject: &str,
+    bodies: Arc<Vec<Bytes>>,
+    in_flight: usize,
+) -> anyhow::Result<LevelResult> {
+    let run = format!("raw-{:016x}", fastrand::u64(..));
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut publishers = tokio::task::JoinSet::new();
+    for _ in 0..in_flight.max(1) {
+        let (jetstream, subject, bodies, next, run) =
+            (jetstream.clone(), subject.to_owned(), bodies.clone(), next.clone(), run.clone());
+        publishers.spawn(async move {
+            let mut latencies = latency_histogram();
+            let mut failures = 0;
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                let Some(body) = bodies.get(index) else { break };
+                let sent = Instant::now();
+                let message = PublishMessage::build().payload(body.clone()).message_id(format!("{run}-{index}"));
+                let acked = match jetstream.send_publish(subject.clone(), message).await {
+                    Ok(ack) => ack.await.is_ok(),
+                    Err(_) => false,
+                };
+                latencies.saturating_record(sent.elapsed().as_micros() as u64);
+                if !acked {
+                    failures += 1;
+                }
+            }
+            (latencies, failures)
+        });
+    }
+    let mut latencies_us = latency_histogram();
+    let mut failures = 0;
+    while let Some(joined) = publishers.join_next().await {
+        let (histogram, failed) = joined?;
+        latencies_us.add(&histogram)?;
+        failures += failed;
+    }
+    Ok(LevelResult {
+        concurrency: in_flight,
+        requests: bodies.len(),
+        elapsed: started.elapsed(),
+        latencies_us,
+        failures,
+    })
+}
