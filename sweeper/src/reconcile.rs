@@ -182,9 +182,7 @@ impl Reconciler {
 /// Whether an error says LiveKit cannot answer now (rather than about this one room).
 fn pauses(error: &RoomServiceError) -> bool {
     match error {
-        RoomServiceError::Twirp { status, code, .. } => {
-            *status >= 500 || *status == 429 || code == "unauthenticated" || code == "permission_denied"
-        }
+        RoomServiceError::Twirp { status, .. } => *status >= 500 || matches!(status, 401 | 403 | 429),
         RoomServiceError::Call(_) | RoomServiceError::InvalidAnswer(_) => true,
     }
 }
@@ -256,6 +254,7 @@ mod tests {
         let twirp = |status, code: &str| RoomServiceError::Twirp { status, code: code.into(), msg: String::new() };
         assert!(pauses(&twirp(503, "unavailable")));
         assert!(pauses(&twirp(401, "unauthenticated")));
+        assert!(pauses(&twirp(401, "http_401")), "livekit-server's plain-text refusal of a token");
         assert!(pauses(&twirp(429, "resource_exhausted")));
         assert!(!pauses(&twirp(400, "invalid_argument")));
         assert!(!pauses(&twirp(404, "not_found")));

@@ -170,19 +170,22 @@ async fn the_stand_in_answers_as_livekit_does_to_its_official_python_sdk() {
     assert_eq!(rooms.len(), 1, "a name LiveKit does not have is not listed");
     assert_eq!((rooms[0]["sid"].as_str(), rooms[0]["name"].as_str()), (Some("RM_algebra"), Some("algebra")));
     assert_eq!(rooms[0]["numParticipants"], 3);
-    // Errors as the SDK raises them from LiveKit's Twirp errors.
-    assert_eq!(seen["missing_room"]["code"], "not_found");
-    assert_eq!(seen["missing_room"]["status"], 404);
-    assert_eq!(seen["wrong_secret"]["code"], "unauthenticated");
+    // A room LiveKit does not have lists nobody (livekit-server reads only its participant store).
+    assert_eq!(seen["missing_room_participants"], 0);
+    // A token that does not verify is refused before Twirp (a plain-text 401); a token without
+    // the grant, or for another room, gets Twirp's unauthenticated.
     assert_eq!(seen["wrong_secret"]["status"], 401);
-    assert_eq!(seen["other_room"]["status"], 403);
-    assert_eq!(seen["other_room"]["body"]["code"], "permission_denied");
+    assert_eq!(seen["other_room"]["status"], 401);
+    assert_eq!(seen["other_room"]["body"]["code"], "unauthenticated");
+    assert_eq!(seen["other_room"]["body"]["msg"], "permissions denied");
     assert_eq!(seen["other_room"]["content_type"], "application/json");
-    assert_eq!(seen["join_grant"]["status"], 403, "roomJoin is not roomAdmin");
-    // The JSON the sweeper reads is LiveKit's own protojson of the same message.
+    assert_eq!(seen["join_grant"]["status"], 401, "roomJoin is not roomAdmin");
+    // The JSON the sweeper reads is LiveKit's own messages, written as livekit-server writes them.
     assert_eq!(seen["json_content_type"], "application/json");
     assert_eq!(seen["json_equals_protobuf"], true);
-    assert_eq!(seen["json_is_canonical_protojson"], true);
+    assert_eq!(seen["json_as_livekit_writes_it"], true);
+    assert_eq!(seen["rooms_json_equals_protobuf"], true);
+    assert_eq!(seen["rooms_json_as_livekit_writes_it"], true);
 
     // And the sweeper's client reads the same.
     let service = room_service(&standin.url(), "APItestAlpha", &test_secret(), Duration::from_secs(5));
@@ -194,7 +197,8 @@ async fn the_stand_in_answers_as_livekit_does_to_its_official_python_sdk() {
         sids,
         [("PA_ada", Some(t), "STANDARD"), ("PA_sip", Some(t + 1_234), "SIP"), ("PA_new", Some(t + 5_000), "STANDARD")]
     );
-    assert!(service.list_participants("no-such-room", now).await.unwrap_err().is_not_found());
+    assert!(service.list_participants("no-such-room", now).await.unwrap().is_empty());
+    assert!(service.list_rooms(&["no-such-room"], now).await.unwrap().is_empty());
     let rooms = service.list_rooms(&["algebra"], now).await.unwrap();
     assert_eq!(rooms[0].sid, "RM_algebra");
 }

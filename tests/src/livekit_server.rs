@@ -1,12 +1,17 @@
 //! A stand-in for the LiveKit server's RoomService (a LiveKit server cannot be installed on these
-//! machines): `ListParticipants` and `ListRooms` over Twirp, as livekit-server serves them —
-//! `POST /twirp/livekit.RoomService/{Method}`, JSON (`application/json`, protobuf's canonical JSON
-//! mapping: lowerCamelCase names, int64 as strings, enums by name, zero values omitted) or protobuf
-//! (`application/protobuf`, what LiveKit's own SDKs send), errors as Twirp's
-//! `{"code": …, "msg": …}` with their HTTP status — and checking every call's token as LiveKit
-//! does: the signature by its API key, `roomAdmin` for the listed room, `roomList` for rooms.
-//! (Whether livekit-server's JSON names fields in lowerCamelCase or by their proto names depends
-//! on its Twirp options; the sweeper's client reads both.)
+//! machines): `ListParticipants` and `ListRooms` over Twirp as livekit-server serves them (its
+//! `pkg/service/roomservice.go`, `auth.go` and the Twirp code generated into livekit/protocol):
+//!
+//! - `POST /twirp/livekit.RoomService/{Method}`, JSON (`application/json`) or protobuf
+//!   (`application/protobuf`, what LiveKit's own SDKs send); another content type is `bad_route`.
+//! - JSON answers as Twirp's defaults write them (livekit-server sets no JSON option): proto field
+//!   names (`joined_at_ms`), every field present with its zero value, int64 as strings, enums by
+//!   name. Requests are read in either naming.
+//! - `ListParticipants` of a room LiveKit does not have answers an empty list (it reads the
+//!   participant store only); `ListRooms` lists the named rooms that exist.
+//! - A token without the grant (`roomAdmin` for that very room; `roomList`) gets Twirp's
+//!   `401 {"code":"unauthenticated","msg":"permissions denied"}`; a token that does not verify
+//!   (unknown key, bad signature, expired) is refused before Twirp, with a plain-text 401.
 //!
 //! LiveKit's official Python SDK (`livekit-api`) is the proof that it answers as LiveKit does
 //! (`sweeper/tests/reconcile.rs`). Tests set its rooms, make it fail (503) or hang, and read
@@ -190,7 +195,7 @@ fn answer(inner: &Mutex<Inner>, method: &str, headers: &HeaderMap, body: &[u8], 
         return (twirp_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "service unavailable"), Vec::new());
     }
     let Some(protobuf) = is_protobuf(headers) else {
-        let error = twirp_error(StatusCode::BAD_REQUEST, "malformed", "unexpected Content-Type");
+        let error = twirp_error(StatusCode::NOT_FOUND, "bad_route", "unexpected Content-Type");
         return (error, Vec::new());
     };
     // Request messages of both methods hold one string field, number 1 (room; names).
@@ -221,17 +226,16 @@ fn answer(inner: &Mutex<Inner>, method: &str, headers: &HeaderMap, body: &[u8], 
             if room.is_empty() {
                 twirp_error(StatusCode::BAD_REQUEST, "invalid_argument", "room is required")
             } else if !(grant.room_admin && grant.room.as_deref() == Some(room.as_str())) {
-                twirp_error(StatusCode::FORBIDDEN, "permission_denied", "permissions denied")
+                twirp_error(StatusCode::UNAUTHORIZED, "unauthenticated", "permissions denied")
             } else {
-                match inner.rooms.get(&room) {
-                    None => twirp_error(StatusCode::NOT_FOUND, "not_found", "requested room does not exist"),
-                    Some(found) => encode(protobuf, &ListAnswer::Participants(&found.participants)),
-                }
+                let participants =
+                    inner.rooms.get(&room).map(|found| found.participants.as_slice()).unwrap_or_default();
+                encode(protobuf, &ListAnswer::Participants(participants))
             }
         }
         "ListRooms" => {
             if !grant.room_list {
-                twirp_error(StatusCode::FORBIDDEN, "permission_denied", "permissions denied")
+                twirp_error(StatusCode::UNAUTHORIZED, "unauthenticated", "permissions denied")
             } else {
                 let rooms: Vec<(&String, &Room)> =
                     inner.rooms.iter().filter(|(name, _)| strings.is_empty() || strings.contains(name)).collect();
@@ -247,12 +251,15 @@ fn answer(inner: &Mutex<Inner>, method: &str, headers: &HeaderMap, body: &[u8], 
     (response, strings)
 }
 
-/// The token's video grant, or the error LiveKit answers.
+/// The token's video grant (none without a token), or the plain-text 401 of livekit-server's
+/// authentication middleware for a token that does not verify.
 fn authorize(keys: &KeySet, headers: &HeaderMap) -> Result<VideoGrant, Box<Response>> {
-    let unauthenticated = |msg: &str| Box::new(twirp_error(StatusCode::UNAUTHORIZED, "unauthenticated", msg));
-    let bearer = token::bearer(headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()))
-        .ok_or_else(|| unauthenticated("invalid authorization header. Must start with Bearer"))?;
-    let claims = token::verify(bearer, keys, now_ms() / 1000).map_err(|error| unauthenticated(&error.to_string()))?;
+    let refused = |msg: String| Box::new((StatusCode::UNAUTHORIZED, msg).into_response());
+    let Some(value) = headers.get(header::AUTHORIZATION) else { return Ok(VideoGrant::default()) };
+    let bearer = token::bearer(Some(value.as_bytes()))
+        .ok_or_else(|| refused("invalid authorization header. Must start with Bearer ".into()))?;
+    let claims =
+        token::verify(bearer, keys, now_ms() / 1000).map_err(|error| refused(format!("invalid token: {error}")))?;
     Ok(claims.video.unwrap_or_default())
 }
 
@@ -270,66 +277,43 @@ fn encode(protobuf: bool, answer: &ListAnswer<'_>) -> Response {
     (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
-/// protojson as LiveKit writes it: zero values omitted, int64 as strings, enums by name.
+/// JSON as livekit-server's Twirp writes it (`protojson` with `UseProtoNames` and
+/// `EmitUnpopulated`): proto field names, zero values present, int64 as strings, enums by name.
+/// The fields written are those of the stand-in's model (no tracks, permissions or codecs).
 fn json(answer: &ListAnswer<'_>) -> serde_json::Value {
-    use serde_json::{Map, Value};
-    fn text(object: &mut Map<String, Value>, key: &str, value: &str) {
-        if !value.is_empty() {
-            object.insert(key.into(), value.into());
-        }
-    }
-    fn int64(object: &mut Map<String, Value>, key: &str, value: i64) {
-        if value != 0 {
-            object.insert(key.into(), value.to_string().into());
-        }
-    }
-    fn enumeration(object: &mut Map<String, Value>, key: &str, name: &str, zero: &str) {
-        if name != zero {
-            object.insert(key.into(), name.into());
-        }
-    }
-    let (key, listed): (&str, Vec<Value>) = match answer {
-        ListAnswer::Participants(participants) => (
-            "participants",
-            participants
+    use serde_json::json;
+    match answer {
+        ListAnswer::Participants(participants) => {
+            let listed: Vec<serde_json::Value> = participants
                 .iter()
                 .map(|p| {
-                    let mut object = Map::new();
-                    text(&mut object, "sid", &p.sid);
-                    text(&mut object, "identity", &p.identity);
-                    enumeration(&mut object, "state", p.state, "JOINING");
-                    text(&mut object, "metadata", &p.metadata);
-                    int64(&mut object, "joinedAt", p.joined_at_ms / 1000);
-                    text(&mut object, "name", &p.name);
-                    enumeration(&mut object, "kind", p.kind, "STANDARD");
-                    int64(&mut object, "joinedAtMs", p.joined_at_ms);
-                    Value::Object(object)
+                    json!({
+                        "sid": p.sid, "identity": p.identity, "state": p.state, "tracks": [],
+                        "metadata": p.metadata, "joined_at": (p.joined_at_ms / 1000).to_string(),
+                        "name": p.name, "version": 0, "region": "", "is_publisher": false, "kind": p.kind,
+                        "attributes": {}, "disconnect_reason": "UNKNOWN_REASON",
+                        "joined_at_ms": p.joined_at_ms.to_string(),
+                    })
                 })
-                .collect(),
-        ),
-        ListAnswer::Rooms(rooms) => (
-            "rooms",
-            rooms
+                .collect();
+            json!({ "participants": listed })
+        }
+        ListAnswer::Rooms(rooms) => {
+            let listed: Vec<serde_json::Value> = rooms
                 .iter()
                 .map(|(name, room)| {
-                    let mut object = Map::new();
-                    text(&mut object, "sid", &room.sid);
-                    text(&mut object, "name", name);
-                    int64(&mut object, "creationTime", room.created_at_ms / 1000);
-                    if !room.participants.is_empty() {
-                        object.insert("numParticipants".into(), room.participants.len().into());
-                    }
-                    int64(&mut object, "creationTimeMs", room.created_at_ms);
-                    Value::Object(object)
+                    json!({
+                        "sid": room.sid, "name": name, "empty_timeout": 0, "departure_timeout": 0,
+                        "max_participants": 0, "creation_time": (room.created_at_ms / 1000).to_string(),
+                        "creation_time_ms": room.created_at_ms.to_string(), "turn_password": "",
+                        "enabled_codecs": [], "metadata": "", "num_participants": room.participants.len(),
+                        "num_publishers": 0, "active_recording": false,
+                    })
                 })
-                .collect(),
-        ),
-    };
-    let mut object = Map::new();
-    if !listed.is_empty() {
-        object.insert(key.into(), Value::Array(listed));
+                .collect();
+            json!({ "rooms": listed })
+        }
     }
-    Value::Object(object)
 }
 
 /// The protobuf wire format of the few messages the stand-in speaks (field numbers of

@@ -4,9 +4,11 @@
 //! Each call is `POST {LIVEKIT_URL}/twirp/livekit.RoomService/{Method}` with a JSON body and a
 //! token minted for that call alone (HS256, ten minutes): `roomAdmin` for the room whose
 //! participants are listed, `roomList` to list rooms, as livekit-server requires. Answers are
-//! protojson (lowerCamelCase names, int64 as strings, enums as names, zero values omitted);
-//! proto names, numbers for int64 and numbers for enums are read too. An error is Twirp's
-//! `{"code": …, "msg": …}` with its HTTP status.
+//! protojson: livekit-server's Twirp writes proto names (`joined_at_ms`) with every zero value,
+//! int64 as strings and enums by name; lowerCamelCase names, numbers for int64 and enums are read
+//! too. An error is Twirp's `{"code": …, "msg": …}` with its HTTP status, except a token that does
+//! not verify, which livekit-server refuses with a plain-text 401 (read as its status alone: that
+//! text may quote the token).
 
 use bytes::Bytes;
 use serde::Deserialize;
@@ -35,7 +37,9 @@ pub enum RoomServiceError {
 }
 
 impl RoomServiceError {
-    /// LiveKit has no such room.
+    /// A `not_found` error. (livekit-server answers `ListParticipants` of a room it does not have
+    /// with an empty list, so `ListRooms` is what tells a room is gone; a `not_found` means the
+    /// same wherever it comes from.)
     pub fn is_not_found(&self) -> bool {
         matches!(self, RoomServiceError::Twirp { code, .. } if code == "not_found")
     }
@@ -44,9 +48,7 @@ impl RoomServiceError {
     pub fn outcome(&self) -> &'static str {
         match self {
             RoomServiceError::Twirp { code, .. } if code == "not_found" => "not_found",
-            RoomServiceError::Twirp { code, .. } if code == "unauthenticated" || code == "permission_denied" => {
-                "denied"
-            }
+            RoomServiceError::Twirp { status: 401 | 403, .. } => "denied",
             RoomServiceError::Twirp { .. } => "error",
             RoomServiceError::Call(CallError::Timeout(_)) => "timeout",
             RoomServiceError::Call(CallError::Connect(_) | CallError::Tls(_)) => "unreachable",
@@ -261,5 +263,10 @@ mod tests {
         assert_eq!(proxy, RoomServiceError::Twirp { status: 502, code: "http_502".into(), msg: String::new() });
         assert!(!proxy.is_not_found());
         assert_eq!(twirp_error(401, br#"{"code":"unauthenticated","msg":"x\u001b[31m"}"#).outcome(), "denied");
+        let middleware = twirp_error(401, b"invalid token: eyJ..., error: signature is invalid");
+        assert_eq!(
+            (middleware.outcome(), middleware.to_string()),
+            ("denied", "LiveKit answered 401 http_401: ".into())
+        );
     }
 }

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Where the gateway's CPU goes under webhook load: a release gateway on this machine's NATS (a
+# stream of its own, deleted afterwards), `loadgen gateway` sending distinct signed webhooks at
+# CONCURRENCY (64), and `perf record` (Debian's linux-perf) on the gateway for PROFILE_SECONDS (10).
+# Prints the hottest symbols (self time) and writes perf.data and perf-report.txt in
+# bench-results/profile-<time>/. The release binaries must be built (`cargo build --release`).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+CONCURRENCY=${CONCURRENCY:-64}
+SECONDS_PROFILED=${PROFILE_SECONDS:-10}
+command -v perf >/dev/null || { echo "[profile] perf is missing (Debian: apt-get install linux-perf)" >&2; exit 1; }
+
+OUT="$ROOT/bench-results/profile-$(date +%Y%m%d-%H%M%S)"
+mkdir -p "$OUT"
+SUFFIX=$(od -An -N4 -tx4 /dev/urandom | tr -d ' ')
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+KEYS="profile$SUFFIX: $(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')"
+export LIVEKIT_KEYS="$KEYS" NATS_URL="${NATS_URL:-nats://127.0.0.1:4222}"
+export WEBHOOK_STREAM="PROFILE_$SUFFIX" WEBHOOK_SUBJECT_PREFIX="profile$SUFFIX.webhook"
+export HEARTBEAT_STREAM="PROFILE_${SUFFIX}_HEARTBEATS" HEARTBEAT_SUBJECT_PREFIX="profile$SUFFIX.heartbeat"
+
+LISTEN_ADDR="127.0.0.1:$PORT" METRICS_ADDR=127.0.0.1:0 RUST_LOG=warn "$BIN/gateway" >"$OUT/gateway.log" 2>&1 &
+GATEWAY=$!
+cleanup() {
+  kill "$GATEWAY" 2>/dev/null || true
+  wait "$GATEWAY" 2>/dev/null || true
+  python3 - "$WEBHOOK_STREAM" "$HEARTBEAT_STREAM" <<'PY' 2>/dev/null || true
+import json, socket, sys
+s = socket.create_connection(("127.0.0.1", 4222)); s.recv(4096)
+s.sendall(b'CONNECT {"verbose":false}\r\n')
+for name in sys.argv[1:]:
+    s.sendall(f"PUB $JS.API.STREAM.DELETE.{name} 0\r\n\r\n".encode())
+s.sendall(b"PING\r\n"); s.recv(4096)
+PY
+}
+trap cleanup EXIT
+for _ in $(seq 100); do
+  curl -fsS "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+
+# Enough requests to outlast the profile (signed before sending: wait for the sending to start).
+"$BIN/loadgen" gateway --url "http://127.0.0.1:$PORT" --requests 300000 --concurrency "$CONCURRENCY" \
+  >"$OUT/load.txt" 2>&1 &
+LOAD=$!
+sleep 6
+perf record -F 999 -g -o "$OUT/perf.data" -p "$GATEWAY" -- sleep "$SECONDS_PROFILED" 2>"$OUT/perf-record.log"
+kill "$LOAD" 2>/dev/null || true
+wait "$LOAD" 2>/dev/null || true
+perf report -i "$OUT/perf.data" --no-children --sort symbol --stdio 2>/dev/null | grep -v '^$' >"$OUT/perf-report.txt"
+grep -E '^ +[0-9]' "$OUT/perf-report.txt" | head -40
+echo "[profile] $OUT" >&2
