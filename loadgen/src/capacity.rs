@@ -99,27 +99,48 @@ async fn run_level(
     signed: Arc<Vec<(Bytes, String)>>,
     concurrency: usize,
 ) -> anyhow::Result<LevelResult> {
+    let (http, endpoint) = (http.clone(), endpoint.to_owned());
+    drive(signed.len(), concurrency, move |index| {
+        let (http, endpoint, signed) = (http.clone(), endpoint.clone(), signed.clone());
+        async move {
+            let (body, authorization) = &signed[index];
+            let answer = http
+                .post(&endpoint)
+                .header("Content-Type", "application/webhook+json")
+                .header("Authorization", authorization)
+                .body(body.clone())
+                .send()
+                .await;
+            answer.is_ok_and(|response| response.status() == 200)
+        }
+    })
+    .await
+}
+
+/// Runs `operation` on the indexes `0..count`, `concurrency` at a time, each as soon as one
+/// finishes: how long it all took, each operation's latency, and how many failed (`false`).
+pub async fn drive<F, Fut>(count: usize, concurrency: usize, operation: F) -> anyhow::Result<LevelResult>
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = bool> + Send,
+{
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
-    let mut senders = tokio::task::JoinSet::new();
+    let mut workers = tokio::task::JoinSet::new();
     for _ in 0..concurrency.max(1) {
-        let (http, endpoint, signed, next) = (http.clone(), endpoint.to_owned(), signed.clone(), next.clone());
-        senders.spawn(async move {
+        let (next, operation) = (next.clone(), operation.clone());
+        workers.spawn(async move {
             let mut latencies = latency_histogram();
             let mut failures = 0;
             loop {
                 let index = next.fetch_add(1, Ordering::Relaxed);
-                let Some((body, authorization)) = signed.get(index) else { break };
+                if index >= count {
+                    break;
+                }
                 let sent = Instant::now();
-                let answer = http
-                    .post(&endpoint)
-                    .header("Content-Type", "application/webhook+json")
-                    .header("Authorization", authorization)
-                    .body(body.clone())
-                    .send()
-                    .await;
+                let succeeded = operation(index).await;
                 latencies.saturating_record(sent.elapsed().as_micros() as u64);
-                if !answer.is_ok_and(|response| response.status() == 200) {
+                if !succeeded {
                     failures += 1;
                 }
             }
@@ -128,12 +149,12 @@ async fn run_level(
     }
     let mut latencies_us = latency_histogram();
     let mut failures = 0;
-    while let Some(joined) = senders.join_next().await {
+    while let Some(joined) = workers.join_next().await {
         let (histogram, failed) = joined?;
         latencies_us.add(&histogram)?;
         failures += failed;
     }
-    Ok(LevelResult { concurrency, requests: signed.len(), elapsed: started.elapsed(), latencies_us, failures })
+    Ok(LevelResult { concurrency, requests: count, elapsed: started.elapsed(), latencies_us, failures })
 }
 
 /// Microseconds from 1 µs to 10 min at 3 significant digits. Fixed bounds: an auto-resizing
@@ -160,4 +181,33 @@ fn joined(keys: &KeySet, event_id: &str, n: usize) -> (Bytes, String) {
     let body = Bytes::from(serde_json::to_vec(&body).expect("JSON serializes"));
     let authorization = webhook_authorization(keys, &body);
     (body, authorization)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn drive_runs_every_index_once_and_counts_the_failures() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let recorded = seen.clone();
+        let result = drive(100, 7, move |index| {
+            let recorded = recorded.clone();
+            async move {
+                recorded.lock().unwrap().push(index);
+                index % 10 != 0
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            (result.concurrency, result.requests, result.failures, result.latencies_us.len()),
+            (7, 100, 10, 100)
+        );
+        let mut seen = seen.lock().unwrap().clone();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..100).collect::<Vec<_>>());
+    }
 }

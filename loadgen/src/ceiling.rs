@@ -10,8 +10,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_nats::jetstream::{self, message::PublishMessage};
 use axum::body::Bytes;
@@ -19,7 +18,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use shared::nats::NatsArgs;
 
-use crate::capacity::{LevelResult, latency_histogram};
+use crate::capacity::{self, LevelResult};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct CeilingArgs {
@@ -80,44 +79,17 @@ pub async fn raw_publish(
     in_flight: usize,
 ) -> anyhow::Result<LevelResult> {
     let run = format!("raw-{:016x}", fastrand::u64(..));
-    let next = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
-    let mut publishers = tokio::task::JoinSet::new();
-    for _ in 0..in_flight.max(1) {
-        let (jetstream, subject, bodies, next, run) =
-            (jetstream.clone(), subject.to_owned(), bodies.clone(), next.clone(), run.clone());
-        publishers.spawn(async move {
-            let mut latencies = latency_histogram();
-            let mut failures = 0;
-            loop {
-                let index = next.fetch_add(1, Ordering::Relaxed);
-                let Some(body) = bodies.get(index) else { break };
-                let sent = Instant::now();
-                let message = PublishMessage::build().payload(body.clone()).message_id(format!("{run}-{index}"));
-                let acked = match jetstream.send_publish(subject.clone(), message).await {
-                    Ok(ack) => ack.await.is_ok(),
-                    Err(_) => false,
-                };
-                latencies.saturating_record(sent.elapsed().as_micros() as u64);
-                if !acked {
-                    failures += 1;
-                }
+    let (jetstream, subject) = (jetstream.clone(), subject.to_owned());
+    capacity::drive(bodies.len(), in_flight, move |index| {
+        let (jetstream, subject, bodies, id) =
+            (jetstream.clone(), subject.clone(), bodies.clone(), format!("{run}-{index}"));
+        async move {
+            let message = PublishMessage::build().payload(bodies[index].clone()).message_id(id);
+            match jetstream.send_publish(subject, message).await {
+                Ok(ack) => ack.await.is_ok(),
+                Err(_) => false,
             }
-            (latencies, failures)
-        });
-    }
-    let mut latencies_us = latency_histogram();
-    let mut failures = 0;
-    while let Some(joined) = publishers.join_next().await {
-        let (histogram, failed) = joined?;
-        latencies_us.add(&histogram)?;
-        failures += failed;
-    }
-    Ok(LevelResult {
-        concurrency: in_flight,
-        requests: bodies.len(),
-        elapsed: started.elapsed(),
-        latencies_us,
-        failures,
+        }
     })
+    .await
 }
