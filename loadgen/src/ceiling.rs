@@ -3,8 +3,10 @@
 //!
 //! - The gateway's: `loadgen ceiling-gateway`, an axum handler that takes the webhook's body and
 //!   publishes it to JetStream with a unique `Nats-Msg-Id`, answering 200 after the ack; no
-//!   verification, parsing, redaction, limits, tracing or metrics. Run as a process of its own,
-//!   on the same stream as the gateway it is compared with.
+//!   verification, parsing, redaction, body limits, tracing or metrics. It runs on the gateway's
+//!   own HTTP server loop ([`gateway::server::serve`], with the gateway's connection settings:
+//!   `TCP_NODELAY`, the connection cap, the header timer), as a process of its own, on the same
+//!   stream as the gateway it is compared with: the gateway's path without the gateway's work.
 //! - Raw JetStream publishing from the load generator itself, with the same number of publishes
 //!   in flight: the cost of the ack path alone, without HTTP.
 
@@ -30,6 +32,9 @@ pub struct CeilingArgs {
     pub subject: String,
     #[command(flatten)]
     pub nats: NatsArgs,
+    /// The gateway's own connection settings (and their defaults).
+    #[command(flatten)]
+    pub connections: gateway::server::ConnectionArgs,
 }
 
 struct Ceiling {
@@ -54,7 +59,7 @@ pub async fn serve_gateway_ceiling(args: CeilingArgs) -> anyhow::Result<()> {
         .route("/readyz", axum::routing::get(|| async { StatusCode::OK }))
         .with_state(ceiling);
     let listener = tokio::net::TcpListener::bind(args.listen_addr).await?;
-    axum::serve(listener, app).with_graceful_shutdown(shared::runtime::shutdown::signal()).await?;
+    gateway::server::serve(listener, app, &args.connections, shared::runtime::shutdown::on_signal()).await?;
     Ok(())
 }
 

@@ -18,7 +18,7 @@ enum Command {
     Gateway(GatewayArgs),
     /// Serve the gateway's ceiling: the webhook body published to JetStream with a unique
     /// message id, 200 after the ack, nothing else (what `loadgen bench` compares it with).
-    CeilingGateway(ceiling::CeilingArgs),
+    CeilingGateway(Box<ceiling::CeilingArgs>),
 }
 
 #[derive(Debug, clap::Args)]
@@ -45,7 +45,7 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::CeilingGateway(args) => ceiling::serve_gateway_ceiling(args).await,
+        Command::CeilingGateway(args) => ceiling::serve_gateway_ceiling(*args).await,
         Command::Gateway(args) => {
             let keys = args.keys.key_set().context("LiveKit keys")?;
             let http = reqwest::Client::builder().pool_max_idle_per_host(1024).build()?;

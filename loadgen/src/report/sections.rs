@@ -291,9 +291,10 @@ pub(super) fn gateway_capacity(out: &mut String, results: &Results) -> fmt::Resu
     writeln!(
         out,
         "A gateway alone (no workers), distinct signed participant_joined webhooks as fast as it answers, against its \
-         ceiling in the same run: `loadgen ceiling-gateway`, an axum handler that publishes the body to the same \
-         stream with a unique `Nats-Msg-Id` and answers 200 after the ack (no verification, parsing, redaction, \
-         limits, tracing or metrics); and raw JetStream publishes from the load generator with as many in flight. \
+         ceiling in the same run: `loadgen ceiling-gateway`, an axum handler on the gateway's own server loop that \
+         publishes the body to the same stream with a unique `Nats-Msg-Id` and answers 200 after the ack (no \
+         verification, parsing, redaction, body limits, tracing or metrics); and raw JetStream publishes from the \
+         load generator with as many in flight. \
          Interleaved, {rounds} rounds (ceiling first in odd rounds, gateway first in even ones): medians, with the \
          range over the rounds.\n"
     )?;
