@@ -19,6 +19,7 @@
 use std::collections::BTreeSet;
 
 use super::attendance::ParticipantInfo;
+use super::identifiers::{self, Field};
 
 /// Sessions that began less than this before a check are neither closed nor opened by it.
 pub const CLOCK_MARGIN_MS: i64 = 10_000;
@@ -120,7 +121,12 @@ pub fn reconcile(known: &Known, checked_at_ms: i64, answer: &RoomAnswer) -> Deci
         }
         RoomAnswer::Gone => Vec::new(),
     };
-    let listed_sids: BTreeSet<String> = listed.iter().map(|p| p.info.sid.clone()).collect();
+    // A sid outside the identifier rules can match no stored session, and is not kept.
+    let listed_sids: BTreeSet<String> = listed
+        .iter()
+        .filter(|p| identifiers::check(Field::ParticipantSid, &p.info.sid).is_ok())
+        .map(|p| p.info.sid.clone())
+        .collect();
     let gone = *answer == RoomAnswer::Gone;
 
     let closings: Vec<Closing> = known
@@ -147,6 +153,7 @@ pub fn reconcile(known: &Known, checked_at_ms: i64, answer: &RoomAnswer) -> Deci
     let openings = listed
         .iter()
         .filter(|p| p.state == ParticipantState::Active && !known.known_sessions.contains(&p.info.sid))
+        .filter(|p| is_storable(&p.info))
         .filter_map(|p| {
             let joined_at_ms = p.joined_at_ms?;
             (joined_at_ms < settled_before_ms).then(|| (p.info.clone(), joined_at_ms))
@@ -165,6 +172,19 @@ pub fn reconcile(known: &Known, checked_at_ms: i64, answer: &RoomAnswer) -> Deci
         listed: if gone { BTreeSet::new() } else { listed_sids },
         meeting_ended_at_ms,
     }
+}
+
+/// Whether a listed participant may be stored as the edge stores an event's: an identity and a
+/// sid within the identifier rules ([`identifiers`]), and no NUL (PostgreSQL's text refuses it)
+/// in its name or metadata. One that is not stays unopened rather than failing the whole check.
+fn is_storable(info: &ParticipantInfo) -> bool {
+    !info.identity.is_empty()
+        && !info.sid.is_empty()
+        && identifiers::check(Field::Identity, &info.identity).is_ok()
+        && identifiers::check(Field::ParticipantSid, &info.sid).is_ok()
+        && !info.name.contains('\0')
+        && !info.metadata.contains('\0')
+        && !info.kind.contains('\0')
 }
 
 #[cfg(test)]
@@ -249,6 +269,25 @@ mod tests {
         ]);
         let decision = reconcile(&known, 11 * MINUTE, &answer);
         assert_eq!(decision.openings, [(info("fay", "PA_fay"), 3 * MINUTE)]);
+    }
+
+    #[test]
+    fn a_listed_participant_that_could_not_be_stored_is_not_opened() {
+        let known = known(vec![]);
+        let mut hostile = vec![
+            listed("", "PA_1", ParticipantState::Active, MINUTE),
+            listed("bob", "", ParticipantState::Active, MINUTE),
+            listed("line\r\nbreak", "PA_3", ParticipantState::Active, MINUTE),
+            listed(&"x".repeat(10_000), "PA_4", ParticipantState::Active, MINUTE),
+            listed("nul", "PA_5", ParticipantState::Active, MINUTE),
+            listed("fine", "PA_6", ParticipantState::Active, MINUTE),
+        ];
+        hostile[4].info.metadata = "a\0b".into();
+        let decision = reconcile(&known, 11 * MINUTE, &RoomAnswer::Listed(hostile));
+        let opened: Vec<&str> = decision.openings.iter().map(|(p, _)| p.sid.as_str()).collect();
+        assert_eq!(opened, ["PA_6"]);
+        let hostile_sid = vec![listed("eve", "PA_\0", ParticipantState::Active, MINUTE)];
+        assert!(reconcile(&known, 11 * MINUTE, &RoomAnswer::Listed(hostile_sid)).listed.is_empty(), "never stored");
     }
 
     #[test]

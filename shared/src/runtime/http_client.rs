@@ -260,7 +260,41 @@ impl OriginClient {
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
     use super::*;
+
+    #[tokio::test]
+    async fn calls_reuse_a_kept_alive_connection_and_bound_the_answer() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        // One connection only, answering each request in turn; a second connection is counted.
+        let server = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut buffer = vec![0u8; 4096];
+            for answer in [
+                &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"[..],
+                b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n123456789",
+            ] {
+                let mut read = 0;
+                while !String::from_utf8_lossy(&buffer[..read]).ends_with("{}") {
+                    read += stream.read(&mut buffer[read..]).await.unwrap();
+                }
+                stream.write_all(answer).await.unwrap();
+            }
+            let second = tokio::time::timeout(Duration::from_millis(300), listener.accept()).await;
+            (second.is_ok(), stream)
+        });
+        let tls = tls_client_config(None, "TEST").unwrap();
+        let client =
+            OriginClient::new(format!("http://127.0.0.1:{port}").parse().unwrap(), tls, Duration::from_secs(5), "test");
+        let first = client.post("/a", "application/json", &[], Bytes::from_static(b"{}"), 64).await.unwrap();
+        assert_eq!((first.status, first.body.as_ref()), (200, &b"{}"[..]));
+        let second = client.post("/b", "application/json", &[], Bytes::from_static(b"{}"), 8).await;
+        assert_eq!(second, Err(CallError::TooLarge(8)), "a 9-byte answer past an 8-byte bound");
+        let (reconnected, _stream) = server.await.unwrap();
+        assert!(!reconnected, "the second call went over the first call's connection");
+    }
 
     #[test]
     fn origins_accept_livekit_urls() {
