@@ -58,6 +58,15 @@ impl PrivateNats {
         });
         let env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
         let mut nats = PrivateNats { port: free_port(), store, config, env, child: None };
+        // A port found free can be taken by another test before the server binds it: then the
+        // server exits, and starts again on another port.
+        for _ in 0..2 {
+            match nats.spawn_and_wait().await {
+                Ok(()) => return nats,
+                Err(log) if log.contains("address already in use") => nats.port = free_port(),
+                Err(log) => panic!("the private nats-server did not start; its log:\n{log}"),
+            }
+        }
         nats.restart().await;
         nats
     }
@@ -73,6 +82,14 @@ impl PrivateNats {
 
     /// Starts the server again (same port, same store) after [`PrivateNats::kill`].
     pub async fn restart(&mut self) {
+        if let Err(log) = self.spawn_and_wait().await {
+            panic!("the private nats-server did not start; its log:\n{log}");
+        }
+    }
+
+    /// Starts the server and waits until it accepts clients; its log if it exits or stays
+    /// silent for 30 s.
+    async fn spawn_and_wait(&mut self) -> Result<(), String> {
         assert!(self.child.is_none(), "the server is already running");
         let mut command = Command::new(nats_server_binary());
         if let Some(config) = &self.config {
@@ -88,11 +105,21 @@ impl PrivateNats {
             .spawn()
             .expect("start nats-server (is it installed? `make test` installs it)");
         self.child = Some(child);
-        let port = self.port;
-        crate::eventually(Duration::from_secs(10), "the private nats-server to listen", || async move {
-            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok().map(|_| ())
-        })
-        .await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
+                return Ok(());
+            }
+            let exited = self.child.as_mut().is_some_and(|child| child.try_wait().expect("try_wait").is_some());
+            if exited {
+                self.child = None;
+                return Err(self.log());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!("(silent for 30 s)\n{}", self.log()));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// What the server logged so far (its standard error), to explain a failed test.

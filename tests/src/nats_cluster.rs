@@ -38,6 +38,48 @@ impl Node {
     }
 }
 
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `size` nodes' ports, directories and configurations, routed to one another; none started.
+fn configure(size: usize) -> Vec<Node> {
+    let cluster_name = format!("testcluster-{}", crate::unique_suffix());
+    let route_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
+    let routes = route_ports.iter().map(|port| format!("nats-route://127.0.0.1:{port}")).collect::<Vec<_>>();
+    let mut nodes = Vec::new();
+    for (index, route_port) in route_ports.iter().enumerate() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let node = Node {
+            name: format!("n{}", index + 1),
+            client_port: free_port(),
+            monitor_port: free_port(),
+            dir,
+            child: None,
+        };
+        let store = node.dir.path().join("store");
+        let config = format!(
+            "server_name: {name}\n\
+             listen: 127.0.0.1:{client}\n\
+             http: 127.0.0.1:{monitor}\n\
+             jetstream {{\n  store_dir: {store:?}\n  sync_interval: always\n}}\n\
+             cluster {{\n  name: {cluster_name}\n  listen: 127.0.0.1:{route_port}\n  routes: [{routes}]\n}}\n",
+            name = node.name,
+            client = node.client_port,
+            monitor = node.monitor_port,
+            routes = routes.join(", "),
+        );
+        std::fs::write(node.config_path(), config).expect("write the node's configuration");
+        nodes.push(node);
+    }
+    nodes
+}
+
 /// The leader of a stream, and since when it leads (as the server says: exact, where polling
 /// for it would add the polling's delay).
 #[derive(Debug, Clone, Copy)]
@@ -59,41 +101,31 @@ impl NatsCluster {
     pub async fn start(size: usize) -> Self {
         assert!(size >= 1, "a cluster has at least one node");
         let binary = cluster_server_binary();
-        let cluster_name = format!("testcluster-{}", crate::unique_suffix());
-        let route_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
-        let routes = route_ports.iter().map(|port| format!("nats-route://127.0.0.1:{port}")).collect::<Vec<_>>();
-        let mut nodes = Vec::new();
-        for (index, route_port) in route_ports.iter().enumerate() {
-            let dir = tempfile::tempdir().expect("temporary directory");
-            let node = Node {
-                name: format!("n{}", index + 1),
-                client_port: free_port(),
-                monitor_port: free_port(),
-                dir,
-                child: None,
-            };
-            let store = node.dir.path().join("store");
-            let config = format!(
-                "server_name: {name}\n\
-                 listen: 127.0.0.1:{client}\n\
-                 http: 127.0.0.1:{monitor}\n\
-                 jetstream {{\n  store_dir: {store:?}\n  sync_interval: always\n}}\n\
-                 cluster {{\n  name: {cluster_name}\n  listen: 127.0.0.1:{route_port}\n  routes: [{routes}]\n}}\n",
-                name = node.name,
-                client = node.client_port,
-                monitor = node.monitor_port,
-                routes = routes.join(", "),
-            );
-            std::fs::write(node.config_path(), config).expect("write the node's configuration");
-            nodes.push(node);
-        }
+        // A port found free can be taken by another test before the node binds it: a node that
+        // exits for that is started again, with the whole cluster on fresh ports.
+        let mut attempt = 1;
+        let nodes = loop {
+            let mut nodes = configure(size);
+            for node in &mut nodes {
+                spawn(&binary, node);
+            }
+            let mut failure = None;
+            for node in &mut nodes {
+                if let Err(why) = wait_listening(node).await {
+                    failure = Some(why);
+                    break;
+                }
+            }
+            match failure {
+                None => break nodes,
+                Some(Startup::Exited(log)) if attempt < 3 && log.contains("address already in use") => {
+                    eprintln!("[nats-cluster] a port was taken meanwhile; starting the cluster again on fresh ports");
+                    attempt += 1;
+                }
+                Some(why) => panic!("the cluster did not start: {why}"),
+            }
+        };
         let urls = nodes.iter().map(|node| format!("nats://127.0.0.1:{}", node.client_port)).collect::<Vec<_>>();
-        for node in &mut nodes {
-            spawn(&binary, node);
-        }
-        for node in &nodes {
-            wait_listening(node).await;
-        }
         let (client, _) = shared::nats::NatsArgs::for_url(urls.join(","))
             .connect("testkit-cluster")
             .await
@@ -148,7 +180,9 @@ impl NatsCluster {
     pub async fn restart(&mut self, node: usize) {
         assert!(self.nodes[node].child.is_none(), "{} is already running", self.nodes[node].name);
         spawn(&self.binary, &mut self.nodes[node]);
-        wait_listening(&self.nodes[node]).await;
+        if let Err(why) = wait_listening(&mut self.nodes[node]).await {
+            panic!("{} did not start again: {why}", self.nodes[node].name);
+        }
     }
 
     /// Whether node `node` runs (it was not killed or stopped, or was restarted since).
@@ -277,12 +311,46 @@ fn spawn(binary: &Path, node: &mut Node) {
     node.child = Some(child);
 }
 
-async fn wait_listening(node: &Node) {
-    let port = node.client_port;
-    crate::eventually(Duration::from_secs(10), &format!("{} to listen", node.name), || async move {
-        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok().map(|_| ())
-    })
-    .await;
+/// Why a node did not come up.
+#[derive(Debug)]
+enum Startup {
+    /// It exited; what it logged.
+    Exited(String),
+    /// It still runs but accepts no client; what it logged.
+    Silent(String),
+}
+
+impl std::fmt::Display for Startup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Startup::Exited(log) => write!(f, "it exited; its log:\n{log}"),
+            Startup::Silent(log) => write!(f, "it accepted no client within {LISTEN_TIMEOUT:?}; its log:\n{log}"),
+        }
+    }
+}
+
+/// How long a node may take to accept clients: generous, for a machine busy with other tests.
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Waits until `node` accepts clients, or says why it does not (it exited, or it is silent).
+async fn wait_listening(node: &mut Node) -> Result<(), Startup> {
+    let deadline = tokio::time::Instant::now() + LISTEN_TIMEOUT;
+    loop {
+        if tokio::net::TcpStream::connect(("127.0.0.1", node.client_port)).await.is_ok() {
+            return Ok(());
+        }
+        let log_path = node.log_path();
+        let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+        let child = node.child.as_mut().expect("a node waited for was spawned");
+        if child.try_wait().expect("try_wait").is_some() {
+            node.child = None;
+            return Err(Startup::Exited(log()));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Startup::Silent(log()));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// The nats-server for clusters: `NATS_CLUSTER_SERVER_BIN` if set, else the one
