@@ -1,8 +1,7 @@
 //! LiveKit's webhook event, reduced to the fields attendance reads, and what makes a body an
 //! event at all. Event types this code does not interpret are kept in the log as they are.
 
-use serde::Deserialize as _;
-use serde_json::Value;
+use serde::de::{self, Visitor};
 
 use super::identifiers::{self, Field, InvalidIdentifier};
 
@@ -79,6 +78,10 @@ pub struct Participant {
 impl WebhookEvent {
     /// Parses a stored payload.
     pub fn parse(payload: &[u8]) -> Result<Self, EventError> {
+        // serde's derive would also read an array as the fields in order: an event is an object.
+        if payload.trim_ascii_start().first() != Some(&b'{') {
+            return Err(EventError::NotJson);
+        }
         let event: WebhookEvent = serde_json::from_slice(payload).map_err(|_| EventError::NotJson)?;
         if event.event.is_empty() {
             return Err(EventError::MissingType);
@@ -114,30 +117,151 @@ pub fn is_valid_event_type(s: &str) -> bool {
 
 /// protojson writes int64 as a string; accept a number too, and treat 0 and "" as absent.
 pub(crate) fn int64<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
-    #[derive(serde::Deserialize)]
-    #[serde(untagged)]
-    enum Int64 {
-        Number(i64),
-        Text(String),
+    // A visitor, not an untagged enum: that one buffers every value before trying each variant,
+    // and this runs a few times per webhook at the edge.
+    struct Int64;
+    impl<'de> Visitor<'de> for Int64 {
+        type Value = Option<i64>;
+
+        fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            formatter.write_str("an int64, as a number or a string")
+        }
+
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+            deserializer.deserialize_any(self)
+        }
+
+        fn visit_i64<E: de::Error>(self, n: i64) -> Result<Self::Value, E> {
+            Ok(Some(n))
+        }
+
+        fn visit_u64<E: de::Error>(self, n: u64) -> Result<Self::Value, E> {
+            i64::try_from(n).map(Some).map_err(|_| E::invalid_value(de::Unexpected::Unsigned(n), &self))
+        }
+
+        fn visit_str<E: de::Error>(self, text: &str) -> Result<Self::Value, E> {
+            if text.is_empty() { Ok(None) } else { text.parse().map(Some).map_err(E::custom) }
+        }
     }
-    let value = Option::<Int64>::deserialize(deserializer)?;
-    let parsed = match value {
-        None => None,
-        Some(Int64::Number(n)) => Some(n),
-        Some(Int64::Text(text)) if text.is_empty() => None,
-        Some(Int64::Text(text)) => Some(text.parse().map_err(serde::de::Error::custom)?),
-    };
-    Ok(parsed.filter(|&n| n != 0))
+    Ok(deserializer.deserialize_option(Int64)?.filter(|&n| n != 0))
 }
 
 /// protojson writes uint32 as a number; a value that is not one is treated as absent rather than
 /// refusing the event (attendance does not depend on it), and 0 as absent too.
 fn uint32<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<u32>, D::Error> {
-    let value = Option::<Value>::deserialize(deserializer)?;
-    let number = match value {
-        Some(Value::Number(n)) => n.as_u64(),
-        Some(Value::String(text)) => text.parse().ok(),
-        _ => None,
-    };
+    struct Uint32;
+    impl<'de> Visitor<'de> for Uint32 {
+        type Value = Option<u64>;
+
+        fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            formatter.write_str("any JSON value")
+        }
+
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+            deserializer.deserialize_any(self)
+        }
+
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_i64<E: de::Error>(self, n: i64) -> Result<Self::Value, E> {
+            Ok(u64::try_from(n).ok())
+        }
+
+        fn visit_u64<E: de::Error>(self, n: u64) -> Result<Self::Value, E> {
+            Ok(Some(n))
+        }
+
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_str<E: de::Error>(self, text: &str) -> Result<Self::Value, E> {
+            Ok(text.parse().ok())
+        }
+
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            while seq.next_element::<de::IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+
+        fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            while map.next_entry::<de::IgnoredAny, de::IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+    }
+    let number = deserializer.deserialize_option(Uint32)?;
     Ok(number.and_then(|n| u32::try_from(n).ok()).filter(|&n| n != 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(json: &str) -> Result<WebhookEvent, EventError> {
+        WebhookEvent::parse(format!(r#"{{"event":"room_started","id":"EV_1",{json}}}"#).as_bytes())
+    }
+
+    #[test]
+    fn int64_is_a_number_or_a_string_and_zero_or_empty_is_absent() {
+        for (json, expected) in [
+            (r#""createdAt":"1795495151""#, Some(1_795_495_151)),
+            (r#""createdAt":1795495151"#, Some(1_795_495_151)),
+            (r#""createdAt":"-5""#, Some(-5)),
+            (r#""createdAt":"""#, None),
+            (r#""createdAt":"0""#, None),
+            (r#""createdAt":0"#, None),
+            (r#""createdAt":null"#, None),
+            (r#""x":1"#, None),
+        ] {
+            assert_eq!(event(json).map(|e| e.created_at), Ok(expected), "{json}");
+        }
+        for json in [
+            r#""createdAt":"soon""#,
+            r#""createdAt":1.5"#,
+            r#""createdAt":18446744073709551615"#,
+            r#""createdAt":true"#,
+            r#""createdAt":{}"#,
+        ] {
+            assert_eq!(event(json), Err(EventError::NotJson), "{json}");
+        }
+    }
+
+    #[test]
+    fn a_uint32_that_is_not_one_is_absent_and_never_refuses_the_event() {
+        for (json, expected) in [
+            ("300", Some(300)),
+            (r#""300""#, Some(300)),
+            ("0", None),
+            ("-1", None),
+            ("4294967296", None),
+            ("1.5", None),
+            ("true", None),
+            ("null", None),
+            (r#"[1, [2]]"#, None),
+            (r#"{"a": {"b": 1}}"#, None),
+            (r#""x""#, None),
+        ] {
+            let parsed = event(&format!(r#""room":{{"emptyTimeout":{json},"name":"r"}}"#)).unwrap();
+            let room = parsed.room.unwrap();
+            assert_eq!((room.empty_timeout, room.name.as_str()), (expected, "r"), "{json}");
+        }
+    }
 }

@@ -9,14 +9,15 @@
 
 use base64::Engine as _;
 use bytes::Bytes;
-use serde_json::Value;
+use std::borrow::Cow;
+
+use serde_json::value::RawValue;
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 
 use super::keys::KeySet;
 use super::token::{self, TokenError};
-use crate::domain::event::{EventError, is_valid_event_type};
-use crate::domain::identifiers::{self, Field};
+use crate::domain::event::{EventError, WebhookEvent, is_valid_event_type};
 
 /// Why a webhook request is not authentic. `code()` is stable (API errors and metric labels).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -111,39 +112,19 @@ pub struct VerifiedEvent {
 }
 
 impl VerifiedEvent {
-    /// Private to this module: only [`receive`] calls it, after verification.
+    /// Private to this module: only [`receive`] calls it, after verification. The body is read
+    /// the way the worker will read it ([`WebhookEvent::parse`], the identifier checks), so that
+    /// what the edge accepts the worker can apply: an event it would refuse is refused here, with
+    /// a 4xx LiveKit does not retry, not dead-lettered later.
     fn parse(body: Bytes, received_at_ms: i64) -> Result<Self, EventError> {
-        let mut json: Value = serde_json::from_slice(&body).map_err(|_| EventError::NotJson)?;
-        let object = json.as_object_mut().ok_or(EventError::NotJson)?;
-        let event_type = non_empty_str(object.get("event")).ok_or(EventError::MissingType)?;
-        if !is_valid_event_type(event_type) {
+        let event = WebhookEvent::parse(&body)?;
+        if !is_valid_event_type(&event.event) {
             return Err(EventError::InvalidType);
         }
-        let event_type = event_type.to_owned();
-        let id = non_empty_str(object.get("id")).ok_or(EventError::MissingId)?.to_owned();
-        identifiers::check(Field::EventId, &id)?;
-        let participant = object.get("participant").and_then(Value::as_object);
-        for (field, key) in [(Field::Identity, "identity"), (Field::ParticipantSid, "sid")] {
-            if let Some(value) = non_empty_str(participant.and_then(|p| p.get(key))) {
-                identifiers::check(field, value)?;
-            }
-        }
-        let room = object.get_mut("room").and_then(Value::as_object_mut);
-        if let Some(sid) = non_empty_str(room.as_ref().and_then(|r| r.get("sid"))) {
-            identifiers::check(Field::RoomSid, sid)?;
-        }
-        let room_name = room.as_ref().and_then(|r| non_empty_str(r.get("name"))).map(str::to_owned);
-        if let Some(name) = &room_name {
-            identifiers::check(Field::RoomName, name)?;
-        }
-        let redacted = room.is_some_and(|r| r.remove("turnPassword").is_some());
-        // Re-serialize only when something was removed: otherwise keep LiveKit's exact bytes.
-        let payload = if redacted {
-            Bytes::from(serde_json::to_vec(&json).expect("a parsed JSON value serializes"))
-        } else {
-            body
-        };
-        Ok(VerifiedEvent { id, event_type, room_name, payload, received_at_ms })
+        event.check_identifiers()?;
+        let payload = without_turn_password(body)?;
+        let room_name = event.room.map(|room| room.name).filter(|name| !name.is_empty());
+        Ok(VerifiedEvent { id: event.id, event_type: event.event, room_name, payload, received_at_ms })
     }
 
     /// LiveKit's event id (`EV_…`), unique per event and identical across retries.
@@ -170,8 +151,74 @@ impl VerifiedEvent {
     }
 }
 
-fn non_empty_str(value: Option<&Value>) -> Option<&str> {
-    value.and_then(Value::as_str).filter(|s| !s.is_empty())
+/// `body` without `room.turnPassword`. LiveKit's bytes are kept as they are, but for the room
+/// object when it holds the secret: that one is written again from its members' own bytes, less
+/// the secret (no tree of the whole body is built, and nothing else is re-encoded).
+fn without_turn_password(body: Bytes) -> Result<Bytes, EventError> {
+    /// The room's bytes, found by a second reading of the body (which the first one validated).
+    #[derive(serde::Deserialize)]
+    struct RoomOf<'a> {
+        #[serde(borrow, default)]
+        room: Option<&'a RawValue>,
+    }
+    let room = match serde_json::from_slice::<RoomOf<'_>>(&body) {
+        Ok(RoomOf { room: Some(room) }) => room,
+        Ok(RoomOf { room: None }) => return Ok(body),
+        Err(_) => return Err(EventError::NotJson),
+    };
+    let Members(members) = serde_json::from_str(room.get()).map_err(|_| EventError::NotJson)?;
+    if !members.iter().any(|(key, _)| key == TURN_PASSWORD) {
+        return Ok(body);
+    }
+    // The raw value borrows from `body`: its place in it is its offset from the body's start.
+    let start = room.get().as_ptr() as usize - body.as_ptr() as usize;
+    let end = start + room.get().len();
+    let mut redacted = Vec::with_capacity(body.len());
+    redacted.extend_from_slice(&body[..start]);
+    redacted.push(b'{');
+    for (index, (key, value)) in members.iter().filter(|(key, _)| key != TURN_PASSWORD).enumerate() {
+        if index > 0 {
+            redacted.push(b',');
+        }
+        serde_json::to_writer(&mut redacted, key).expect("a string serializes into a Vec");
+        redacted.push(b':');
+        redacted.extend_from_slice(value.get().as_bytes());
+    }
+    redacted.push(b'}');
+    redacted.extend_from_slice(&body[end..]);
+    Ok(Bytes::from(redacted))
+}
+
+/// The room's field holding a TURN credential: a secret that never leaves the gateway.
+const TURN_PASSWORD: &str = "turnPassword";
+
+/// The members of a JSON object in their order, each value as its exact bytes.
+struct Members<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de> serde::Deserialize<'de> for Members<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        /// A key, borrowed from the input unless it holds escapes.
+        #[derive(serde::Deserialize)]
+        struct Key<'a>(#[serde(borrow)] Cow<'a, str>);
+
+        struct MembersVisitor;
+        impl<'de> serde::de::Visitor<'de> for MembersVisitor {
+            type Value = Members<'de>;
+
+            fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                formatter.write_str("a JSON object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut members = Vec::new();
+                while let Some(Key(key)) = map.next_key()? {
+                    members.push((key, map.next_value()?));
+                }
+                Ok(Members(members))
+            }
+        }
+        deserializer.deserialize_map(MembersVisitor)
+    }
 }
 
 /// LiveKit sends the bare token; a `Bearer ` prefix is tolerated.
@@ -221,22 +268,52 @@ mod tests {
     }
 
     #[test]
-    fn removes_the_turn_password_and_keeps_everything_else() {
-        let event =
-            parse(r#"{"event":"room_started","id":"EV_1","room":{"name":"r","turnPassword":"s3cret"},"x":1}"#).unwrap();
-        let stored: Value = serde_json::from_slice(event.payload()).unwrap();
-        assert_eq!(stored, serde_json::json!({"event":"room_started","id":"EV_1","room":{"name":"r"},"x":1}));
+    fn removes_the_turn_password_and_keeps_every_other_byte() {
+        let body = r#"{"event":"room_started", "id":"EV_1","room":{"name":"r", "turnPassword":"s3cret" ,"sid":"RM_1", "n":[1, 2]},"x":1}"#;
+        let event = parse(body).unwrap();
+        let expected = r#"{"event":"room_started", "id":"EV_1","room":{"name":"r","sid":"RM_1","n":[1, 2]},"x":1}"#;
+        assert_eq!(std::str::from_utf8(event.payload()).unwrap(), expected);
+        let only = parse(r#"{"event":"room_started","id":"EV_1","room":{"turnPassword":"s3cret"}}"#).unwrap();
+        assert_eq!(only.payload().as_ref(), br#"{"event":"room_started","id":"EV_1","room":{}}"#);
+    }
+
+    #[test]
+    fn removes_an_escaped_or_repeated_turn_password_and_rewrites_escaped_keys() {
+        let body =
+            r#"{"event":"room_started","id":"EV_1","room":{"turn\u0050assword":"a","q\"k":"v","turnPassword":"b"}}"#;
+        let event = parse(body).unwrap();
+        let stored: serde_json::Value = serde_json::from_slice(event.payload()).unwrap();
+        assert_eq!(stored, serde_json::json!({"event":"room_started","id":"EV_1","room":{"q\"k":"v"}}));
+        assert!(!std::str::from_utf8(event.payload()).unwrap().contains("assword"));
     }
 
     #[test]
     fn refuses_what_is_not_an_event() {
         assert_eq!(parse("not json"), Err(EventError::NotJson));
         assert_eq!(parse("[1]"), Err(EventError::NotJson));
+        assert_eq!(parse(r#" ["room_started", "EV_1"]"#), Err(EventError::NotJson));
         assert_eq!(parse(r#"{"id":"EV_1"}"#), Err(EventError::MissingType));
         assert_eq!(parse(r#"{"event":"","id":"EV_1"}"#), Err(EventError::MissingType));
         assert_eq!(parse(r#"{"event":"room_started"}"#), Err(EventError::MissingId));
-        assert_eq!(parse(r#"{"event":"room_started","id":7}"#), Err(EventError::MissingId));
         assert_eq!(parse(r#"{"event":"a.b","id":"EV_1"}"#), Err(EventError::InvalidType));
         assert_eq!(parse(r#"{"event":"a>","id":"EV_1"}"#), Err(EventError::InvalidType));
+    }
+
+    #[test]
+    fn refuses_what_the_worker_could_not_read() {
+        // Each would be dead-lettered by the worker's reading; the edge says so at once.
+        for body in [
+            r#"{"event":"room_started","id":7}"#,
+            r#"{"event":"room_started","id":"EV_1","room":5}"#,
+            r#"{"event":"room_started","id":"EV_1","participant":"p"}"#,
+            r#"{"event":"room_started","id":"EV_1","createdAt":"soon"}"#,
+            r#"{"event":"room_started","id":"EV_1","event":"room_finished"}"#,
+            r#"{"event":"room_started","id":"EV_1","room":{"name":"a","name":"b"}}"#,
+            r#"{"event":"room_started","id":"EV_1"} trailing"#,
+        ] {
+            assert_eq!(parse(body), Err(EventError::NotJson), "{body}");
+        }
+        let control = r#"{"event":"room_started","id":"EV_1","participant":{"identity":"a\u0000b"}}"#;
+        assert!(matches!(parse(control), Err(EventError::InvalidIdentifier(_))));
     }
 }
