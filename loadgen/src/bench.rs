@@ -9,7 +9,8 @@
 //! 2. **Capacity**: a gateway alone, as fast as it answers, at several concurrency levels.
 //! 3. **Replay**: the live phase's stream (webhooks and heartbeats as the gateway stored
 //!    them) applied again from the start by 1, then 2 workers into fresh databases: events/s
-//!    at saturation, and the same comparison afterwards.
+//!    at saturation, and the same comparison afterwards; interleaved with the workers' ceiling
+//!    (`loadgen ceiling-workers`: the event rows alone, batched the same way), round after round.
 //! 4. **Read latency** ([`crate::read_latency`]): one large meeting read again and again
 //!    through the gateway's read API, as JSON and as CSV.
 //! 5. **History** ([`crate::history`]): events/s applying a meeting per room with no earlier
@@ -94,6 +95,11 @@ pub struct BenchArgs {
     /// Worker counts of the replay phase, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,2")]
     pub replay_workers: Vec<usize>,
+    /// Rounds of the replay phase: each applies the stream with the workers' ceiling
+    /// (`loadgen ceiling-workers`) and with the workers (alternating which goes first), for
+    /// every count of --replay-workers.
+    #[arg(long, default_value_t = 2)]
+    pub replay_rounds: usize,
     /// Participants of the meeting whose reading through the read API is measured.
     #[arg(long, default_value_t = 1_000)]
     pub read_participants: usize,
@@ -258,11 +264,24 @@ impl Run<'_> {
         workers: usize,
         label: &str,
     ) -> anyhow::Result<Applied> {
+        self.apply_stream_by(("worker", &[]), database_url, source, workers, label).await
+    }
+
+    /// [`Run::apply_stream`] by `replicas` processes of `program` (a binary and its arguments):
+    /// the workers, or their ceiling.
+    async fn apply_stream_by(
+        &self,
+        program: (&str, &[&str]),
+        database_url: &str,
+        source: &StreamSource,
+        replicas: usize,
+        label: &str,
+    ) -> anyhow::Result<Applied> {
         let env = source.worker_env(self.env(database_url));
         let clock = SaturationClock::start();
         let mut running = Vec::new();
-        for n in 0..workers.max(1) {
-            running.push(self.start("worker", &format!("{label}-worker-{}", n + 1), &env)?);
+        for n in 0..replicas.max(1) {
+            running.push(self.start_args(program.0, program.1, &format!("{label}-{}-{}", program.0, n + 1), &env)?);
         }
         let mut services: Vec<&mut Service> = running.iter_mut().collect();
         let messages = system::wait_drained(
@@ -274,8 +293,8 @@ impl Run<'_> {
         )
         .await?;
         let applied = clock.applied(&running, messages);
-        for worker in running {
-            worker.stop().await?;
+        for process in running {
+            process.stop().await?;
         }
         Ok(applied)
     }
@@ -369,9 +388,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
         );
         let capacity = capacity_phase(&run).await?;
         let mut replays = Vec::new();
-        for &workers in &args.replay_workers {
-            eprintln!("[bench] replay phase: {workers} worker(s)");
-            replays.push(replay_phase(&run, workers, &live).await?);
+        for round in 1..=args.replay_rounds.max(1) {
+            for &workers in &args.replay_workers {
+                eprintln!("[bench] replay phase, round {round}: {workers} worker(s) and their ceiling");
+                replays.push(replay_phase(&run, round, workers, &live).await?);
+            }
         }
         eprintln!(
             "[bench] read latency phase: a meeting of {} participants, {} reads per format",
@@ -826,25 +847,55 @@ async fn capacity_phase(run: &Run<'_>) -> anyhow::Result<Vec<CapacityRound>> {
     result
 }
 
-async fn replay_phase(run: &Run<'_>, workers: usize, live: &Live) -> anyhow::Result<Replay> {
+/// One round of the replay phase for `workers`: the live phase's stream applied from its start
+/// by the workers' ceiling and by the workers (the ceiling first in odd rounds), each into a
+/// fresh database by a consumer of its own; then the workers' attendance is compared with the
+/// expectation.
+async fn replay_phase(run: &Run<'_>, round: usize, workers: usize, live: &Live) -> anyhow::Result<Replay> {
+    let (ceiling, (applied, differences)) = if round % 2 == 1 {
+        let ceiling = replay_ceiling(run, round, workers).await?;
+        (ceiling, replay_workers(run, round, workers, live).await?)
+    } else {
+        let replayed = replay_workers(run, round, workers, live).await?;
+        (replay_ceiling(run, round, workers).await?, replayed)
+    };
+    Ok(Replay { round, applied, ceiling, differences })
+}
+
+async fn replay_workers(
+    run: &Run<'_>,
+    round: usize,
+    workers: usize,
+    live: &Live,
+) -> anyhow::Result<(Applied, Vec<String>)> {
     let (args, names) = (run.args, &run.names);
-    let database =
-        BenchDatabase::create(&args.database_url, &format!("bench_{}_replay{workers}", names.suffix)).await?;
+    let label = format!("replay{round}-{workers}");
+    let database = BenchDatabase::create(&args.database_url, &format!("bench_{}_{label}", names.suffix)).await?;
     let result = async {
-        let source = names.live_source(&format!("bench-replay-{workers}"));
-        let applied = run.apply_stream(&database.url, &source, workers, &format!("replay{workers}")).await?;
+        let source = names.live_source(&format!("bench-{label}"));
+        let applied = run.apply_stream(&database.url, &source, workers, &label).await?;
         // The sweeper closes the sessions whose left never came, as in the live phase.
-        let sweeper =
-            run.start_sweeper(&format!("replay{workers}-sweeper"), &source.worker_env(run.env(&database.url)))?;
+        let sweeper = run.start_sweeper(&format!("{label}-sweeper"), &source.worker_env(run.env(&database.url)))?;
         let pool = PgPool::connect(&database.url).await?;
         let differences = converge(&pool, &live.expected, Instant::now() + Duration::from_secs(60)).await?;
         pool.close().await;
         sweeper.stop().await?;
-        anyhow::Ok(Replay { applied, differences })
+        anyhow::Ok((applied, differences))
     }
     .await;
     database.drop_database().await;
     result
+}
+
+async fn replay_ceiling(run: &Run<'_>, round: usize, replicas: usize) -> anyhow::Result<Applied> {
+    let (args, names) = (run.args, &run.names);
+    let label = format!("ceiling{round}-{replicas}");
+    let database = BenchDatabase::create(&args.database_url, &format!("bench_{}_{label}", names.suffix)).await?;
+    let source = names.live_source(&format!("bench-{label}"));
+    let applied =
+        run.apply_stream_by(("loadgen", &["ceiling-workers"]), &database.url, &source, replicas, &label).await;
+    database.drop_database().await;
+    applied
 }
 
 /// The delivery phase: copies of the live phase's reports, delivered at saturation by each

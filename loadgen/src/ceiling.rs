@@ -9,6 +9,10 @@
 //!   stream as the gateway it is compared with: the gateway's path without the gateway's work.
 //! - Raw JetStream publishing from the load generator itself, with the same number of publishes
 //!   in flight: the cost of the ack path alone, without HTTP.
+//! - The workers': `loadgen ceiling-workers`, the cheapest correct write of the same events into
+//!   PostgreSQL: the workers' consumers read as the workers read them, each batch's event rows
+//!   inserted by the event log's own batched statement in one transaction, acknowledged after
+//!   the commit (so it is durable and idempotent, as the workers are); no attendance.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -97,4 +101,125 @@ pub async fn raw_publish(
         }
     })
     .await
+}
+
+/// The workers' ceiling: what `worker` is configured with that the write depends on.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WorkersCeilingArgs {
+    /// Durable consumer shared by every replica of the ceiling (its own, not the workers').
+    #[arg(long, env = "CONSUMER_NAME")]
+    pub consumer_name: String,
+    /// Most messages written in one transaction: the workers' batch size.
+    #[arg(long, env = "BATCH_SIZE", default_value_t = 100)]
+    pub batch_size: usize,
+    /// Unacknowledged messages the consumer hands out across all replicas (the workers').
+    #[arg(long, env = "MAX_ACK_PENDING", default_value_t = 2_000)]
+    pub max_ack_pending: i64,
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    #[command(flatten)]
+    pub stream: shared::nats::WebhookStreamArgs,
+    #[command(flatten)]
+    pub database: shared::runtime::database::DatabaseArgs,
+}
+
+/// Runs the workers' ceiling until `shutdown`: the workers' consumers (webhooks and
+/// heartbeats, configured as the workers configure theirs) read in batches as the workers read
+/// them, each batch's event rows written with the event log's one batched insert in one
+/// transaction, then every message acknowledged. Nothing else: no meeting lookup or lock, no
+/// attendance rule, no outbox, no tracing or metrics.
+pub async fn serve_workers_ceiling(
+    args: WorkersCeilingArgs,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+
+    let (client, _) = args.nats.connect("loadgen-ceiling-workers").await?;
+    let pool = args.database.background_pool()?;
+    shared::store::MIGRATOR.run(&pool).await?;
+    let stream = shared::nats::webhooks::WebhookStream::new(client, &args.stream);
+    stream.ensure().await?;
+    let config = pull::Config {
+        durable_name: Some(args.consumer_name.clone()),
+        deliver_policy: DeliverPolicy::All,
+        ack_policy: AckPolicy::Explicit,
+        ack_wait: std::time::Duration::from_secs(30),
+        max_deliver: 10 + worker::consume::CRASH_MARGIN,
+        max_ack_pending: args.max_ack_pending,
+        ..Default::default()
+    };
+    let webhooks = stream.durable_consumer(config.clone()).await?;
+    let heartbeats = stream.heartbeat_consumer(config).await?;
+    let (written, heartbeats_written) = tokio::join!(
+        write_event_rows(webhooks, &pool, args.batch_size, &shutdown),
+        write_event_rows(heartbeats, &pool, args.batch_size, &shutdown)
+    );
+    pool.close().await;
+    written.and(heartbeats_written)
+}
+
+/// Writes the consumer's messages as event rows, batch by batch, until `shutdown`.
+async fn write_event_rows(
+    consumer: jetstream::consumer::PullConsumer,
+    pool: &sqlx::PgPool,
+    batch_size: usize,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    use futures::{FutureExt as _, StreamExt as _};
+    use shared::domain::event::WebhookEvent;
+    use shared::store::event_log::{self, LoggedEvent};
+
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(batch_size * 2)
+        .heartbeat(std::time::Duration::from_secs(5))
+        .messages()
+        .await?;
+    loop {
+        let first = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return Ok(()),
+            next = messages.next() => next,
+        };
+        let mut batch = match first {
+            None => anyhow::bail!("the consumer's message stream ended"),
+            Some(Err(error)) => {
+                eprintln!("[ceiling-workers] pulling failed ({error}); the client retries");
+                continue;
+            }
+            Some(Ok(message)) => vec![message],
+        };
+        while batch.len() < batch_size {
+            match messages.next().now_or_never() {
+                Some(Some(Ok(message))) => batch.push(message),
+                _ => break,
+            }
+        }
+        let mut events = Vec::with_capacity(batch.len());
+        for message in &batch {
+            let payload = std::str::from_utf8(&message.payload)?;
+            let sequence = message.info().map_err(|error| anyhow::anyhow!("{error}"))?.stream_sequence;
+            events.push((WebhookEvent::parse(payload.as_bytes())?, payload, sequence, message));
+        }
+        // The insert takes each id once (a redelivered event's id is already in the log).
+        let mut seen = std::collections::HashSet::new();
+        let logged: Vec<LoggedEvent<'_>> = events
+            .iter()
+            .filter(|(event, ..)| seen.insert(event.id.as_str()))
+            .map(|(event, payload, sequence, message)| LoggedEvent {
+                event,
+                payload,
+                received_at_ms: shared::nats::webhooks::received_at_ms(message.headers.as_ref()),
+                stream_sequence: Some(*sequence),
+            })
+            .collect();
+        let mut transaction = pool.begin().await?;
+        event_log::insert_events(&mut transaction, &logged).await?;
+        transaction.commit().await?;
+        for message in &batch {
+            if let Err(error) = message.ack().await {
+                eprintln!("[ceiling-workers] ack failed ({error}); the message comes back, and its row is there");
+            }
+        }
+    }
 }

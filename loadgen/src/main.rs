@@ -19,6 +19,10 @@ enum Command {
     /// Serve the gateway's ceiling: the webhook body published to JetStream with a unique
     /// message id, 200 after the ack, nothing else (what `loadgen bench` compares it with).
     CeilingGateway(Box<ceiling::CeilingArgs>),
+    /// Run the workers' ceiling: the workers' consumers read in batches, each batch's event rows
+    /// inserted in one transaction, then acknowledged; no attendance (what `loadgen bench`
+    /// compares the workers with).
+    CeilingWorkers(Box<ceiling::WorkersCeilingArgs>),
 }
 
 #[derive(Debug, clap::Args)]
@@ -46,6 +50,9 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::CeilingGateway(args) => ceiling::serve_gateway_ceiling(*args).await,
+        Command::CeilingWorkers(args) => {
+            ceiling::serve_workers_ceiling(*args, shared::runtime::shutdown::on_signal()).await
+        }
         Command::Gateway(args) => {
             let keys = args.keys.key_set().context("LiveKit keys")?;
             let http = reqwest::Client::builder().pool_max_idle_per_host(1024).build()?;

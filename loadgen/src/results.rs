@@ -151,10 +151,20 @@ impl Applied {
     }
 }
 
-/// What one replay of the live phase's stream measured.
+/// What one replay of the live phase's stream measured: the workers, and their ceiling (as
+/// many processes of `loadgen ceiling-workers`) on the same stream in the same round.
 pub struct Replay {
+    pub round: usize,
     pub applied: Applied,
+    pub ceiling: Applied,
     pub differences: Vec<String>,
+}
+
+impl Replay {
+    /// The workers' events/s over their ceiling's.
+    pub fn ratio(&self) -> f64 {
+        self.applied.events_per_second() / self.ceiling.events_per_second().max(f64::EPSILON)
+    }
 }
 
 /// Reading one large meeting through the gateway's read API.

@@ -184,6 +184,11 @@ mod tests {
             assert!(markdown.contains(plot_follows_usage));
             assert_eq!(markdown.contains("**Attendance exact** in all 6 meetings of 3 rooms: 22 attendances"), exact);
             assert_eq!(markdown.contains("- … and 53 more\n"), !exact);
+            // The ceiling took half the workers' time in both rounds.
+            assert!(
+                markdown.contains("| workers / their ceiling (event rows alone), 1 worker / 2 workers | 0.50 / 0.50 |")
+            );
+            assert!(markdown.contains("| 0.50 (0.50, 0.50) | 243 / 243 |"), "{markdown}");
         }
     }
 
@@ -289,8 +294,18 @@ mod tests {
             nats_cpu_seconds: 0.1,
             machine_busy: 0.9,
         };
-        let replay = |workers: usize, differences: Vec<String>| Replay { applied: applied(workers, 700), differences };
-        let replays = vec![replay(1, Vec::new()), replay(2, differences(if exact { 0 } else { 250 }))];
+        let replay = |round: usize, workers: usize, differences: Vec<String>| Replay {
+            round,
+            applied: applied(workers, 700),
+            ceiling: applied(workers, 350),
+            differences,
+        };
+        let replays = vec![
+            replay(1, 1, Vec::new()),
+            replay(1, 2, differences(if exact { 0 } else { 250 })),
+            replay(2, 1, Vec::new()),
+            replay(2, 2, Vec::new()),
+        ];
         let mut latencies_us = latency_histogram();
         for us in [2_000, 2_500, 9_000] {
             latencies_us.record(us).unwrap();

@@ -65,11 +65,18 @@ pub(super) fn result(out: &mut String, results: &Results, figures: &Figures) -> 
 /// gateway's best capacity and the workers' replay rates.
 fn headline_figures(out: &mut String, results: &Results, figures: &Figures) -> fmt::Result {
     let replay_rate = |workers: usize| {
-        results
+        let rates: Vec<f64> = results
             .replays
             .iter()
-            .find(|r| r.applied.workers == workers)
-            .map_or("–".to_owned(), |r| format!("{:.0}", r.applied.events_per_second()))
+            .filter(|r| r.applied.workers == workers)
+            .map(|r| r.applied.events_per_second())
+            .collect();
+        if rates.is_empty() { "–".to_owned() } else { format!("{:.0}", median(rates)) }
+    };
+    let replay_ratio = |workers: usize| {
+        let ratios: Vec<f64> =
+            results.replays.iter().filter(|r| r.applied.workers == workers).map(Replay::ratio).collect();
+        if ratios.is_empty() { "–".to_owned() } else { format!("{:.2}", median(ratios)) }
     };
     writeln!(out, "| figure | value |\n|---|---:|")?;
     writeln!(
@@ -109,9 +116,15 @@ fn headline_figures(out: &mut String, results: &Results, figures: &Figures) -> f
     }
     writeln!(
         out,
-        "| workers at saturation: events/s, 1 worker / 2 workers | {} / {} |",
+        "| workers at saturation: events/s, 1 worker / 2 workers (median over rounds) | {} / {} |",
         replay_rate(1),
         replay_rate(2)
+    )?;
+    writeln!(
+        out,
+        "| workers / their ceiling (event rows alone), 1 worker / 2 workers | {} / {} |",
+        replay_ratio(1),
+        replay_ratio(2)
     )?;
     let reports = &results.live.reports;
     writeln!(
@@ -309,10 +322,6 @@ pub(super) fn gateway_capacity(out: &mut String, results: &Results) -> fmt::Resu
             levels.push(round.gateway.concurrency);
         }
     }
-    let spread = |values: &[f64]| {
-        let (min, max) = values.iter().fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
-        format!("{:.0} ({:.0}–{:.0})", median(values.to_vec()), min, max)
-    };
     for concurrency in levels {
         let at: Vec<&CapacityRound> =
             results.capacity.iter().filter(|r| r.gateway.concurrency == concurrency).collect();
@@ -339,29 +348,84 @@ pub(super) fn gateway_capacity(out: &mut String, results: &Results) -> fmt::Resu
     writeln!(out)
 }
 
-/// `## Workers at saturation (replay)`: a row per replay.
+/// `## Workers at saturation (replay)`: the workers against their ceiling, then a row per
+/// measurement.
 pub(super) fn replays(out: &mut String, results: &Results) -> fmt::Result {
     writeln!(out, "## Workers at saturation (replay)\n")?;
+    let rounds = results.replays.iter().map(|r| r.round).max().unwrap_or(0);
     writeln!(
         out,
         "The live phase's stream (webhooks and heartbeats as stored) applied from its start into a fresh database; \
-         time from the workers' start to everything acknowledged, then the sweeper, then the comparison. CPU ms \
-         per 1 000 events: the workers' (all of them), then PostgreSQL's and NATS's over the same time.\n"
+         time from the processes' start to everything acknowledged. The workers' ceiling, in the same run: \
+         `loadgen ceiling-workers`, as many processes reading the same stream the workers' way (their consumer \
+         settings, batches of the same size) and writing each batch's event rows with the event log's own batched \
+         insert in one transaction, acknowledged after the commit: the cheapest correct write of the same events, \
+         without attendance. Interleaved, {rounds} rounds (ceiling first in odd rounds): medians, with the range \
+         over the rounds. After each workers' run, the sweeper, then the comparison with the expectation.\n"
     )?;
     writeln!(
         out,
-        "| workers | messages | s | events/s | CPU ms per 1 000 events: workers / postgres / nats | machine busy | \
-         peak RSS MiB (largest worker) | attendance |"
+        "| workers | workers events/s | ceiling events/s | workers / ceiling (per round) | PostgreSQL CPU ms per 1 000 \
+         events: workers / ceiling |"
     )?;
-    writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---|")?;
+    writeln!(out, "|---:|---:|---:|---|---:|")?;
+    let mut counts: Vec<usize> = Vec::new();
     for replay in &results.replays {
-        writeln!(out, "{}", replay_row(replay))?;
+        if !counts.contains(&replay.applied.workers) {
+            counts.push(replay.applied.workers);
+        }
+    }
+    for workers in counts {
+        let at: Vec<&Replay> = results.replays.iter().filter(|r| r.applied.workers == workers).collect();
+        let rate = |applied: fn(&Replay) -> &Applied| -> Vec<f64> {
+            at.iter().map(|r| applied(r).events_per_second()).collect()
+        };
+        let postgres = |applied: fn(&Replay) -> &Applied| -> f64 {
+            median(
+                at.iter().map(|r| cpu_ms_per_thousand(applied(r).postgres_cpu_seconds, applied(r).messages)).collect(),
+            )
+        };
+        let ratios: Vec<f64> = at.iter().map(|r| r.ratio()).collect();
+        let per_round: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+        writeln!(
+            out,
+            "| {workers} | {} | {} | {:.2} ({}) | {:.0} / {:.0} |",
+            spread(&rate(|r| &r.applied)),
+            spread(&rate(|r| &r.ceiling)),
+            median(ratios.clone()),
+            per_round.join(", "),
+            postgres(|r| &r.applied),
+            postgres(|r| &r.ceiling),
+        )?;
+    }
+    writeln!(
+        out,
+        "\nEach measurement. CPU ms per 1 000 events: the measured processes' (all of them), then PostgreSQL's and \
+         NATS's over the same time.\n"
+    )?;
+    writeln!(
+        out,
+        "| round | writer | processes | messages | s | events/s | CPU ms per 1 000 events: processes / postgres / \
+         nats | machine busy | peak RSS MiB (largest process) | attendance |"
+    )?;
+    writeln!(out, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|")?;
+    for replay in &results.replays {
+        writeln!(
+            out,
+            "| {} | workers | {} | {} |",
+            replay.round,
+            applied_cells(&replay.applied),
+            attendance_cell(&replay.differences)
+        )?;
+        writeln!(out, "| {} | ceiling | {} | – |", replay.round, applied_cells(&replay.ceiling))?;
     }
     writeln!(out)
 }
 
-fn replay_row(r: &Replay) -> String {
-    format!("| {} | {} |", applied_cells(&r.applied), attendance_cell(&r.differences))
+/// A median with the range: `1 234 (1 100–1 300)`.
+fn spread(values: &[f64]) -> String {
+    let (min, max) = values.iter().fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+    format!("{:.0} ({:.0}–{:.0})", median(values.to_vec()), min, max)
 }
 
 /// "exact", or how many differences from the expectation.
