@@ -35,18 +35,27 @@ pub struct GatewayMetrics {
     pub publish_duration: Histogram,
     /// Webhook requests being handled now (they hold LiveKit's per-room queue).
     pub in_flight: Gauge,
+    /// The `stored` and `duplicate` series of `webhook_requests`, looked up once: every accepted
+    /// webhook counts in one (the family's lookup takes a lock and hashes the label).
+    stored: Counter,
+    duplicate: Counter,
 }
 
 impl GatewayMetrics {
     pub fn register(registry: &mut Registry) -> Self {
+        let webhook_requests = Family::<OutcomeLabel, Counter>::default();
+        let stored = webhook_requests.get_or_create(&OutcomeLabel { outcome: "stored" }).clone();
+        let duplicate = webhook_requests.get_or_create(&OutcomeLabel { outcome: "duplicate" }).clone();
         let metrics = GatewayMetrics {
             stream_bytes: Family::default(),
             stream_max_bytes: Family::default(),
-            webhook_requests: Family::default(),
+            webhook_requests,
             verification_failures: Family::default(),
             // 0.25 ms … ~4 s
             publish_duration: Histogram::new(exponential_buckets(0.000_25, 2.0, 15)),
             in_flight: Gauge::default(),
+            stored,
+            duplicate,
         };
         registry.register(
             "gateway_stream_bytes",
@@ -82,6 +91,10 @@ impl GatewayMetrics {
     }
 
     pub fn count(&self, outcome: &'static str) {
-        self.webhook_requests.get_or_create(&OutcomeLabel { outcome }).inc();
+        match outcome {
+            "stored" => self.stored.inc(),
+            "duplicate" => self.duplicate.inc(),
+            refused => self.webhook_requests.get_or_create(&OutcomeLabel { outcome: refused }).inc(),
+        };
     }
 }

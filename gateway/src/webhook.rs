@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, header};
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, LengthLimitError, Limited};
@@ -48,17 +48,17 @@ pub struct Accepted {
     pub duplicate: bool,
 }
 
-pub async fn receive(
-    State(state): State<Arc<WebhookState>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Json<Accepted>, ApiError> {
+pub async fn receive(State(state): State<Arc<WebhookState>>, request: Request) -> Result<Json<Accepted>, ApiError> {
     let _in_flight = InFlight::enter(&state.metrics.in_flight);
+    // The request taken whole, not its headers through their extractor, which copies them.
+    let (parts, body) = request.into_parts();
     // The parent (the caller's trace, if any) must be set before the span is first entered.
     let span = tracing::info_span!("webhook", event_id = Empty, event_type = Empty, room = Empty, trace_id = Empty);
-    trace::continue_from_http(&span, &headers);
-    span.record("trace_id", trace::trace_id(&span));
-    receive_traced(&state, &headers, body).instrument(span).await
+    if !span.is_disabled() {
+        trace::continue_from_http(&span, &parts.headers);
+        span.record("trace_id", trace::trace_id(&span));
+    }
+    receive_traced(&state, &parts.headers, body).instrument(span).await
 }
 
 async fn receive_traced(state: &WebhookState, headers: &HeaderMap, body: Body) -> Result<Json<Accepted>, ApiError> {

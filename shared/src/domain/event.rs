@@ -2,6 +2,7 @@
 //! event at all. Event types this code does not interpret are kept in the log as they are.
 
 use serde::de::{self, Visitor};
+use serde_json::value::RawValue;
 
 use super::identifiers::{self, Field, InvalidIdentifier};
 
@@ -34,15 +35,23 @@ impl EventError {
 
 /// The fields of a LiveKit webhook body that attendance reads (protojson: lowerCamelCase, int64
 /// values as strings, zero values omitted). Unknown fields are ignored.
+pub type WebhookEvent = Event<Room>;
+
+/// [`WebhookEvent`], with the room as `R`: a [`Room`], or the room object's own bytes where the
+/// edge must rewrite it (one list of fields for both readings).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-pub struct WebhookEvent {
+#[serde(rename_all = "camelCase", bound(deserialize = "R: serde::Deserialize<'de>"))]
+pub struct Event<R> {
+    #[serde(default)]
     pub event: String,
+    #[serde(default)]
     pub id: String,
     /// Unix seconds.
-    #[serde(deserialize_with = "int64")]
+    #[serde(default, deserialize_with = "int64")]
     pub created_at: Option<i64>,
-    pub room: Option<Room>,
+    #[serde(default)]
+    pub room: Option<R>,
+    #[serde(default)]
     pub participant: Option<Participant>,
 }
 
@@ -78,18 +87,30 @@ pub struct Participant {
 impl WebhookEvent {
     /// Parses a stored payload.
     pub fn parse(payload: &[u8]) -> Result<Self, EventError> {
+        Self::parse_keeping_room(payload).map(|(event, _room)| event)
+    }
+
+    /// [`WebhookEvent::parse`], which also gives the room object's exact bytes (a slice of
+    /// `payload`), so that the edge can rewrite the room without reading the body again.
+    pub fn parse_keeping_room(payload: &[u8]) -> Result<(Self, Option<&RawValue>), EventError> {
         // serde's derive would also read an array as the fields in order: an event is an object.
         if payload.trim_ascii_start().first() != Some(&b'{') {
             return Err(EventError::NotJson);
         }
-        let event: WebhookEvent = serde_json::from_slice(payload).map_err(|_| EventError::NotJson)?;
+        let raw: Event<&RawValue> = serde_json::from_slice(payload).map_err(|_| EventError::NotJson)?;
+        let room = match raw.room {
+            Some(room) => Some(serde_json::from_str::<Room>(room.get()).map_err(|_| EventError::NotJson)?),
+            None => None,
+        };
+        let event =
+            Event { event: raw.event, id: raw.id, created_at: raw.created_at, room, participant: raw.participant };
         if event.event.is_empty() {
             return Err(EventError::MissingType);
         }
         if event.id.is_empty() {
             return Err(EventError::MissingId);
         }
-        Ok(event)
+        Ok((event, raw.room))
     }
 
     /// Checks every identifier the event carries ([`identifiers`]): what the edge does before an

@@ -117,12 +117,16 @@ impl VerifiedEvent {
     /// what the edge accepts the worker can apply: an event it would refuse is refused here, with
     /// a 4xx LiveKit does not retry, not dead-lettered later.
     fn parse(body: Bytes, received_at_ms: i64) -> Result<Self, EventError> {
-        let event = WebhookEvent::parse(&body)?;
+        let (event, room) = WebhookEvent::parse_keeping_room(&body)?;
         if !is_valid_event_type(&event.event) {
             return Err(EventError::InvalidType);
         }
         event.check_identifiers()?;
-        let payload = without_turn_password(body)?;
+        let redacted = match room {
+            Some(room) => without_turn_password(&body, room)?,
+            None => None,
+        };
+        let payload = redacted.map_or(body, Bytes::from);
         let room_name = event.room.map(|room| room.name).filter(|name| !name.is_empty());
         Ok(VerifiedEvent { id: event.id, event_type: event.event, room_name, payload, received_at_ms })
     }
@@ -151,28 +155,18 @@ impl VerifiedEvent {
     }
 }
 
-/// `body` without `room.turnPassword`. LiveKit's bytes are kept as they are, but for the room
-/// object when it holds the secret: that one is written again from its members' own bytes, less
-/// the secret (no tree of the whole body is built, and nothing else is re-encoded).
-fn without_turn_password(body: Bytes) -> Result<Bytes, EventError> {
-    /// The room's bytes, found by a second reading of the body (which the first one validated).
-    #[derive(serde::Deserialize)]
-    struct RoomOf<'a> {
-        #[serde(borrow, default)]
-        room: Option<&'a RawValue>,
-    }
-    let room = match serde_json::from_slice::<RoomOf<'_>>(&body) {
-        Ok(RoomOf { room: Some(room) }) => room,
-        Ok(RoomOf { room: None }) => return Ok(body),
-        Err(_) => return Err(EventError::NotJson),
-    };
+/// `body` without `room.turnPassword`, if the room (`room`, a slice of `body`) holds it: LiveKit's
+/// bytes as they are but for the room object, written again from its members' own bytes less the
+/// secret (no tree of the body is built, and nothing else is re-encoded).
+fn without_turn_password(body: &[u8], room: &RawValue) -> Result<Option<Vec<u8>>, EventError> {
     let Members(members) = serde_json::from_str(room.get()).map_err(|_| EventError::NotJson)?;
     if !members.iter().any(|(key, _)| key == TURN_PASSWORD) {
-        return Ok(body);
+        return Ok(None);
     }
     // The raw value borrows from `body`: its place in it is its offset from the body's start.
-    let start = room.get().as_ptr() as usize - body.as_ptr() as usize;
+    let start = (room.get().as_ptr() as usize).checked_sub(body.as_ptr() as usize).expect("the room lies in the body");
     let end = start + room.get().len();
+    assert!(end <= body.len(), "the room lies in the body");
     let mut redacted = Vec::with_capacity(body.len());
     redacted.extend_from_slice(&body[..start]);
     redacted.push(b'{');
@@ -186,7 +180,7 @@ fn without_turn_password(body: Bytes) -> Result<Bytes, EventError> {
     }
     redacted.push(b'}');
     redacted.extend_from_slice(&body[end..]);
-    Ok(Bytes::from(redacted))
+    Ok(Some(redacted))
 }
 
 /// The room's field holding a TURN credential: a secret that never leaves the gateway.

@@ -9,15 +9,21 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 /// The `traceparent` header name, in HTTP and in NATS message headers.
 pub const TRACEPARENT: &str = "traceparent";
 
+// A disabled span (filtered out by `RUST_LOG`) has no trace context: nothing to continue or
+// inject, and the propagator (a global behind a lock) is not asked.
+
 /// Makes the trace context in `headers` (if any) the parent of `span`.
 pub fn continue_from_http(span: &tracing::Span, headers: &axum::http::HeaderMap) {
+    if span.is_disabled() {
+        return;
+    }
     let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&HttpHeaders(headers)));
     let _ = span.set_parent(parent);
 }
 
 /// Makes the trace context in NATS `headers` (if any) the parent of `span`.
 pub fn continue_from_nats(span: &tracing::Span, headers: Option<&async_nats::HeaderMap>) {
-    if let Some(headers) = headers {
+    if let Some(headers) = headers.filter(|_| !span.is_disabled()) {
         let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&NatsHeaders(headers)));
         let _ = span.set_parent(parent);
     }
@@ -25,6 +31,9 @@ pub fn continue_from_nats(span: &tracing::Span, headers: Option<&async_nats::Hea
 
 /// Writes the trace context of `span` into NATS headers.
 pub fn inject_into_nats(span: &tracing::Span, headers: &mut async_nats::HeaderMap) {
+    if span.is_disabled() {
+        return;
+    }
     let context = span.context();
     opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&context, &mut NatsHeadersMut(headers)));
 }
