@@ -870,7 +870,8 @@ async fn replay_workers(
 ) -> anyhow::Result<(Applied, Vec<String>)> {
     let (args, names) = (run.args, &run.names);
     let label = format!("replay{round}-{workers}");
-    let database = BenchDatabase::create(&args.database_url, &format!("bench_{}_{label}", names.suffix)).await?;
+    let database =
+        BenchDatabase::create(&args.database_url, &format!("bench_{}_replay{round}_{workers}", names.suffix)).await?;
     let result = async {
         let source = names.live_source(&format!("bench-{label}"));
         let applied = run.apply_stream(&database.url, &source, workers, &label).await?;
@@ -890,7 +891,8 @@ async fn replay_workers(
 async fn replay_ceiling(run: &Run<'_>, round: usize, replicas: usize) -> anyhow::Result<Applied> {
     let (args, names) = (run.args, &run.names);
     let label = format!("ceiling{round}-{replicas}");
-    let database = BenchDatabase::create(&args.database_url, &format!("bench_{}_{label}", names.suffix)).await?;
+    let database =
+        BenchDatabase::create(&args.database_url, &format!("bench_{}_ceiling{round}_{replicas}", names.suffix)).await?;
     let source = names.live_source(&format!("bench-{label}"));
     let applied =
         run.apply_stream_by(("loadgen", &["ceiling-workers"]), &database.url, &source, replicas, &label).await;
