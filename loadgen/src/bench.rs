@@ -143,7 +143,7 @@ pub struct BenchArgs {
     pub capacity_concurrency: Vec<usize>,
     /// Rounds of the capacity phase: each measures the gateway's ceiling and the gateway
     /// (alternating which goes first) and raw JetStream publishes at every concurrency level.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 3)]
     pub capacity_rounds: usize,
     /// Requests per concurrency level of the capacity phase.
     #[arg(long, default_value_t = 20_000)]
