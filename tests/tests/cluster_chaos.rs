@@ -167,7 +167,12 @@ async fn assert_replicated(cluster: &NatsCluster) {
         .await;
     }
     for stream in cluster.stream_names().await {
-        let replicas = js.get_stream(&stream).await.expect("a listed stream").cached_info().config.num_replicas;
+        // A stream the meta leader lists may have no leader of its own for a moment after its
+        // creation, and be "not found" meanwhile.
+        let replicas = testkit::eventually(Duration::from_secs(30), &format!("stream {stream}'s info"), || async {
+            js.get_stream(&stream).await.ok().map(|stream| stream.cached_info().config.num_replicas)
+        })
+        .await;
         assert_eq!(replicas, 3, "stream {stream} has {replicas} replicas");
     }
     for (stream, consumer) in CONSUMERS {
