@@ -54,8 +54,8 @@ pub async fn receive(State(state): State<Arc<WebhookState>>, request: Request) -
     let (parts, body) = request.into_parts();
     // The parent (the caller's trace, if any) must be set before the span is first entered.
     let span = tracing::info_span!("webhook", event_id = Empty, event_type = Empty, room = Empty, trace_id = Empty);
+    trace::continue_from_http(&span, &parts.headers);
     if !span.is_disabled() {
-        trace::continue_from_http(&span, &parts.headers);
         span.record("trace_id", trace::trace_id(&span));
     }
     receive_traced(&state, &parts.headers, body).instrument(span).await

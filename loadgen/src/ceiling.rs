@@ -103,56 +103,27 @@ pub async fn raw_publish(
     .await
 }
 
-/// The workers' ceiling: what `worker` is configured with that the write depends on.
-#[derive(Debug, Clone, clap::Args)]
-pub struct WorkersCeilingArgs {
-    /// Durable consumer shared by every replica of the ceiling (its own, not the workers').
-    #[arg(long, env = "CONSUMER_NAME")]
-    pub consumer_name: String,
-    /// Most messages written in one transaction: the workers' batch size.
-    #[arg(long, env = "BATCH_SIZE", default_value_t = 100)]
-    pub batch_size: usize,
-    /// Unacknowledged messages the consumer hands out across all replicas (the workers').
-    #[arg(long, env = "MAX_ACK_PENDING", default_value_t = 2_000)]
-    pub max_ack_pending: i64,
-    #[command(flatten)]
-    pub nats: NatsArgs,
-    #[command(flatten)]
-    pub stream: shared::nats::WebhookStreamArgs,
-    #[command(flatten)]
-    pub database: shared::runtime::database::DatabaseArgs,
-}
-
-/// Runs the workers' ceiling until `shutdown`: the workers' consumers (webhooks and
-/// heartbeats, configured as the workers configure theirs) read in batches as the workers read
-/// them, each batch's event rows written with the event log's one batched insert in one
+/// Runs the workers' ceiling until `shutdown`, configured as a worker is (the same variables):
+/// the workers' consumers (webhooks and heartbeats, the workers' settings) read in batches as the
+/// workers read them, each batch's event rows written with the event log's one batched insert in one
 /// transaction, then every message acknowledged. Nothing else: no meeting lookup or lock, no
 /// attendance rule, no outbox, no tracing or metrics.
 pub async fn serve_workers_ceiling(
-    args: WorkersCeilingArgs,
+    config: worker::config::WorkerConfig,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<()> {
-    use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
-
-    let (client, _) = args.nats.connect("loadgen-ceiling-workers").await?;
-    let pool = args.database.background_pool()?;
+    let (client, _) = config.nats.connect("loadgen-ceiling-workers").await?;
+    let pool = config.database.background_pool()?;
     shared::store::MIGRATOR.run(&pool).await?;
-    let stream = shared::nats::webhooks::WebhookStream::new(client, &args.stream);
+    let stream = shared::nats::webhooks::WebhookStream::new(client, &config.stream);
     stream.ensure().await?;
-    let config = pull::Config {
-        durable_name: Some(args.consumer_name.clone()),
-        deliver_policy: DeliverPolicy::All,
-        ack_policy: AckPolicy::Explicit,
-        ack_wait: std::time::Duration::from_secs(30),
-        max_deliver: 10 + worker::consume::CRASH_MARGIN,
-        max_ack_pending: args.max_ack_pending,
-        ..Default::default()
-    };
-    let webhooks = stream.durable_consumer(config.clone()).await?;
-    let heartbeats = stream.heartbeat_consumer(config).await?;
+    let batch_size = usize::from(config.batch_size);
+    let consumer_config = worker::startup::consumer_config(&config);
+    let webhooks = stream.durable_consumer(consumer_config.clone()).await?;
+    let heartbeats = stream.heartbeat_consumer(consumer_config).await?;
     let (written, heartbeats_written) = tokio::join!(
-        write_event_rows(webhooks, &pool, args.batch_size, &shutdown),
-        write_event_rows(heartbeats, &pool, args.batch_size, &shutdown)
+        write_event_rows(webhooks, &pool, batch_size, &shutdown),
+        write_event_rows(heartbeats, &pool, batch_size, &shutdown)
     );
     pool.close().await;
     written.and(heartbeats_written)

@@ -22,7 +22,7 @@ enum Command {
     /// Run the workers' ceiling: the workers' consumers read in batches, each batch's event rows
     /// inserted in one transaction, then acknowledged; no attendance (what `loadgen bench`
     /// compares the workers with).
-    CeilingWorkers(Box<ceiling::WorkersCeilingArgs>),
+    CeilingWorkers(Box<worker::config::WorkerConfig>),
 }
 
 #[derive(Debug, clap::Args)]

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use clap::Parser as _;
-use loadgen::ceiling::{WorkersCeilingArgs, serve_workers_ceiling};
+use loadgen::ceiling::serve_workers_ceiling;
 use shared::domain::heartbeat::Heartbeat;
 use shared::domain::time::now_unix_ms;
 use shared::livekit::webhook;
@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(clap::Parser)]
 struct Cli {
     #[command(flatten)]
-    args: WorkersCeilingArgs,
+    args: worker::config::WorkerConfig,
 }
 
 const EVENTS: usize = 250;

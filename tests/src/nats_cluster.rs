@@ -36,14 +36,20 @@ impl Node {
     fn log_path(&self) -> PathBuf {
         self.dir.path().join("server.log")
     }
-}
 
-impl Drop for Node {
-    fn drop(&mut self) {
+    /// Kills the process (SIGKILL), if it runs, and waits until it is gone.
+    fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// A node is killed when dropped: with its cluster, or when a start is tried again.
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
@@ -157,10 +163,7 @@ impl NatsCluster {
 
     /// Kills node `node` (SIGKILL) and waits until it is gone.
     pub fn kill(&mut self, node: usize) {
-        if let Some(mut child) = self.nodes[node].child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.nodes[node].kill();
     }
 
     /// Stops node `node` gracefully (SIGTERM, as a rolling upgrade does), waiting at most 30 s
@@ -287,14 +290,6 @@ impl NatsCluster {
     /// The node's directory (configuration, store, log).
     pub fn dir(&self, node: usize) -> &Path {
         self.nodes[node].dir.path()
-    }
-}
-
-impl Drop for NatsCluster {
-    fn drop(&mut self) {
-        for node in 0..self.nodes.len() {
-            self.kill(node);
-        }
     }
 }
 

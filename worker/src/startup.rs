@@ -66,6 +66,20 @@ impl Application {
     }
 }
 
+/// The workers' durable consumer (of webhooks, and of heartbeats beside it), as `config` sets it.
+pub fn consumer_config(config: &WorkerConfig) -> pull::Config {
+    pull::Config {
+        durable_name: Some(config.consumer_name.clone()),
+        description: Some("Attendance workers: apply webhook events to PostgreSQL".into()),
+        deliver_policy: DeliverPolicy::All,
+        ack_policy: AckPolicy::Explicit,
+        ack_wait: config.ack_wait,
+        max_deliver: config.max_deliver + CRASH_MARGIN,
+        max_ack_pending: config.max_ack_pending,
+        ..Default::default()
+    }
+}
+
 /// Runs a consumer until shutdown, restarting its loop after a failure.
 async fn consume(consumer: &mut Consumer, shutdown: &CancellationToken) {
     while !shutdown.is_cancelled() {
@@ -99,16 +113,7 @@ async fn prepare(
     setup.run(shutdown, "dead-letter stream set-up", || dead_letters.ensure()).await?;
     let webhooks = WebhookStream::new(nats.clone(), &config.stream);
     setup.run(shutdown, "webhook stream set-up", || webhooks.ensure()).await?;
-    let consumer_config = pull::Config {
-        durable_name: Some(config.consumer_name.clone()),
-        description: Some("Attendance workers: apply webhook events to PostgreSQL".into()),
-        deliver_policy: DeliverPolicy::All,
-        ack_policy: AckPolicy::Explicit,
-        ack_wait: config.ack_wait,
-        max_deliver: config.max_deliver + CRASH_MARGIN,
-        max_ack_pending: config.max_ack_pending,
-        ..Default::default()
-    };
+    let consumer_config = consumer_config(config);
     let consumer =
         setup.run(shutdown, "consumer set-up", || webhooks.durable_consumer(consumer_config.clone())).await?;
     let heartbeat_consumer = setup

@@ -87,30 +87,31 @@ pub struct Participant {
 impl WebhookEvent {
     /// Parses a stored payload.
     pub fn parse(payload: &[u8]) -> Result<Self, EventError> {
-        Self::parse_keeping_room(payload).map(|(event, _room)| event)
+        read::<WebhookEvent>(payload)?.complete()
     }
 
     /// [`WebhookEvent::parse`], which also gives the room object's exact bytes (a slice of
     /// `payload`), so that the edge can rewrite the room without reading the body again.
     pub fn parse_keeping_room(payload: &[u8]) -> Result<(Self, Option<&RawValue>), EventError> {
-        // serde's derive would also read an array as the fields in order: an event is an object.
-        if payload.trim_ascii_start().first() != Some(&b'{') {
-            return Err(EventError::NotJson);
-        }
-        let raw: Event<&RawValue> = serde_json::from_slice(payload).map_err(|_| EventError::NotJson)?;
+        let raw = read::<Event<&RawValue>>(payload)?;
         let room = match raw.room {
             Some(room) => Some(serde_json::from_str::<Room>(room.get()).map_err(|_| EventError::NotJson)?),
             None => None,
         };
         let event =
             Event { event: raw.event, id: raw.id, created_at: raw.created_at, room, participant: raw.participant };
-        if event.event.is_empty() {
+        Ok((event.complete()?, raw.room))
+    }
+
+    /// The event, if it has a type and an id.
+    fn complete(self) -> Result<Self, EventError> {
+        if self.event.is_empty() {
             return Err(EventError::MissingType);
         }
-        if event.id.is_empty() {
+        if self.id.is_empty() {
             return Err(EventError::MissingId);
         }
-        Ok((event, raw.room))
+        Ok(self)
     }
 
     /// Checks every identifier the event carries ([`identifiers`]): what the edge does before an
@@ -130,6 +131,15 @@ impl WebhookEvent {
     }
 }
 
+/// Reads `payload` as one JSON object (serde's derive would also read an array as the fields in
+/// order: an event is an object).
+fn read<'a, T: serde::Deserialize<'a>>(payload: &'a [u8]) -> Result<T, EventError> {
+    if payload.trim_ascii_start().first() != Some(&b'{') {
+        return Err(EventError::NotJson);
+    }
+    serde_json::from_slice(payload).map_err(|_| EventError::NotJson)
+}
+
 /// Whether `s` is a valid event type: ASCII letters, digits, `_` and `-`, at most 64 bytes. An
 /// event type becomes one token of a NATS subject, so it may hold nothing else.
 pub fn is_valid_event_type(s: &str) -> bool {
@@ -138,98 +148,84 @@ pub fn is_valid_event_type(s: &str) -> bool {
 
 /// protojson writes int64 as a string; accept a number too, and treat 0 and "" as absent.
 pub(crate) fn int64<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
-    // A visitor, not an untagged enum: that one buffers every value before trying each variant,
-    // and this runs a few times per webhook at the edge.
-    struct Int64;
-    impl<'de> Visitor<'de> for Int64 {
-        type Value = Option<i64>;
-
-        fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            formatter.write_str("an int64, as a number or a string")
-        }
-
-        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-
-        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-
-        fn visit_some<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
-            deserializer.deserialize_any(self)
-        }
-
-        fn visit_i64<E: de::Error>(self, n: i64) -> Result<Self::Value, E> {
-            Ok(Some(n))
-        }
-
-        fn visit_u64<E: de::Error>(self, n: u64) -> Result<Self::Value, E> {
-            i64::try_from(n).map(Some).map_err(|_| E::invalid_value(de::Unexpected::Unsigned(n), &self))
-        }
-
-        fn visit_str<E: de::Error>(self, text: &str) -> Result<Self::Value, E> {
-            if text.is_empty() { Ok(None) } else { text.parse().map(Some).map_err(E::custom) }
-        }
+    match deserializer.deserialize_option(Integer { lenient: false })? {
+        None | Some(0) => Ok(None),
+        Some(n) => i64::try_from(n).map(Some).map_err(|_| de::Error::custom(format!("{n} is out of the int64 range"))),
     }
-    Ok(deserializer.deserialize_option(Int64)?.filter(|&n| n != 0))
 }
 
 /// protojson writes uint32 as a number; a value that is not one is treated as absent rather than
 /// refusing the event (attendance does not depend on it), and 0 as absent too.
 fn uint32<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<u32>, D::Error> {
-    struct Uint32;
-    impl<'de> Visitor<'de> for Uint32 {
-        type Value = Option<u64>;
+    let number = deserializer.deserialize_option(Integer { lenient: true })?;
+    Ok(number.and_then(|n| u32::try_from(n).ok()).filter(|&n| n != 0))
+}
 
-        fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            formatter.write_str("any JSON value")
-        }
+/// An integer written as a number or as a string (absent: null, or ""); `lenient` reads any other
+/// value as absent, else refuses it. A visitor rather than an untagged enum, which buffers every
+/// value before trying each variant: this runs a few times per webhook at the edge.
+struct Integer {
+    lenient: bool,
+}
 
-        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
+impl Integer {
+    fn other<E: de::Error>(&self, unexpected: de::Unexpected<'_>) -> Result<Option<i128>, E> {
+        if self.lenient { Ok(None) } else { Err(E::invalid_type(unexpected, self)) }
+    }
+}
 
-        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
+impl<'de> Visitor<'de> for Integer {
+    type Value = Option<i128>;
 
-        fn visit_some<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
-            deserializer.deserialize_any(self)
-        }
+    fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("an integer, as a number or a string")
+    }
 
-        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-            Ok(None)
-        }
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
 
-        fn visit_i64<E: de::Error>(self, n: i64) -> Result<Self::Value, E> {
-            Ok(u64::try_from(n).ok())
-        }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
 
-        fn visit_u64<E: de::Error>(self, n: u64) -> Result<Self::Value, E> {
-            Ok(Some(n))
-        }
+    fn visit_some<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
 
-        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-            Ok(None)
-        }
+    fn visit_i64<E: de::Error>(self, n: i64) -> Result<Self::Value, E> {
+        Ok(Some(i128::from(n)))
+    }
 
-        fn visit_str<E: de::Error>(self, text: &str) -> Result<Self::Value, E> {
-            Ok(text.parse().ok())
-        }
+    fn visit_u64<E: de::Error>(self, n: u64) -> Result<Self::Value, E> {
+        Ok(Some(i128::from(n)))
+    }
 
-        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-            while seq.next_element::<de::IgnoredAny>()?.is_some() {}
-            Ok(None)
-        }
-
-        fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            while map.next_entry::<de::IgnoredAny, de::IgnoredAny>()?.is_some() {}
-            Ok(None)
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<Self::Value, E> {
+        match text.parse::<i128>() {
+            _ if text.is_empty() => Ok(None),
+            Ok(n) => Ok(Some(n)),
+            Err(_) => self.other(de::Unexpected::Str(text)),
         }
     }
-    let number = deserializer.deserialize_option(Uint32)?;
-    Ok(number.and_then(|n| u32::try_from(n).ok()).filter(|&n| n != 0))
+
+    fn visit_bool<E: de::Error>(self, value: bool) -> Result<Self::Value, E> {
+        self.other(de::Unexpected::Bool(value))
+    }
+
+    fn visit_f64<E: de::Error>(self, value: f64) -> Result<Self::Value, E> {
+        self.other(de::Unexpected::Float(value))
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<de::IgnoredAny>()?.is_some() {}
+        self.other(de::Unexpected::Seq)
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<de::IgnoredAny, de::IgnoredAny>()?.is_some() {}
+        self.other(de::Unexpected::Map)
+    }
 }
 
 #[cfg(test)]

@@ -7,10 +7,10 @@
 //! the body LiveKit sent, with `room.turnPassword` removed: that secret must never leave the
 //! gateway.
 
-use base64::Engine as _;
-use bytes::Bytes;
 use std::borrow::Cow;
 
+use base64::Engine as _;
+use bytes::Bytes;
 use serde_json::value::RawValue;
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
