@@ -36,6 +36,7 @@ use anyhow::Context as _;
 use shared::domain::time::millis;
 use shared::livekit::KeySet;
 use shared::nats::NatsArgs;
+use shared::store::admin::{self, StatementStats};
 use sqlx::PgPool;
 use tokio::sync::Semaphore;
 
@@ -852,14 +853,14 @@ async fn capacity_phase(run: &Run<'_>) -> anyhow::Result<Vec<CapacityRound>> {
 /// fresh database by a consumer of its own; then the workers' attendance is compared with the
 /// expectation.
 async fn replay_phase(run: &Run<'_>, round: usize, workers: usize, live: &Live) -> anyhow::Result<Replay> {
-    let (ceiling, (applied, differences)) = if round % 2 == 1 {
+    let (ceiling, (applied, differences, statements)) = if round % 2 == 1 {
         let ceiling = replay_ceiling(run, round, workers).await?;
         (ceiling, replay_workers(run, round, workers, live).await?)
     } else {
         let replayed = replay_workers(run, round, workers, live).await?;
         (replay_ceiling(run, round, workers).await?, replayed)
     };
-    Ok(Replay { round, applied, ceiling, differences })
+    Ok(Replay { round, applied, ceiling, differences, statements })
 }
 
 async fn replay_workers(
@@ -867,21 +868,24 @@ async fn replay_workers(
     round: usize,
     workers: usize,
     live: &Live,
-) -> anyhow::Result<(Applied, Vec<String>)> {
+) -> anyhow::Result<(Applied, Vec<String>, Option<Vec<StatementStats>>)> {
     let (args, names) = (run.args, &run.names);
     let label = format!("replay{round}-{workers}");
     let database =
         BenchDatabase::create(&args.database_url, &format!("bench_{}_replay{round}_{workers}", names.suffix)).await?;
     let result = async {
         let source = names.live_source(&format!("bench-{label}"));
+        let counting = admin::reset_statement_stats(&database.url).await?;
         let applied = run.apply_stream(&database.url, &source, workers, &label).await?;
+        // Read before the sweeper's statements join them.
+        let statements = if counting { Some(admin::statement_stats(&database.url).await?) } else { None };
         // The sweeper closes the sessions whose left never came, as in the live phase.
         let sweeper = run.start_sweeper(&format!("{label}-sweeper"), &source.worker_env(run.env(&database.url)))?;
         let pool = PgPool::connect(&database.url).await?;
         let differences = converge(&pool, &live.expected, Instant::now() + Duration::from_secs(60)).await?;
         pool.close().await;
         sweeper.stop().await?;
-        anyhow::Ok((applied, differences))
+        anyhow::Ok((applied, differences, statements))
     }
     .await;
     database.drop_database().await;

@@ -158,6 +158,9 @@ pub struct Replay {
     pub applied: Applied,
     pub ceiling: Applied,
     pub differences: Vec<String>,
+    /// The workers' statements in PostgreSQL, costliest first, when the server counts them
+    /// (`pg_stat_statements` preloaded, as by `scripts/postgres-statements.sh`).
+    pub statements: Option<Vec<shared::store::admin::StatementStats>>,
 }
 
 impl Replay {

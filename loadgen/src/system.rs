@@ -141,7 +141,13 @@ impl BenchDatabase {
         Ok(admin::announce_event_log_commits(&self.url, channel).await?)
     }
 
+    /// Drops it, unless `LOADGEN_KEEP_DATABASES` is set (to look into a run's databases
+    /// afterwards: statements, plans, rows).
     pub async fn drop_database(self) {
+        if std::env::var_os("LOADGEN_KEEP_DATABASES").is_some() {
+            eprintln!("[bench] kept the database {} (LOADGEN_KEEP_DATABASES)", self.name);
+            return;
+        }
         if let Err(error) = admin::drop_database(&self.server_url, &self.name).await {
             eprintln!("could not drop the benchmark's database {}: {error}", self.name);
         }

@@ -149,6 +149,7 @@ mod tests {
     use crate::results::{
         Answer, Applied, History, HistorySample, ReadFormat, ReadLatency, Reconciliation, Replay, Settings, Usage,
     };
+    use shared::store::admin::StatementStats;
 
     #[test]
     fn seconds_grow_to_fit() {
@@ -189,6 +190,9 @@ mod tests {
                 markdown.contains("| workers / their ceiling (event rows alone), 1 worker / 2 workers | 0.50 / 0.50 |")
             );
             assert!(markdown.contains("| 0.50 (0.50, 0.50) | 243 / 243 |"), "{markdown}");
+            // The one worker's statements of round 1, per 1 000 of its 1 234 events, on one line.
+            assert!(markdown.contains("| 32.4 | 100 % | 8.1 | 2.5 | `SELECT a \\| b FROM t` |"), "{markdown}");
+            assert!(!markdown.contains("did not count statements"));
         }
     }
 
@@ -299,6 +303,9 @@ mod tests {
             applied: applied(workers, 700),
             ceiling: applied(workers, 350),
             differences,
+            statements: (round == 1 && workers == 1).then(|| {
+                vec![StatementStats { query: "SELECT a |\n  b FROM t".into(), calls: 10, rows: 25, total_ms: 40.0 }]
+            }),
         };
         let replays = vec![
             replay(1, 1, Vec::new()),

@@ -3,6 +3,7 @@
 use std::fmt::{self, Write as _};
 
 use hdrhistogram::Histogram;
+use shared::store::admin::StatementStats;
 
 use super::Figures;
 use crate::capacity;
@@ -419,7 +420,63 @@ pub(super) fn replays(out: &mut String, results: &Results) -> fmt::Result {
         )?;
         writeln!(out, "| {} | ceiling | {} | – |", replay.round, applied_cells(&replay.ceiling))?;
     }
-    writeln!(out)
+    writeln!(out)?;
+    replay_statements(out, results)
+}
+
+/// Statements shown per replay in the table of the workers' statements.
+const STATEMENTS_SHOWN: usize = 15;
+
+/// The workers' statements in PostgreSQL during the first round's replays, when the server
+/// counted them; otherwise how to have them counted.
+fn replay_statements(out: &mut String, results: &Results) -> fmt::Result {
+    let counted: Vec<(&Replay, &Vec<StatementStats>)> =
+        results.replays.iter().filter(|r| r.round == 1).filter_map(|r| Some((r, r.statements.as_ref()?))).collect();
+    if counted.is_empty() {
+        return writeln!(
+            out,
+            "PostgreSQL did not count statements (`pg_stat_statements` not preloaded); \
+             `DATABASE_URL=$(scripts/postgres-statements.sh start) make bench` runs against a server of the run's own \
+             that does, and this report then shows the workers' statements.\n"
+        );
+    }
+    for (replay, statements) in counted {
+        let total: f64 = statements.iter().map(|s| s.total_ms).sum();
+        let events = replay.applied.messages.max(1) as f64 / 1000.0;
+        writeln!(
+            out,
+            "The workers' statements during the replay of round 1 with {} worker(s) (`pg_stat_statements`: execution \
+             and planning time; {:.0} ms per 1 000 events in all, the costliest {STATEMENTS_SHOWN} shown):\n",
+            replay.applied.workers,
+            total / events,
+        )?;
+        writeln!(out, "| ms per 1 000 events | share | calls per 1 000 events | rows per call | statement |")?;
+        writeln!(out, "|---:|---:|---:|---:|---|")?;
+        for statement in statements.iter().take(STATEMENTS_SHOWN) {
+            writeln!(
+                out,
+                "| {:.1} | {:.0} % | {:.1} | {:.1} | `{}` |",
+                statement.total_ms / events,
+                100.0 * statement.total_ms / total.max(f64::EPSILON),
+                statement.calls as f64 / events,
+                statement.rows as f64 / statement.calls.max(1) as f64,
+                statement_excerpt(&statement.query),
+            )?;
+        }
+        writeln!(out)?;
+    }
+    Ok(())
+}
+
+/// A statement's first words on one line, fit for a table cell.
+fn statement_excerpt(query: &str) -> String {
+    const LENGTH: usize = 90;
+    let words: Vec<&str> = query.split_whitespace().collect();
+    let line = words.join(" ").replace('|', "\\|").replace('`', "'");
+    match line.char_indices().nth(LENGTH) {
+        Some((at, _)) => format!("{}…", &line[..at]),
+        None => line,
+    }
 }
 
 /// A median with the range: `1 234 (1 100–1 300)`.

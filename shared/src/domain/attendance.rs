@@ -179,14 +179,16 @@ pub enum FactError {
     MissingTime(String),
 }
 
+/// The event types about a participant that attendance interprets; the others (tracks
+/// published, …) state no fact, so a recompute need not read them.
+pub const PARTICIPANT_EVENT_TYPES: [&str; 3] =
+    ["participant_joined", "participant_left", "participant_connection_aborted"];
+
 impl Fact {
     /// The fact an event states, `None` for event types attendance does not interpret.
     pub fn from_event(event: &WebhookEvent) -> Result<Option<Fact>, FactError> {
         let event_type = event.event.as_str();
-        let interpreted = matches!(
-            event_type,
-            "participant_joined" | "participant_left" | "participant_connection_aborted" | "room_finished"
-        );
+        let interpreted = PARTICIPANT_EVENT_TYPES.contains(&event_type) || event_type == "room_finished";
         // A room_started without a time says nothing the meeting's joins do not: not interpreted.
         let room_started = event_type == "room_started" && event.created_at.is_some();
         if !interpreted && !room_started {

@@ -128,6 +128,54 @@ pub async fn announce_event_log_commits(url: &str, channel: &str) -> Result<(), 
     Ok(())
 }
 
+/// One statement's share of a database's work, as `pg_stat_statements` counts it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatementStats {
+    /// The statement, its constants replaced by `$n`.
+    pub query: String,
+    pub calls: i64,
+    pub rows: i64,
+    /// Time spent executing and planning it (planning only with `track_planning`).
+    pub total_ms: f64,
+}
+
+/// Starts counting the statements of the database of `url` afresh. `Ok(false)` when the server
+/// does not count statements (`pg_stat_statements` is not in its `shared_preload_libraries`),
+/// so that a benchmark still runs on a server set up as most are.
+pub async fn reset_statement_stats(url: &str) -> Result<bool, sqlx::Error> {
+    let mut connection = sqlx::PgConnection::connect(url).await?;
+    let loaded: bool = sqlx::query_scalar(
+        "SELECT 'pg_stat_statements' = ANY(string_to_array(replace(current_setting('shared_preload_libraries'), ' ', ''), ','))",
+    )
+    .fetch_one(&mut connection)
+    .await?;
+    if !loaded {
+        return Ok(false);
+    }
+    sqlx::raw_sql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements").execute(&mut connection).await?;
+    sqlx::query(
+        "SELECT pg_stat_statements_reset(0, (SELECT oid FROM pg_database WHERE datname = current_database()), 0)",
+    )
+    .execute(&mut connection)
+    .await?;
+    Ok(true)
+}
+
+/// The statements of the database of `url` since [`reset_statement_stats`], the costliest
+/// first (this harness's own reading of them left out).
+pub async fn statement_stats(url: &str) -> Result<Vec<StatementStats>, sqlx::Error> {
+    let mut connection = sqlx::PgConnection::connect(url).await?;
+    let rows: Vec<(String, i64, i64, f64)> = sqlx::query_as(
+        "SELECT query, calls, rows, total_exec_time + total_plan_time FROM pg_stat_statements
+         WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+           AND query NOT LIKE '%pg_stat_statements%'
+         ORDER BY 4 DESC",
+    )
+    .fetch_all(&mut connection)
+    .await?;
+    Ok(rows.into_iter().map(|(query, calls, rows, total_ms)| StatementStats { query, calls, rows, total_ms }).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

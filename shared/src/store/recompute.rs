@@ -19,7 +19,7 @@ use time::OffsetDateTime;
 use super::event_log;
 use super::meetings;
 use super::presence_outbox::{self, Cause, PresenceChange};
-use crate::domain::attendance::{self, Attendance, ClosedBy, Fact, FactKind, ParticipantInfo};
+use crate::domain::attendance::{self, Attendance, ClosedBy, Fact, FactKind, PARTICIPANT_EVENT_TYPES, ParticipantInfo};
 use crate::domain::event::WebhookEvent;
 use crate::domain::meeting::{self, Activity, MeetingSpan, RoomTimeouts};
 use crate::domain::time::{timestamp, unix_ms};
@@ -72,39 +72,28 @@ struct Loaded {
 /// Reads each participant, one statement for any number of them. Every part is a subquery per
 /// participant, so each is an index probe on its table: the cost follows the participants read,
 /// never the size of the tables (a join against the list would let the planner scan a table
-/// it believes small). (Each event's fact names its room.)
+/// it believes small). (Each event's fact names its room.) Only the events attendance interprets
+/// are read: a participant's other events (tracks published, …) are as many as its facts, and
+/// would be turned into text, sent and parsed at every recompute for nothing.
 async fn load_participants(
     conn: &mut PgConnection,
     participants: &[ParticipantKey],
 ) -> Result<BTreeMap<ParticipantKey, Loaded>, sqlx::Error> {
-    type Row = (
-        String,
-        String,
-        Vec<String>,
-        Option<bool>,
-        Vec<String>,
-        Vec<String>,
-        Vec<String>,
-        Vec<OffsetDateTime>,
-        Vec<String>,
-    );
+    type Row = (String, String, Vec<String>, Option<bool>, Vec<String>, Vec<String>, Vec<String>);
     let room_sids: Vec<&str> = participants.iter().map(|p| p.room_sid.as_str()).collect();
     let identities: Vec<&str> = participants.iter().map(|p| p.identity.as_str()).collect();
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT p.room_sid, p.identity,
                 ARRAY(SELECT e.payload::text FROM webhook_events e
-                      WHERE e.room_sid = p.room_sid AND e.identity = p.identity
+                      WHERE e.room_sid = p.room_sid AND e.identity = p.identity AND e.event_type = ANY($3)
                       UNION ALL
                       SELECT f.payload::text FROM webhook_events f
                       WHERE f.room_sid = p.room_sid AND f.event_type = 'room_finished'),
                 (SELECT s.present FROM meeting_participants s WHERE s.room_sid = p.room_sid AND s.identity = p.identity),
                 ARRAY(SELECT c.participant_sid FROM cycles c WHERE c.room_sid = p.room_sid AND c.identity = p.identity),
-                ARRAY(SELECT x.participant_sid FROM cycle_closures x
-                      WHERE x.room_sid = p.room_sid AND x.identity = p.identity ORDER BY x.participant_sid, x.closed_by),
-                ARRAY(SELECT x.closed_by FROM cycle_closures x
-                      WHERE x.room_sid = p.room_sid AND x.identity = p.identity ORDER BY x.participant_sid, x.closed_by),
-                ARRAY(SELECT x.closed_at FROM cycle_closures x
-                      WHERE x.room_sid = p.room_sid AND x.identity = p.identity ORDER BY x.participant_sid, x.closed_by),
+                ARRAY(SELECT json_build_object('sid', x.participant_sid, 'closed_by', x.closed_by,
+                                               'closed_at_ms', floor(extract(epoch FROM x.closed_at) * 1000)::int8)::text
+                      FROM cycle_closures x WHERE x.room_sid = p.room_sid AND x.identity = p.identity),
                 ARRAY(SELECT json_build_object('sid', l.participant_sid, 'room_name', l.room_name, 'name', l.name,
                                                'metadata', l.metadata, 'kind', l.kind,
                                                'joined_at_ms', (extract(epoch FROM l.joined_at) * 1000)::int8,
@@ -114,27 +103,39 @@ async fn load_participants(
     )
     .bind(&room_sids)
     .bind(&identities)
+    .bind(PARTICIPANT_EVENT_TYPES.as_slice())
     .fetch_all(&mut *conn)
     .await?;
 
     let mut loaded: BTreeMap<ParticipantKey, Loaded> = BTreeMap::new();
-    for (room_sid, identity, payloads, was_present, stored_cycles, closed_sids, closed_by, closed_at, listings) in rows
-    {
+    for (room_sid, identity, payloads, was_present, stored_cycles, closures, listings) in rows {
         let mut facts: Vec<Fact> = payloads.iter().filter_map(|payload| facts_of_payload(payload)).collect();
         facts.extend(listings.iter().filter_map(|listing| listing_fact(listing, &room_sid, &identity)));
-        for ((participant_sid, closed_by), closed_at) in closed_sids.into_iter().zip(closed_by).zip(closed_at) {
-            let Some(closed_by) = ClosedBy::parse(&closed_by) else { continue };
-            facts.push(Fact {
-                event_id: format!("closure:{participant_sid}:{}", closed_by.as_str()),
-                created_at_ms: unix_ms(closed_at),
-                room_name: String::new(),
-                room_sid: room_sid.clone(),
-                kind: FactKind::Closure { identity: identity.clone(), participant_sid, closed_by },
-            });
-        }
+        facts.extend(closures.iter().filter_map(|closure| closure_fact(closure, &room_sid, &identity)));
         loaded.insert(ParticipantKey { room_sid, identity }, Loaded { facts, was_present, stored_cycles });
     }
     Ok(loaded)
+}
+
+/// An estimate of the sweeper's, as stored ([`super::closures`]).
+#[derive(serde::Deserialize)]
+struct Closure {
+    sid: String,
+    closed_by: String,
+    closed_at_ms: i64,
+}
+
+/// The fact a stored closure states.
+fn closure_fact(closure: &str, room_sid: &str, identity: &str) -> Option<Fact> {
+    let closure: Closure = serde_json::from_str(closure).ok()?;
+    let closed_by = ClosedBy::parse(&closure.closed_by)?;
+    Some(Fact {
+        event_id: format!("closure:{}:{}", closure.sid, closed_by.as_str()),
+        created_at_ms: closure.closed_at_ms,
+        room_name: String::new(),
+        room_sid: room_sid.to_owned(),
+        kind: FactKind::Closure { identity: identity.to_owned(), participant_sid: closure.sid, closed_by },
+    })
 }
 
 /// A session the reconciler found listed by LiveKit with no event ([`super::reconciliation`]).
