@@ -79,7 +79,17 @@ async fn load_participants(
     conn: &mut PgConnection,
     participants: &[ParticipantKey],
 ) -> Result<BTreeMap<ParticipantKey, Loaded>, sqlx::Error> {
-    type Row = (String, String, Vec<String>, Option<bool>, Vec<String>, Vec<String>, Vec<String>);
+    type Row = (
+        String,
+        String,
+        Vec<String>,
+        Option<bool>,
+        Vec<String>,
+        Option<Vec<String>>,
+        Option<Vec<String>>,
+        Option<Vec<OffsetDateTime>>,
+        Vec<String>,
+    );
     let room_sids: Vec<&str> = participants.iter().map(|p| p.room_sid.as_str()).collect();
     let identities: Vec<&str> = participants.iter().map(|p| p.identity.as_str()).collect();
     let rows: Vec<Row> = sqlx::query_as(
@@ -91,15 +101,20 @@ async fn load_participants(
                       WHERE f.room_sid = p.room_sid AND f.event_type = 'room_finished'),
                 (SELECT s.present FROM meeting_participants s WHERE s.room_sid = p.room_sid AND s.identity = p.identity),
                 ARRAY(SELECT c.participant_sid FROM cycles c WHERE c.room_sid = p.room_sid AND c.identity = p.identity),
-                ARRAY(SELECT json_build_object('sid', x.participant_sid, 'closed_by', x.closed_by,
-                                               'closed_at_ms', floor(extract(epoch FROM x.closed_at) * 1000)::int8)::text
-                      FROM cycle_closures x WHERE x.room_sid = p.room_sid AND x.identity = p.identity),
+                x.sids, x.closed_by, x.closed_at,
                 ARRAY(SELECT json_build_object('sid', l.participant_sid, 'room_name', l.room_name, 'name', l.name,
                                                'metadata', l.metadata, 'kind', l.kind,
                                                'joined_at_ms', (extract(epoch FROM l.joined_at) * 1000)::int8,
                                                'listed_at_ms', (extract(epoch FROM l.listed_at) * 1000)::int8)::text
                       FROM participant_listings l WHERE l.room_sid = p.room_sid AND l.identity = p.identity)
-         FROM (SELECT DISTINCT * FROM unnest($1::text[], $2::text[]) AS p (room_sid, identity)) p",
+         FROM (SELECT DISTINCT * FROM unnest($1::text[], $2::text[]) AS p (room_sid, identity)) p
+         -- The sweeper's closures in one probe, as three arrays in the same order.
+         CROSS JOIN LATERAL (
+             SELECT array_agg(c.participant_sid ORDER BY c.participant_sid, c.closed_by) AS sids,
+                    array_agg(c.closed_by ORDER BY c.participant_sid, c.closed_by) AS closed_by,
+                    array_agg(c.closed_at ORDER BY c.participant_sid, c.closed_by) AS closed_at
+             FROM cycle_closures c WHERE c.room_sid = p.room_sid AND c.identity = p.identity
+         ) x",
     )
     .bind(&room_sids)
     .bind(&identities)
@@ -108,34 +123,28 @@ async fn load_participants(
     .await?;
 
     let mut loaded: BTreeMap<ParticipantKey, Loaded> = BTreeMap::new();
-    for (room_sid, identity, payloads, was_present, stored_cycles, closures, listings) in rows {
+    for (room_sid, identity, payloads, was_present, stored_cycles, closed_sids, closed_by, closed_at, listings) in rows
+    {
         let mut facts: Vec<Fact> = payloads.iter().filter_map(|payload| facts_of_payload(payload)).collect();
         facts.extend(listings.iter().filter_map(|listing| listing_fact(listing, &room_sid, &identity)));
-        facts.extend(closures.iter().filter_map(|closure| closure_fact(closure, &room_sid, &identity)));
+        let closures = closed_sids
+            .unwrap_or_default()
+            .into_iter()
+            .zip(closed_by.unwrap_or_default())
+            .zip(closed_at.unwrap_or_default());
+        for ((participant_sid, closed_by), closed_at) in closures {
+            let Some(closed_by) = ClosedBy::parse(&closed_by) else { continue };
+            facts.push(Fact {
+                event_id: format!("closure:{participant_sid}:{}", closed_by.as_str()),
+                created_at_ms: unix_ms(closed_at),
+                room_name: String::new(),
+                room_sid: room_sid.clone(),
+                kind: FactKind::Closure { identity: identity.clone(), participant_sid, closed_by },
+            });
+        }
         loaded.insert(ParticipantKey { room_sid, identity }, Loaded { facts, was_present, stored_cycles });
     }
     Ok(loaded)
-}
-
-/// An estimate of the sweeper's, as stored ([`super::closures`]).
-#[derive(serde::Deserialize)]
-struct Closure {
-    sid: String,
-    closed_by: String,
-    closed_at_ms: i64,
-}
-
-/// The fact a stored closure states.
-fn closure_fact(closure: &str, room_sid: &str, identity: &str) -> Option<Fact> {
-    let closure: Closure = serde_json::from_str(closure).ok()?;
-    let closed_by = ClosedBy::parse(&closure.closed_by)?;
-    Some(Fact {
-        event_id: format!("closure:{}:{}", closure.sid, closed_by.as_str()),
-        created_at_ms: closure.closed_at_ms,
-        room_name: String::new(),
-        room_sid: room_sid.to_owned(),
-        kind: FactKind::Closure { identity: identity.to_owned(), participant_sid: closure.sid, closed_by },
-    })
 }
 
 /// A session the reconciler found listed by LiveKit with no event ([`super::reconciliation`]).
