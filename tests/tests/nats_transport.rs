@@ -84,15 +84,25 @@ impl System {
                 tokio::time::sleep(Duration::from_secs(3)).await;
             }
             for (service, base) in self.services.iter().filter(|(service, _)| services.contains(&service.name)) {
+                let last_seen = std::sync::Mutex::new(String::new());
                 let message =
                     testkit::eventually(Duration::from_secs(30), &format!("{} to say why", service.name), || {
-                        let (http, names_the_setting) = (&http, &names_the_setting);
+                        let (http, names_the_setting, last_seen) = (&http, &names_the_setting, &last_seen);
                         async move {
                             let response = http.get(format!("{base}/readyz")).send().await.ok()?;
                             assert_ne!(response.status(), 200, "{} became ready", service.name);
                             let body: serde_json::Value = response.json().await.ok()?;
                             let message = body["message"].as_str()?.to_owned();
-                            names_the_setting(&message).then_some(message)
+                            if !names_the_setting(&message) {
+                                // Shown if the wait times out: what the service said instead.
+                                let mut last_seen = last_seen.lock().unwrap();
+                                if *last_seen != message {
+                                    eprintln!("{} says, not yet as expected: {message}", service.name);
+                                    last_seen.clone_from(&message);
+                                }
+                                return None;
+                            }
+                            Some(message)
                         }
                     })
                     .await;

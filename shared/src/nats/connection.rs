@@ -127,17 +127,17 @@ impl NatsHealth {
         self.lock().connection = Some((kind, why));
     }
 
-    /// A background attempt failed, of which async-nats reports only the kind (as text): the
-    /// first attempt's message has the detail (the TLS or I/O cause), so it is kept while the
-    /// kind stays the same, and replaced (and logged) when the kind changes.
-    fn reconnect_failed(&self, kind: &str, explain: impl FnOnce() -> String) {
+    /// A background attempt failed, of which async-nats reports only the kind: the first
+    /// attempt's message has the detail (the TLS or I/O cause), so it is kept while the kind
+    /// stays the same, and replaced (and logged) when the kind changes.
+    fn reconnect_failed(&self, kind: ConnectErrorKind, explain: impl FnOnce() -> String) {
         let mut trouble = self.lock();
-        if trouble.connection.as_ref().is_some_and(|(known, _)| known.to_string() == kind) {
+        if trouble.connection.as_ref().is_some_and(|(known, _)| *known == kind) {
             return;
         }
         let why = explain();
         tracing::error!(reason = %why, "cannot connect to NATS");
-        trouble.connection = Some((ConnectErrorKind::Io, why));
+        trouble.connection = Some((kind, why));
     }
 
     fn connected(&self) {
@@ -245,12 +245,13 @@ impl NatsArgs {
                     match event {
                         async_nats::Event::Connected => events.connected(),
                         async_nats::Event::ClientError(async_nats::ClientError::Other(kind)) => {
-                            events.reconnect_failed(&kind, || settings.explain(ConnectErrorKind::Io, &kind));
+                            let kind = kind_from_display(&kind);
+                            events.reconnect_failed(kind, || settings.explain(kind, &kind.to_string()));
                         }
-                        async_nats::Event::ServerError(async_nats::ServerError::AuthorizationViolation) => events
-                            .reconnect_failed("authorization violation", || {
-                                settings.explain(ConnectErrorKind::AuthorizationViolation, "authorization violation")
-                            }),
+                        async_nats::Event::ServerError(async_nats::ServerError::AuthorizationViolation) => {
+                            let kind = ConnectErrorKind::AuthorizationViolation;
+                            events.reconnect_failed(kind, || settings.explain(kind, &kind.to_string()));
+                        }
                         async_nats::Event::ServerError(async_nats::ServerError::Other(message))
                             if message.to_ascii_lowercase().contains("permissions violation") =>
                         {
@@ -377,6 +378,25 @@ impl std::fmt::Debug for NatsArgs {
             .field("inbox_prefix", &self.inbox_prefix)
             .finish_non_exhaustive()
     }
+}
+
+/// The kind of a failed reconnection, which async-nats reports as the kind's text only (an
+/// authorization violation must still be explained as one, not as an unreachable server, when
+/// the first attempt failed otherwise: timed out on a busy machine, say). Unknown text is I/O.
+fn kind_from_display(text: &str) -> ConnectErrorKind {
+    [
+        ConnectErrorKind::ServerParse,
+        ConnectErrorKind::Dns,
+        ConnectErrorKind::Authentication,
+        ConnectErrorKind::AuthorizationViolation,
+        ConnectErrorKind::TimedOut,
+        ConnectErrorKind::Tls,
+        ConnectErrorKind::Io,
+        ConnectErrorKind::MaxReconnects,
+    ]
+    .into_iter()
+    .find(|kind| kind.to_string() == text)
+    .unwrap_or(ConnectErrorKind::Io)
 }
 
 /// Whether a connection error came from the TLS handshake, which async-nats may report as an
@@ -538,6 +558,29 @@ mod tests {
         assert!(why.starts_with("TLS with NATS") && why.contains("set NATS_CERT and NATS_KEY"), "{why}");
         let down = args.explain(ConnectErrorKind::Io, "IO error: Connection refused (os error 111)");
         assert!(down.starts_with("NATS is unreachable at NATS_URL"), "{down}");
+    }
+
+    #[test]
+    fn a_refusal_on_reconnection_is_explained_as_one_whatever_the_first_attempt_said() {
+        let mut args = NatsArgs::for_url("tls://localhost:4222");
+        args.creds = Some("/etc/nats/stranger.creds".into());
+        let health = NatsHealth::default();
+        health.connection_failed(ConnectErrorKind::TimedOut, args.explain(ConnectErrorKind::TimedOut, "timed out"));
+        let why = |health: &NatsHealth| health.lock().connection.clone().map(|(_, why)| why).unwrap();
+        assert!(why(&health).starts_with("NATS is unreachable"), "{}", why(&health));
+
+        let explain = |text: &str| {
+            let kind = kind_from_display(text);
+            health.reconnect_failed(kind, || args.explain(kind, text));
+        };
+        explain("authorization violation");
+        assert!(why(&health).contains("refused the user of NATS_CREDS (/etc/nats/stranger.creds)"), "{}", why(&health));
+        explain("authorization violation");
+        assert!(why(&health).contains("refused the user of NATS_CREDS"), "{}", why(&health));
+        explain("IO error");
+        assert!(why(&health).starts_with("NATS is unreachable"), "{}", why(&health));
+        assert_eq!(kind_from_display("TLS error"), ConnectErrorKind::Tls);
+        assert_eq!(kind_from_display("something new"), ConnectErrorKind::Io);
     }
 
     #[test]
