@@ -1,6 +1,7 @@
-//! What every service runs on: configuration, the database pool, the ops server (probes and
+//! What every service runs on: the allocator, configuration, the database pool, the ops server (probes and
 //! metrics), the start-up retry, shutdown, the outgoing HTTP client, telemetry and trace propagation across HTTP and NATS.
 
+mod allocator;
 pub mod config;
 pub mod database;
 pub mod http_client;
