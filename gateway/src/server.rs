@@ -30,7 +30,7 @@ use tokio_util::task::TaskTracker;
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConnectionArgs {
     /// Connections open at once; past it new ones wait in the kernel's backlog. Each costs a file
-    /// descriptor and about 15 KiB while it waits for its headers (measured: README).
+    /// descriptor and about 25 KiB while it waits for its headers (measured: README).
     #[arg(long = "http-max-connections", env = "HTTP_MAX_CONNECTIONS", default_value_t = 2_048)]
     pub max_connections: usize,
     /// Longest a connection may take to send a request's headers, counted from when the server

@@ -43,7 +43,7 @@ use tokio::sync::Semaphore;
 use crate::capacity;
 use crate::procstat::{self, GroupCpu, MachineCpu};
 use crate::report;
-use crate::results::{Answer, Applied, CapacityRound, Live, LiveReports, Replay, Results, Settings, Usage};
+use crate::results::{Answer, Applied, CapacityRound, LevelCpu, Live, LiveReports, Replay, Results, Settings, Usage};
 use crate::scenario::{Expected, MeetingExpectations, Plan, Request, ScenarioConfig};
 use crate::sign;
 use crate::system::{self, BenchDatabase, RunNames, Service, StreamSource, with_env};
@@ -792,6 +792,24 @@ pub async fn differences(pool: &PgPool, expected: &MeetingExpectations) -> anyho
     Ok(differences)
 }
 
+/// One level of the capacity phase against `service` (the gateway or its ceiling at `url`), with
+/// the CPU it cost that process and NATS.
+async fn measure_level(
+    http: &reqwest::Client,
+    url: &str,
+    requests: &std::sync::Arc<Vec<(bytes::Bytes, String)>>,
+    concurrency: usize,
+    service: &Service,
+) -> anyhow::Result<(capacity::LevelResult, LevelCpu)> {
+    let (service_before, nats_before) = (service.cpu_seconds(), GroupCpu::read("nats-server"));
+    let level = capacity::measure_level(http, url, requests, concurrency).await?;
+    let cpu = LevelCpu {
+        service_seconds: service.cpu_seconds() - service_before,
+        nats_seconds: GroupCpu::read("nats-server").since(&nats_before),
+    };
+    Ok((level, cpu))
+}
+
 /// The capacity phase: a gateway alone and its ceiling (`loadgen ceiling-gateway`) side by side
 /// on the capacity stream, and raw publishes from here to the same stream, at every concurrency
 /// level, round after round (the ceiling first in odd rounds, the gateway first in even ones),
@@ -821,12 +839,12 @@ async fn capacity_phase(run: &Run<'_>) -> anyhow::Result<Vec<CapacityRound>> {
             for &concurrency in &args.capacity_concurrency {
                 let for_ceiling = capacity::sign_requests(&run.keys, args.capacity_requests);
                 let for_gateway = capacity::sign_requests(&run.keys, args.capacity_requests);
-                let (ceiling_level, gateway_level) = if round % 2 == 1 {
-                    let ceiling_level = capacity::measure_level(&http, &ceiling_url, &for_ceiling, concurrency).await?;
-                    (ceiling_level, capacity::measure_level(&http, &base_url, &for_gateway, concurrency).await?)
+                let ((ceiling_level, ceiling_cpu), (gateway_level, gateway_cpu)) = if round % 2 == 1 {
+                    let on_ceiling = measure_level(&http, &ceiling_url, &for_ceiling, concurrency, &ceiling).await?;
+                    (on_ceiling, measure_level(&http, &base_url, &for_gateway, concurrency, &gateway).await?)
                 } else {
-                    let gateway_level = capacity::measure_level(&http, &base_url, &for_gateway, concurrency).await?;
-                    (capacity::measure_level(&http, &ceiling_url, &for_ceiling, concurrency).await?, gateway_level)
+                    let on_gateway = measure_level(&http, &base_url, &for_gateway, concurrency, &gateway).await?;
+                    (measure_level(&http, &ceiling_url, &for_ceiling, concurrency, &ceiling).await?, on_gateway)
                 };
                 let bodies = std::sync::Arc::new(for_ceiling.iter().map(|(body, _)| body.clone()).collect());
                 let raw_publish = ceiling::raw_publish(&run.jetstream, &raw_subject, bodies, concurrency).await?;
@@ -837,7 +855,14 @@ async fn capacity_phase(run: &Run<'_>) -> anyhow::Result<Vec<CapacityRound>> {
                     ceiling_level.requests_per_second(),
                     raw_publish.requests_per_second()
                 );
-                rounds.push(CapacityRound { round, gateway: gateway_level, ceiling: ceiling_level, raw_publish });
+                rounds.push(CapacityRound {
+                    round,
+                    gateway: gateway_level,
+                    ceiling: ceiling_level,
+                    raw_publish,
+                    gateway_cpu,
+                    ceiling_cpu,
+                });
             }
         }
         anyhow::Ok(rounds)

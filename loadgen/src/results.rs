@@ -260,4 +260,32 @@ pub struct CapacityRound {
     pub gateway: LevelResult,
     pub ceiling: LevelResult,
     pub raw_publish: LevelResult,
+    /// The CPU the gateway's measurement cost, and its ceiling's.
+    pub gateway_cpu: LevelCpu,
+    pub ceiling_cpu: LevelCpu,
+}
+
+/// The CPU one measurement of the capacity phase cost: the process measured (the gateway or its
+/// ceiling) and NATS. Steadier than requests per second on a machine whose speed drifts: what a
+/// webhook costs does not depend on how fast the machine runs it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LevelCpu {
+    pub service_seconds: f64,
+    pub nats_seconds: f64,
+}
+
+impl LevelCpu {
+    /// Milliseconds of the measured process's CPU per 1 000 requests of `level`.
+    pub fn service_ms_per_1000(&self, level: &LevelResult) -> f64 {
+        per_1000_requests(self.service_seconds, level)
+    }
+
+    /// Milliseconds of NATS's CPU per 1 000 requests of `level`.
+    pub fn nats_ms_per_1000(&self, level: &LevelResult) -> f64 {
+        per_1000_requests(self.nats_seconds, level)
+    }
+}
+
+fn per_1000_requests(seconds: f64, level: &LevelResult) -> f64 {
+    seconds * 1000.0 / (level.requests as f64 / 1000.0).max(f64::EPSILON)
 }

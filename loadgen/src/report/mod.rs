@@ -147,7 +147,8 @@ mod tests {
     use super::*;
     use crate::capacity::LevelResult;
     use crate::results::{
-        Answer, Applied, History, HistorySample, ReadFormat, ReadLatency, Reconciliation, Replay, Settings, Usage,
+        Answer, Applied, History, HistorySample, LevelCpu, ReadFormat, ReadLatency, Reconciliation, Replay, Settings,
+        Usage,
     };
     use shared::store::admin::StatementStats;
 
@@ -190,6 +191,11 @@ mod tests {
                 markdown.contains("| workers / their ceiling (event rows alone), 1 worker / 2 workers | 0.50 / 0.50 |")
             );
             assert!(markdown.contains("| 0.50 (0.50, 0.50) | 243 / 243 |"), "{markdown}");
+            // 100 requests a level: 4 ms of the gateway's CPU is 40 ms per 1 000.
+            assert!(
+                markdown.contains("| 16 | 40.0 (40.0–40.0) | 25.0 (25.0–25.0) | 15.0 (15.0–15.0) | 30.0 / 28.0 |"),
+                "{markdown}"
+            );
             // The one worker's statements of round 1, per 1 000 of its 1 234 events, on one line.
             assert!(markdown.contains("| 32.4 | 100 % | 8.1 | 2.5 | `SELECT a \\| b FROM t` |"), "{markdown}");
             assert!(!markdown.contains("did not count statements"));
@@ -357,6 +363,8 @@ mod tests {
                         gateway: level(concurrency, elapsed_ms),
                         ceiling: level(concurrency, elapsed_ms * 4 / 5),
                         raw_publish: level(concurrency, elapsed_ms / 2),
+                        gateway_cpu: LevelCpu { service_seconds: 0.004, nats_seconds: 0.003 },
+                        ceiling_cpu: LevelCpu { service_seconds: 0.0025, nats_seconds: 0.0028 },
                     })
                 })
                 .collect(),

@@ -323,7 +323,7 @@ pub(super) fn gateway_capacity(out: &mut String, results: &Results) -> fmt::Resu
             levels.push(round.gateway.concurrency);
         }
     }
-    for concurrency in levels {
+    for &concurrency in &levels {
         let at: Vec<&CapacityRound> =
             results.capacity.iter().filter(|r| r.gateway.concurrency == concurrency).collect();
         let gateway: Vec<f64> = at.iter().map(|r| r.gateway.requests_per_second()).collect();
@@ -339,6 +339,32 @@ pub(super) fn gateway_capacity(out: &mut String, results: &Results) -> fmt::Resu
             median(ratios.clone()),
             per_round.join(", "),
             spread(&raw)
+        )?;
+    }
+    writeln!(
+        out,
+        "\nCPU per 1 000 webhooks, in ms (medians, with the range over the rounds): what a webhook costs the \
+         process that answers it, and NATS, however fast the machine runs that round. The gateway's work beyond \
+         its ceiling's is the difference.\n"
+    )?;
+    writeln!(out, "| concurrency | gateway | ceiling | gateway − ceiling | NATS, for the gateway / for the ceiling |")?;
+    writeln!(out, "|---:|---:|---:|---:|---:|")?;
+    for &concurrency in &levels {
+        let at: Vec<&CapacityRound> =
+            results.capacity.iter().filter(|r| r.gateway.concurrency == concurrency).collect();
+        let gateway: Vec<f64> = at.iter().map(|r| r.gateway_cpu.service_ms_per_1000(&r.gateway)).collect();
+        let ceiling: Vec<f64> = at.iter().map(|r| r.ceiling_cpu.service_ms_per_1000(&r.ceiling)).collect();
+        let nats_gateway: Vec<f64> = at.iter().map(|r| r.gateway_cpu.nats_ms_per_1000(&r.gateway)).collect();
+        let nats_ceiling: Vec<f64> = at.iter().map(|r| r.ceiling_cpu.nats_ms_per_1000(&r.ceiling)).collect();
+        let differences: Vec<f64> = gateway.iter().zip(&ceiling).map(|(g, c)| g - c).collect();
+        writeln!(
+            out,
+            "| {concurrency} | {} | {} | {} | {:.1} / {:.1} |",
+            spread_tenths(&gateway),
+            spread_tenths(&ceiling),
+            spread_tenths(&differences),
+            median(nats_gateway),
+            median(nats_ceiling)
         )?;
     }
     writeln!(out, "\nThe gateway's latency in the last round:\n")?;
@@ -483,6 +509,12 @@ fn statement_excerpt(query: &str) -> String {
 fn spread(values: &[f64]) -> String {
     let (min, max) = values.iter().fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
     format!("{:.0} ({:.0}–{:.0})", median(values.to_vec()), min, max)
+}
+
+/// A median with the range, to a tenth: `23.4 (21.0–25.9)`.
+fn spread_tenths(values: &[f64]) -> String {
+    let (min, max) = values.iter().fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+    format!("{:.1} ({min:.1}–{max:.1})", median(values.to_vec()))
 }
 
 /// "exact", or how many differences from the expectation.
