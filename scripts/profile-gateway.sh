@@ -4,7 +4,8 @@
 # CONCURRENCY (64), and `perf record` (Debian's linux-perf) on the gateway for PROFILE_SECONDS (10).
 # PROFILE_TARGET=ceiling profiles the gateway's ceiling (`loadgen ceiling-gateway`) under the same
 # load instead, to compare the two. CALL_GRAPH=dwarf records whole call chains (the release build
-# keeps no frame pointers; `perf report --children` then gives each function's inclusive share).
+# keeps no frame pointers; `perf report --children` then gives each function's inclusive share,
+# and scripts/profile-parts.py, printed at the end, the samples by part of a webhook's path).
 # Prints the hottest symbols (self time) and writes perf.data and perf-report.txt in
 # bench-results/profile-<time>/. The release binaries must be built (`cargo build --release`).
 set -euo pipefail
@@ -72,5 +73,9 @@ perf record -F 999 "${GRAPH[@]}" -o "$OUT/perf.data" -p "$PROFILED" -- sleep "$S
 kill "$LOAD" 2>/dev/null || true
 wait "$LOAD" 2>/dev/null || true
 perf report -i "$OUT/perf.data" --no-children --sort symbol --stdio 2>/dev/null | grep -v '^$' >"$OUT/perf-report.txt"
-grep -E '^ +[0-9]' "$OUT/perf-report.txt" | head -40
+grep -E '^ +[0-9]' "$OUT/perf-report.txt" | head -40 || true  # head closes the pipe early
+if [ "$CALL_GRAPH" = dwarf ]; then
+  echo "[profile] by part of the path (scripts/profile-parts.py):"
+  "$ROOT/scripts/profile-parts.py" "$OUT/perf.data" | tee "$OUT/parts.txt"
+fi
 echo "[profile] $TARGET: $OUT" >&2
