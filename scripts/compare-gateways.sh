@@ -9,6 +9,7 @@
 # before a change). Defaults: 4 rounds, 64 in flight, 20 000 webhooks per measurement.
 set -euo pipefail
 
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
 A=$1 B=$2 ROUNDS=${3:-4} CONCURRENCY=${4:-64} REQUESTS=${5:-20000}
 SUFFIX=$(od -An -N4 -tx4 /dev/urandom | tr -d ' ')
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
@@ -36,15 +37,7 @@ start() { # name binary [args]
 cleanup() {
   kill "${PID[@]}" 2>/dev/null || true
   wait 2>/dev/null || true
-  python3 - "$WEBHOOK_STREAM" "$HEARTBEAT_STREAM" <<'PY' 2>/dev/null || true
-import os, socket, sys
-host, port = os.environ["NATS_URL"].split("//", 1)[-1].split(",")[0].rsplit(":", 1)
-s = socket.create_connection((host, int(port))); s.recv(4096)
-s.sendall(b'CONNECT {"verbose":false}\r\n')
-for name in sys.argv[1:]:
-    s.sendall(f"PUB $JS.API.STREAM.DELETE.{name} 0\r\n\r\n".encode())
-s.sendall(b"PING\r\n"); s.recv(4096)
-PY
+  "$ROOT/scripts/nats-delete-streams.py" "$WEBHOOK_STREAM" "$HEARTBEAT_STREAM" 2>/dev/null || true
 }
 trap cleanup EXIT
 

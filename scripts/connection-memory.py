@@ -15,7 +15,6 @@ import time
 
 BINARY = sys.argv[1] if len(sys.argv) > 1 else "target/release/gateway"
 CONNECTIONS = int(sys.argv[2]) if len(sys.argv) > 2 else 1000
-NATS = os.environ.get("NATS_URL", "nats://127.0.0.1:4222").split("//", 1)[-1].split(",")[0]
 
 
 def free_port():
@@ -27,17 +26,6 @@ def free_port():
 def rss_kib(pid):
     with open(f"/proc/{pid}/status") as status:
         return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
-
-
-def delete_streams(*names):
-    host, port = NATS.rsplit(":", 1)
-    with socket.create_connection((host, int(port))) as s:
-        s.recv(4096)
-        s.sendall(b'CONNECT {"verbose":false}\r\n')
-        for name in names:
-            s.sendall(f"PUB $JS.API.STREAM.DELETE.{name} 0\r\n\r\n".encode())
-        s.sendall(b"PING\r\n")
-        s.recv(4096)
 
 
 suffix = f"{random.getrandbits(32):08x}"
@@ -80,4 +68,4 @@ finally:
         connection.close()
     gateway.terminate()
     gateway.wait()
-    delete_streams(*streams)
+    subprocess.run([os.path.join(os.path.dirname(os.path.abspath(__file__)), "nats-delete-streams.py"), *streams], check=False)

@@ -16,13 +16,8 @@ COUNTING+=" -c pg_stat_statements.track_planning=on"
 
 log() { echo "[postgres-statements] $*" >&2; }
 die() { log "$*"; exit 1; }
-pg_bin() {
-  local dir
-  dir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
-  [ -n "$dir" ] && [ -x "$dir/initdb" ] && echo "$dir"
-}
-# initdb and pg_ctl refuse to run as root.
-as_postgres() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+# shellcheck source=scripts/postgres-bin.sh
+source "$ROOT/scripts/postgres-bin.sh"
 
 start() {
   local bin; bin=$(pg_bin) || die "no initdb under /usr/lib/postgresql/*/bin (make test installs postgresql)"

@@ -34,14 +34,7 @@ cleanup() {
   [ -z "$CEILING" ] || kill "$CEILING" 2>/dev/null || true
   kill "$GATEWAY" 2>/dev/null || true
   wait "$GATEWAY" 2>/dev/null || true
-  python3 - "$WEBHOOK_STREAM" "$HEARTBEAT_STREAM" <<'PY' 2>/dev/null || true
-import json, socket, sys
-s = socket.create_connection(("127.0.0.1", 4222)); s.recv(4096)
-s.sendall(b'CONNECT {"verbose":false}\r\n')
-for name in sys.argv[1:]:
-    s.sendall(f"PUB $JS.API.STREAM.DELETE.{name} 0\r\n\r\n".encode())
-s.sendall(b"PING\r\n"); s.recv(4096)
-PY
+  "$ROOT/scripts/nats-delete-streams.py" "$WEBHOOK_STREAM" "$HEARTBEAT_STREAM" 2>/dev/null || true
 }
 trap cleanup EXIT
 for _ in $(seq 100); do

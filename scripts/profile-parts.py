@@ -21,15 +21,15 @@ PARTS = [
     ("the message's subject and headers", r"WebhookStream::message|StreamSettings::subject|HeaderMap::insert|inject_into_nats"),
     ("publish and ack (client side)", r"publish_acknowledged|send_publish|PublishAckFuture|ceiling::publish"),
     ("metrics", r"prometheus|GatewayMetrics"),
-    ("body read and limits", r"read_body|reserve_body|Limited|limit_in_flight|RequestLimits|[Cc]ollect"),
+    ("body read and limits", r"read_body|reserve_body|http_body_util|limit_in_flight|RequestLimits"),
     ("the handler's own code", r"gateway::webhook"),
     ("the JSON answer", r"serde_json::ser|Json<|IntoResponse|ApiError"),
     ("tracing spans", r"tracing::|tracing_core|continue_from_http"),
-    ("NATS connection task", r"ConnectionHandler|connect_with_options"),
-    ("HTTP reading (hyper)", r"poll_read_from_io|poll_read"),
-    ("HTTP writing (hyper)", r"poll_flush|poll_write"),
+    ("NATS connection task", r"async_nats::connection|ConnectionHandler|connect_with_options"),
+    ("HTTP reading (hyper)", r"hyper::.*(poll_read|parse)"),
+    ("HTTP writing (hyper)", r"hyper::.*(poll_flush|poll_write|encode)"),
     ("routing and layers (axum, tower)", r"axum::|tower"),
-    ("runtime, sockets and timers (tokio, kernel)", r"tokio::runtime|tokio::time"),
+    ("runtime, sockets and timers (tokio, kernel)", r"tokio::"),
 ]
 COMPILED = [(name, re.compile(pattern)) for name, pattern in PARTS]
 

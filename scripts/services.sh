@@ -74,13 +74,8 @@ start_nats() {
   wait_reachable "$NATS_HOST" "$NATS_PORT" nats-server
 }
 
-pg_bin() {
-  local dir
-  dir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
-  [ -n "$dir" ] && [ -x "$dir/initdb" ] && echo "$dir"
-}
-
-as_postgres() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+# shellcheck source=scripts/postgres-bin.sh
+source "$ROOT/scripts/postgres-bin.sh"
 
 start_postgres() {
   pg_endpoint

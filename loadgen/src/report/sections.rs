@@ -317,15 +317,15 @@ pub(super) fn gateway_capacity(out: &mut String, results: &Results) -> fmt::Resu
         "| concurrency | gateway req/s | ceiling req/s | gateway / ceiling (per round) | raw publish msgs/s |"
     )?;
     writeln!(out, "|---:|---:|---:|---|---:|")?;
-    let mut levels: Vec<usize> = Vec::new();
+    // Each concurrency level with its rounds, in the order measured.
+    let mut levels: Vec<(usize, Vec<&CapacityRound>)> = Vec::new();
     for round in &results.capacity {
-        if !levels.contains(&round.gateway.concurrency) {
-            levels.push(round.gateway.concurrency);
+        match levels.iter_mut().find(|(concurrency, _)| *concurrency == round.gateway.concurrency) {
+            Some((_, rounds)) => rounds.push(round),
+            None => levels.push((round.gateway.concurrency, vec![round])),
         }
     }
-    for &concurrency in &levels {
-        let at: Vec<&CapacityRound> =
-            results.capacity.iter().filter(|r| r.gateway.concurrency == concurrency).collect();
+    for (concurrency, at) in &levels {
         let gateway: Vec<f64> = at.iter().map(|r| r.gateway.requests_per_second()).collect();
         let ceiling: Vec<f64> = at.iter().map(|r| r.ceiling.requests_per_second()).collect();
         let raw: Vec<f64> = at.iter().map(|r| r.raw_publish.requests_per_second()).collect();
@@ -349,9 +349,7 @@ pub(super) fn gateway_capacity(out: &mut String, results: &Results) -> fmt::Resu
     )?;
     writeln!(out, "| concurrency | gateway | ceiling | gateway − ceiling | NATS, for the gateway / for the ceiling |")?;
     writeln!(out, "|---:|---:|---:|---:|---:|")?;
-    for &concurrency in &levels {
-        let at: Vec<&CapacityRound> =
-            results.capacity.iter().filter(|r| r.gateway.concurrency == concurrency).collect();
+    for (concurrency, at) in &levels {
         let gateway: Vec<f64> = at.iter().map(|r| r.gateway_cpu.service_ms_per_1000(&r.gateway)).collect();
         let ceiling: Vec<f64> = at.iter().map(|r| r.ceiling_cpu.service_ms_per_1000(&r.ceiling)).collect();
         let nats_gateway: Vec<f64> = at.iter().map(|r| r.gateway_cpu.nats_ms_per_1000(&r.gateway)).collect();
@@ -507,14 +505,17 @@ fn statement_excerpt(query: &str) -> String {
 
 /// A median with the range: `1 234 (1 100–1 300)`.
 fn spread(values: &[f64]) -> String {
-    let (min, max) = values.iter().fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
-    format!("{:.0} ({:.0}–{:.0})", median(values.to_vec()), min, max)
+    spread_to(values, 0)
 }
 
 /// A median with the range, to a tenth: `23.4 (21.0–25.9)`.
 fn spread_tenths(values: &[f64]) -> String {
+    spread_to(values, 1)
+}
+
+fn spread_to(values: &[f64], decimals: usize) -> String {
     let (min, max) = values.iter().fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
-    format!("{:.1} ({min:.1}–{max:.1})", median(values.to_vec()))
+    format!("{:.*} ({min:.decimals$}–{max:.decimals$})", decimals, median(values.to_vec()))
 }
 
 /// "exact", or how many differences from the expectation.

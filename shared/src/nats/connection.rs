@@ -130,12 +130,12 @@ impl NatsHealth {
     /// A background attempt failed, of which async-nats reports only the kind: the first
     /// attempt's message has the detail (the TLS or I/O cause), so it is kept while the kind
     /// stays the same, and replaced (and logged) when the kind changes.
-    fn reconnect_failed(&self, kind: ConnectErrorKind, explain: impl FnOnce() -> String) {
+    fn reconnect_failed(&self, kind: ConnectErrorKind, settings: &NatsArgs) {
         let mut trouble = self.lock();
         if trouble.connection.as_ref().is_some_and(|(known, _)| *known == kind) {
             return;
         }
-        let why = explain();
+        let why = settings.explain(kind, &kind.to_string());
         tracing::error!(reason = %why, "cannot connect to NATS");
         trouble.connection = Some((kind, why));
     }
@@ -245,12 +245,10 @@ impl NatsArgs {
                     match event {
                         async_nats::Event::Connected => events.connected(),
                         async_nats::Event::ClientError(async_nats::ClientError::Other(kind)) => {
-                            let kind = kind_from_display(&kind);
-                            events.reconnect_failed(kind, || settings.explain(kind, &kind.to_string()));
+                            events.reconnect_failed(kind_from_display(&kind), &settings);
                         }
                         async_nats::Event::ServerError(async_nats::ServerError::AuthorizationViolation) => {
-                            let kind = ConnectErrorKind::AuthorizationViolation;
-                            events.reconnect_failed(kind, || settings.explain(kind, &kind.to_string()));
+                            events.reconnect_failed(ConnectErrorKind::AuthorizationViolation, &settings);
                         }
                         async_nats::Event::ServerError(async_nats::ServerError::Other(message))
                             if message.to_ascii_lowercase().contains("permissions violation") =>
@@ -569,10 +567,7 @@ mod tests {
         let why = |health: &NatsHealth| health.lock().connection.clone().map(|(_, why)| why).unwrap();
         assert!(why(&health).starts_with("NATS is unreachable"), "{}", why(&health));
 
-        let explain = |text: &str| {
-            let kind = kind_from_display(text);
-            health.reconnect_failed(kind, || args.explain(kind, text));
-        };
+        let explain = |text: &str| health.reconnect_failed(kind_from_display(text), &args);
         explain("authorization violation");
         assert!(why(&health).contains("refused the user of NATS_CREDS (/etc/nats/stranger.creds)"), "{}", why(&health));
         explain("authorization violation");
